@@ -1,0 +1,1 @@
+"""Prefect flows and deployments that wire `tasks` into a Dask(-CUDA) graph (issue 5)."""

@@ -1,0 +1,1 @@
+"""The render store: chunked Zarr over fsspec URLs (issue 4)."""

@@ -1,0 +1,50 @@
+"""Model backends: one file per family behind the small protocol in `base.py`.
+
+`model_info(model)` reads configs only (no weights), so a spec can be fully checked before loading;
+`load_backend(model, device, dtype)` then loads the weights and wraps the pipeline.
+"""
+
+from __future__ import annotations
+
+from . import tiny
+from .base import Backend, Conditioning, ModelInfo
+from .loading import backend_class, load_pipeline, read_configs
+
+__all__ = ["Backend", "Conditioning", "ModelInfo", "model_info", "load_backend", "backend_for_pipeline"]
+
+
+def _configs(model: str) -> dict:
+    if model in tiny.EMBEDDED:
+        # The embedded models' configs are fixed by code; build them once per process and keep them.
+        if model not in _EMBEDDED_CONFIGS:
+            _EMBEDDED_CONFIGS[model] = tiny.configs(tiny.build(tiny.EMBEDDED[model]))
+        return _EMBEDDED_CONFIGS[model]
+    return read_configs(model)
+
+
+_EMBEDDED_CONFIGS: dict[str, dict] = {}
+
+
+def model_info(model: str) -> ModelInfo:
+    c = _configs(model)
+    return backend_class(c["index"]["_class_name"]).info_from_configs(c)
+
+
+def load_backend(model: str, device: str = "cpu", dtype: str = "float32") -> Backend:
+    if model in tiny.EMBEDDED:
+        pipe = tiny.build(tiny.EMBEDDED[model])
+    else:
+        c = _configs(model)
+        pipe = load_pipeline(model, c["index"]["_class_name"])
+        pipe.set_progress_bar_config(disable=True)
+    return backend_for_pipeline(pipe, device, dtype, sidecar=None if model not in tiny.EMBEDDED else tiny.sidecar(),
+                                configs=_configs(model))
+
+
+def backend_for_pipeline(pipe, device: str = "cpu", dtype: str = "float32", sidecar=None, configs=None) -> Backend:
+    """Wrap an already built pipeline (tests, notebooks)."""
+    c = configs or tiny.configs(pipe)
+    if sidecar is not None:
+        c = {**c, "sidecar": sidecar}
+    cls = backend_class(type(pipe).__name__)
+    return cls(pipe, cls.info_from_configs(c), device=device, dtype=dtype)

@@ -1,0 +1,83 @@
+"""What every model backend provides. The sampler (tiling, shifting, merging, caching, placement) only
+talks to this small surface; everything model-specific (latent layout and normalisation, CFG batching,
+positional embeddings, conditioning channels, the scheduler) lives in one file per family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about a model, read from its config files without loading weights."""
+
+    family: str  # "wan2.1-t2v", "wan2.1-i2v", "wan2.2-t2v", "cogvideox1.5-i2v", ...
+    pipeline_class: str
+    latent_channels: int
+    vae_spatial: int
+    vae_temporal: int
+    patch: tuple[int, int, int]  # (t, h, w) transformer patch
+    native_size: tuple[int, int]  # (width, height) pixels the model was trained at
+    is_i2v: bool
+    exact_tile: bool = False  # learned positional embeddings: the tile must be the native size
+    max_tile: tuple[int, int] | None = None  # (h, w) latent limit of the positional embedding
+    presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
+
+    @property
+    def native_latent(self) -> tuple[int, int]:
+        w, h = self.native_size
+        return h // self.vae_spatial, w // self.vae_spatial
+
+
+@dataclass
+class Conditioning:
+    """Per-request conditioning, computed once and shared by every tile.
+
+    `image_latent` is the full-canvas image condition (channels the transformer concatenates to the noisy
+    latent); the sampler crops it to each tile's window. Everything else is global to the clip.
+    """
+
+    guidance: float
+    text: dict[str, torch.Tensor]
+    negative_text: dict[str, torch.Tensor] | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. CLIP image embeddings
+    image_latent: torch.Tensor | None = None
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.negative_text is not None and self.guidance > 1.0
+
+
+class Backend(Protocol):
+    info: ModelInfo
+    device: torch.device
+
+    def encode_conditioning(self, prompt: str, negative_prompt: str, guidance: float, image, size: tuple[int, int],
+                            frames: int) -> Conditioning: ...
+
+    def sketch(self, prompt: str, negative_prompt: str, image, width: int, height: int, frames: int, steps: int,
+               guidance: float, generator: torch.Generator) -> torch.Tensor:
+        """Stage 1 with the stock pipeline: the normalized latent (B, C, F, h, w), float32."""
+
+    def decode(self, z: torch.Tensor, vae_tile: int | None = None) -> torch.Tensor:
+        """Normalized latent (B, C, F, h, w) -> video in [-1, 1] (B, 3, frames, H, W), float32."""
+
+    def encode(self, video: torch.Tensor, vae_tile: int | None = None) -> torch.Tensor:
+        """Video in [-1, 1] -> normalized latent (posterior mode), float32."""
+
+    def timesteps(self, steps: int) -> torch.Tensor: ...
+
+    def renoise(self, z0: torch.Tensor, noise: torch.Tensor, steps: int, index: int) -> torch.Tensor:
+        """Forward process from clean `z0` to the noise level of schedule index `index`."""
+
+    def predict(self, x: torch.Tensor, steps: int, index: int, cond: Conditioning,
+                image_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """CFG-combined model output for one tile (B, C, F, h, w), float32, in the space `step` expects."""
+
+    def step(self, steps: int, index: int, prediction: torch.Tensor, x: torch.Tensor,
+             state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One scheduler step. Element-wise per latent cell, so it may run on any region of the canvas;
+        `state` holds canvas-aligned scheduler history (e.g. a multistep solver's previous x0)."""

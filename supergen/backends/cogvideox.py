@@ -1,0 +1,186 @@
+"""CogVideoX 1.0 / 1.5 (T2V and I2V) through diffusers.
+
+Conventions hidden here: the transformer takes BFCHW (the sampler sees BCFHW); latents are scaled by the
+VAE's `scaling_factor`; the scheduler is DDIM or DPM (v-prediction, zero terminal SNR); CFG is one batched
+call `[uncond, cond]`; RoPE is built for the tile's own shape (the paper's origin-anchored RoPE); CogVideoX
+1.5 pads the latent clip at the front to a multiple of `patch_size_t` (the pad frame lives on the canvas and
+is dropped at decode); the 1.0 I2V model has learned positional embeddings, so only its native tile works.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import BackendError
+from .base import Conditioning, ModelInfo
+from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
+
+PRESETS = dict(scale=2, frames=41, steps=50, guidance=6.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
+
+
+class CogVideoXBackend:
+    @staticmethod
+    def info_from_configs(c: dict) -> ModelInfo:
+        index, tr, vae = c["index"], c["transformer"], c["vae"]
+        i2v = index["_class_name"] == "CogVideoXImageToVideoPipeline"
+        v15 = tr.get("patch_size_t") is not None
+        spatial = 2 ** (len(vae["block_out_channels"]) - 1)
+        side = c.get("sidecar", {})
+        if v15:
+            native = (1360, 768)
+            max_tile = (tr["sample_height"], tr["sample_width"])  # extent of the "slice" RoPE grid
+        else:
+            native = (tr["sample_width"] * spatial, tr["sample_height"] * spatial)
+            max_tile = None
+        return ModelInfo(
+            family=f"cogvideox{'1.5' if v15 else '1.0'}-{'i2v' if i2v else 't2v'}",
+            pipeline_class=index["_class_name"],
+            latent_channels=vae["latent_channels"],
+            vae_spatial=spatial,
+            vae_temporal=vae["temporal_compression_ratio"],
+            patch=(tr.get("patch_size_t") or 1, tr["patch_size"], tr["patch_size"]),
+            native_size=tuple(side.get("native_size", native)),
+            is_i2v=i2v,
+            exact_tile=bool(tr.get("use_learned_positional_embeddings")),
+            max_tile=max_tile,
+            presets={**PRESETS, **side.get("presets", {})},
+        )
+
+    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32"):
+        self.pipe, self.info = pipe, info
+        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        pipe.to(self.device)
+        cast_module(pipe.transformer, self.dtype)
+        cast_module(pipe.text_encoder, self.dtype)
+        cast_module(pipe.vae, torch.float32)
+        self.scheduler = pipe.scheduler
+        self.multistep = type(self.scheduler).__name__ == "CogVideoXDPMScheduler"
+        self.sf = pipe.vae.config.scaling_factor
+        cfg = pipe.transformer.config
+        self.p_t = cfg.patch_size_t or 1
+        self.max_sequence_length = cfg.max_text_seq_length
+        self.forwards = 0
+
+    def _latent_frames(self, frames: int) -> tuple[int, int]:
+        """(real latent frames, front padding frames)."""
+        n = (frames - 1) // self.info.vae_temporal + 1
+        return n, (-n) % self.p_t
+
+    # -- conditioning ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames) -> Conditioning:
+        do_cfg = guidance > 1.0
+        pe, ne = self.pipe.encode_prompt(prompt, negative_prompt, do_classifier_free_guidance=do_cfg,
+                                         max_sequence_length=self.max_sequence_length, device=self.device)
+        cond = Conditioning(guidance, {"encoder_hidden_states": pe.to(self.dtype)},
+                            {"encoder_hidden_states": ne.to(self.dtype)} if do_cfg else None)
+        if image is not None:
+            width, height = size
+            n, pad = self._latent_frames(frames)
+            pixels = self.pipe.video_processor.preprocess(image, height=height, width=width)
+            pixels = pixels.to(self.device, torch.float32)
+            from ..noise import generator
+
+            shape = (1, n + pad, self.info.latent_channels, height // self.info.vae_spatial,
+                     width // self.info.vae_spatial)
+            _, image_latents = self.pipe.prepare_latents(
+                pixels, 1, self.info.latent_channels, frames + pad * self.info.vae_temporal, height, width,
+                torch.float32, self.device, generator(0, "image-latent"), torch.zeros(shape))
+            cond.image_latent = image_latents.permute(0, 2, 1, 3, 4).float()  # BFCHW -> BCFHW
+        if self.pipe.transformer.config.ofs_embed_dim is not None:
+            cond.extra["ofs"] = torch.full((1,), 2.0, device=self.device, dtype=self.dtype)
+        return cond
+
+    # -- stage 1 ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
+        kwargs = {} if image is None else {"image": image}
+        out = self.pipe(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
+                        num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
+                        generator=generator, output_type="latent", max_sequence_length=self.max_sequence_length,
+                        **kwargs).frames
+        self.forwards += steps
+        return out.permute(0, 2, 1, 3, 4).float()  # BFCHW -> BCFHW, keeps 1.5's pad frame
+
+    # -- VAE -------------------------------------------------------------------------------------
+    def _tiling(self, vae_tile, height, width):
+        vae, t = self.pipe.vae, vae_tiling(vae_tile, self.info.vae_spatial, (height, width))
+        if t is None:
+            vae.disable_tiling()
+        else:
+            overlap = 1 - t[1] / t[0]
+            vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0],
+                              tile_overlap_factor_height=overlap, tile_overlap_factor_width=overlap)
+
+    @torch.no_grad()
+    def decode(self, z, frames=None, vae_tile=None):
+        if frames is not None:
+            n, pad = self._latent_frames(frames)
+            if z.shape[2] != n + pad:
+                raise BackendError(f"decode: latent has {z.shape[2]} frames, expected {n + pad} for {frames}")
+            z = z[:, :, pad:]
+        s = self.info.vae_spatial
+        self._tiling(vae_tile, z.shape[-2] * s, z.shape[-1] * s)
+        return self.pipe.vae.decode(z.to(self.device, torch.float32) / self.sf, return_dict=False)[0].float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, video, vae_tile=None):
+        b, _, f, h, w = video.shape
+        self._tiling(vae_tile, h, w)
+        z = self.pipe.vae.encode(video.to(self.device, torch.float32)).latent_dist.mode() * self.sf
+        n, pad = self._latent_frames(f)
+        s = self.info.vae_spatial
+        check_latent_shape(z, (b, self.info.latent_channels, n, h // s, w // s), "encode")
+        if pad:  # CogVideoX 1.5 runs on a whole number of patch_size_t frames: repeat the first in front
+            z = torch.cat([z[:, :, :1].expand(-1, -1, pad, -1, -1), z], dim=2)
+        return z.float()
+
+    # -- schedule --------------------------------------------------------------------------------
+    def timesteps(self, steps: int) -> torch.Tensor:
+        return fresh_scheduler(self.scheduler, steps).timesteps
+
+    def renoise(self, z0, noise, steps, index):
+        """sqrt(abar_t) * z0 + sqrt(1 - abar_t) * noise at t = timesteps[index] (DDPM forward process)."""
+        s = fresh_scheduler(self.scheduler, steps)
+        t = s.timesteps[index : index + 1].long()
+        return s.add_noise(z0, noise.to(z0), t)
+
+    def step(self, steps, index, prediction, x, state):
+        s = fresh_scheduler(self.scheduler, steps)
+        t = s.timesteps[index]
+        mo, xx = prediction.float().permute(0, 2, 1, 3, 4), x.permute(0, 2, 1, 3, 4)  # -> BFCHW
+        if self.multistep:  # DPM keeps the previous x0 estimate: canvas-aligned state
+            old = state.get("old_x0")
+            back = s.timesteps[index - 1] if old is not None else None
+            xx, x0 = s.step(mo, None if old is None else old.permute(0, 2, 1, 3, 4), t, back, xx,
+                            return_dict=False)
+            state = {**state, "old_x0": x0.permute(0, 2, 1, 3, 4).float()}
+        else:
+            xx = s.step(mo, t, xx, return_dict=False)[0]
+        return xx.permute(0, 2, 1, 3, 4).float(), state
+
+    # -- the per-tile call -----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, x, steps, index, cond: Conditioning, image_latent=None):
+        t = self.timesteps(steps)[index].to(self.device)
+        b, _, f, h, w = x.shape
+        inp = x.permute(0, 2, 1, 3, 4)  # BCFHW -> BFCHW
+        if image_latent is not None:
+            inp = torch.cat([inp, image_latent.permute(0, 2, 1, 3, 4)], dim=2)
+        text = cond.text["encoder_hidden_states"]
+        if cond.do_cfg:
+            inp = torch.cat([inp, inp])
+            text = torch.cat([cond.negative_text["encoder_hidden_states"], text])
+        rope = None
+        if self.pipe.transformer.config.use_rotary_positional_embeddings:
+            s = self.info.vae_spatial
+            rope = self.pipe._prepare_rotary_positional_embeddings(h * s, w * s, f, self.device)
+        self.forwards += 1
+        with self.pipe.transformer.cache_context("cond_uncond"):
+            out = self.pipe.transformer(hidden_states=inp.to(self.device, self.dtype), encoder_hidden_states=text,
+                                        timestep=t.expand(inp.shape[0]), image_rotary_emb=rope,
+                                        return_dict=False, **cond.extra)[0].float()
+        if cond.do_cfg:
+            uncond, c = out.chunk(2)
+            out = uncond + cond.guidance * (c - uncond)
+        return out.permute(0, 2, 1, 3, 4)  # -> BCFHW

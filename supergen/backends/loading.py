@@ -1,0 +1,118 @@
+"""Finding a model's configs and weights: embedded, local folder or hub id; shared scheduler helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+from ..errors import BackendError, SpecError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Pipeline class -> "module:Backend class". Imported lazily so an unused family costs nothing.
+REGISTRY = {
+    "WanPipeline": "supergen.backends.wan:WanBackend",
+    "WanImageToVideoPipeline": "supergen.backends.wan:WanBackend",
+    "CogVideoXPipeline": "supergen.backends.cogvideox:CogVideoXBackend",
+    "CogVideoXImageToVideoPipeline": "supergen.backends.cogvideox:CogVideoXBackend",
+}
+SIDECAR = "supergen.json"  # optional per-folder facts the configs lack (native size, presets)
+
+
+def backend_class(pipeline_class: str):
+    try:
+        target = REGISTRY[pipeline_class]
+    except KeyError:
+        raise SpecError("model", f"pipeline class {pipeline_class!r} is not supported; supported: "
+                                 f"{sorted(REGISTRY)}") from None
+    module, name = target.split(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def read_configs(model: str) -> dict[str, Any]:
+    """model_index.json plus the transformer, VAE and scheduler configs (and the optional sidecar).
+
+    Reads small JSON files only: a local folder directly, a hub id through the hub cache.
+    """
+    def load(rel: str, required: bool = True):
+        if os.path.isdir(model):
+            path = os.path.join(model, rel)
+            if not os.path.isfile(path):
+                if required:
+                    raise SpecError("model", f"{model!r} lacks {rel}")
+                return None
+        else:
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = hf_hub_download(model, rel)
+            except Exception as e:  # offline, missing repo, missing file
+                if not required:
+                    return None
+                raise SpecError("model", f"could not read {rel} of {model!r} from the hub ({type(e).__name__}: "
+                                         f"{e}); pass a local folder instead") from e
+        with open(path) as f:
+            return json.load(f)
+
+    index = load("model_index.json")
+    out = {"index": index, "sidecar": load(SIDECAR, required=False) or {}}
+    for comp in ("transformer", "vae", "scheduler", "transformer_2"):
+        if index.get(comp) and index[comp][0] is not None:
+            name = "scheduler_config.json" if comp == "scheduler" else "config.json"
+            out[comp] = load(f"{comp}/{name}")
+    return out
+
+
+def load_pipeline(model: str, pipeline_class: str):
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class)
+    try:
+        return cls.from_pretrained(model)
+    except Exception as e:
+        raise BackendError(f"loading {model!r} as {pipeline_class} failed: {e}") from e
+
+
+def fresh_scheduler(template, steps: int):
+    """A new scheduler with `steps` timesteps: steps are stateless calls this way (diffusers' schedulers
+    keep a step index), so any worker can step any region at any index."""
+    s = type(template).from_config(template.config)
+    s.set_timesteps(steps)
+    return s
+
+
+def vae_tiling(vae_tile: int | None, spatial: int, size: tuple[int, int]) -> tuple[int, int] | None:
+    """(tile, stride) pixels for VAE tiling, or None when the frame fits in one tile.
+
+    Stride is 3/4 of the tile; both snap to whole latent cells. Passing both explicitly matters: a tile
+    smaller than the VAE's default stride silently drops columns (diffusers-offline.md §3.4).
+    """
+    if vae_tile is None or max(size) <= vae_tile:
+        return None
+    tile = max(4 * spatial, vae_tile // spatial * spatial)
+    stride = max(spatial, (tile * 3 // 4) // spatial * spatial)
+    return tile, stride
+
+
+def check_latent_shape(z: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
+    if tuple(z.shape) != tuple(expected):
+        raise BackendError(f"{what}: VAE returned a latent of shape {tuple(z.shape)}, expected {tuple(expected)} "
+                           "(check the VAE tiling tile/stride)")
+
+
+def cast_module(module, dtype: torch.dtype) -> None:
+    """Cast to `dtype`, keeping the modules the model marks `_keep_in_fp32_modules` in float32 (norms,
+    time embeddings), as `from_pretrained(torch_dtype=...)` does."""
+    if module is None or next(module.parameters()).dtype == dtype:
+        return
+    module.to(dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    if dtype != torch.float32:
+        for name, sub in module.named_modules():
+            if any(k in name.split(".") for k in keep):
+                sub.to(torch.float32)

@@ -1,0 +1,135 @@
+"""Tiny random-weight pipelines of the real diffusers classes, built in code with no download.
+
+`build("wan-t2v")` is the embedded default model (`--model tiny`): the real Wan architecture and code path
+at a few hundred thousand parameters, deterministic for a given seed. Its output is structured noise: it
+proves the pipeline (tokenizer -> text encoder -> transformer -> scheduler -> VAE, tiling, caching), not
+image quality. The other kinds are the test fixtures for every supported family.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+
+import torch
+
+NATIVE = (64, 64)  # (width, height) pixels: latent 8x8 with the 8x VAEs below
+PRESETS = dict(scale=4, frames=9, steps=10, guidance=5.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
+KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "cogvideox-t2v", "cogvideox15-t2v", "cogvideox15-i2v",
+         "cogvideox-i2v")
+EMBEDDED = {"tiny": "wan-t2v", "tiny-i2v": "wan-i2v"}
+
+_WORDS = ("a the of and in on with video red green blue yellow white black moving circle square cat dog "
+          "over under sky sea city night day slowly fast").split()
+
+
+def t5_tokenizer():
+    """A T5/UMT5-style Unigram tokenizer: whole words first, then characters, so any ASCII text encodes."""
+    from transformers import T5Tokenizer
+
+    chars = string.ascii_letters + string.digits + string.punctuation
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -3.0) for w in _WORDS]
+    vocab += [("\u2581" + c, -6.0) for c in chars]
+    vocab += [(c, -7.0) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def _wan_transformer(in_channels=16, image_dim=None):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                 in_channels=in_channels, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64,
+                                 num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                 image_dim=image_dim, rope_max_seq_len=256)
+
+
+def _wan(kind: str):
+    from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline,
+                           WanPipeline)
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tok = t5_tokenizer()
+    te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                     relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    if kind == "wan-t2v":
+        return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=_wan_transformer(), scheduler=sched)
+    if kind == "wan22-t2v":
+        return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=_wan_transformer(),
+                           transformer_2=_wan_transformer(), scheduler=sched, boundary_ratio=0.875)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=8, projection_dim=8, num_hidden_layers=2,
+                                                         num_attention_heads=2, image_size=32, patch_size=4,
+                                                         intermediate_size=16)).eval()
+    proc = CLIPImageProcessor(crop_size=32, size=32)
+    return WanImageToVideoPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched, image_processor=proc,
+                                   image_encoder=enc, transformer=_wan_transformer(in_channels=36, image_dim=8))
+
+
+def _cogvideox(kind: str):
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
+                           CogVideoXImageToVideoPipeline, CogVideoXPipeline, CogVideoXTransformer3DModel)
+    from transformers import T5Config, T5EncoderModel
+
+    tok = t5_tokenizer()
+    te = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, latent_channels=4,
+                                 down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                 up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                 layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+    v15, i2v = kind.startswith("cogvideox15"), kind.endswith("i2v")
+    learned = i2v and not v15  # the 5B-I2V 1.0 style: fixed-resolution learned positional embeddings
+    tr = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8 if i2v else 4, out_channels=4,
+        time_embed_dim=8, text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
+        patch_size=2, patch_size_t=2 if v15 else None, patch_bias=not v15, max_text_seq_length=16,
+        use_rotary_positional_embeddings=not learned, use_learned_positional_embeddings=learned,
+        ofs_embed_dim=8 if (v15 and i2v) else None)
+    sched_cls = CogVideoXDPMScheduler if kind == "cogvideox-t2v" else CogVideoXDDIMScheduler
+    sched = sched_cls(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                      clip_sample=False, snr_shift_scale=1.0)
+    cls = CogVideoXImageToVideoPipeline if i2v else CogVideoXPipeline
+    return cls(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=sched)
+
+
+def build(kind: str = "wan-t2v", seed: int = 0):
+    """A tiny pipeline of `kind`, identical for identical (kind, seed)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown tiny kind {kind!r}; known: {KINDS}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe = _wan(kind) if kind.startswith("wan") else _cogvideox(kind)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sidecar() -> dict:
+    """The supergen.json facts of a tiny pipeline (its configs cannot say it was trained at 64x64)."""
+    return {"native_size": list(NATIVE), "presets": PRESETS}
+
+
+def save(kind: str, path: str, seed: int = 0) -> str:
+    """Build and `save_pretrained` a tiny pipeline with its sidecar; returns `path`."""
+    build(kind, seed).save_pretrained(path)
+    with open(os.path.join(path, "supergen.json"), "w") as f:
+        json.dump(sidecar(), f, indent=1)
+    return path
+
+
+def configs(pipe) -> dict:
+    """The same dict `loading.read_configs` returns for a folder, taken from a live pipeline."""
+    index = {"_class_name": type(pipe).__name__, **{k: v for k, v in pipe.config.items() if not k.startswith("_")}}
+    out = {"index": index, "sidecar": sidecar()}
+    for comp in ("transformer", "vae", "scheduler", "transformer_2"):
+        module = getattr(pipe, comp, None)
+        if module is not None:
+            out[comp] = dict(module.config)
+    return out

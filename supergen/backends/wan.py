@@ -1,0 +1,168 @@
+"""Wan 2.1 / 2.2 (T2V, I2V, the A14B two-expert models, TI2V-5B text-to-video) through diffusers.
+
+Conventions hidden here: latents are BCFHW, normalised per channel with the VAE's `latents_mean/std`;
+the scheduler is flow matching (the model predicts velocity = noise - x0); CFG is two calls ("cond",
+"uncond"); Wan 2.2 A14B switches to `transformer_2` below `boundary_ratio * 1000`; Wan 2.1 I2V adds
+CLIP image embeddings (global) and 4 mask + z image-condition channels (cropped per tile).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import BackendError
+from .base import Conditioning, ModelInfo
+from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
+
+PRESETS = dict(scale=2, frames=81, steps=50, guidance=5.0, fps=16, cache_threshold=0.20, cache_alpha=0.5)
+
+
+class WanBackend:
+    @staticmethod
+    def info_from_configs(c: dict) -> ModelInfo:
+        index, tr, vae = c["index"], c.get("transformer") or c.get("transformer_2"), c["vae"]
+        i2v = index["_class_name"] == "WanImageToVideoPipeline"
+        expand = bool(index.get("expand_timesteps"))
+        two_experts = c.get("transformer_2") is not None and c.get("transformer") is not None
+        version = "2.2" if (expand or two_experts or index.get("boundary_ratio")) else "2.1"
+        family = f"wan{version}-{'ti2v' if expand else ('i2v' if i2v else 't2v')}"
+        if expand and i2v:
+            raise BackendError("Wan 2.2 TI2V image-to-video (first-frame latent replacement with per-token "
+                               "timesteps) is not supported yet; use it as text-to-video (WanPipeline)")
+        dim = tr["num_attention_heads"] * tr["attention_head_dim"]
+        native = (1280, 704) if expand else ((1280, 720) if dim >= 5120 else (832, 480))
+        side = c.get("sidecar", {})
+        presets = {**PRESETS, **side.get("presets", {})}
+        return ModelInfo(
+            family=family,
+            pipeline_class=index["_class_name"],
+            latent_channels=vae["z_dim"],
+            vae_spatial=vae.get("scale_factor_spatial", 8),
+            vae_temporal=vae.get("scale_factor_temporal", 4),
+            patch=tuple(tr["patch_size"]),
+            native_size=tuple(side.get("native_size", native)),
+            is_i2v=i2v,
+            presets=presets,
+        )
+
+    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32"):
+        self.pipe, self.info = pipe, info
+        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        pipe.to(self.device)
+        for name in ("transformer", "transformer_2", "text_encoder", "image_encoder"):
+            cast_module(getattr(pipe, name, None), self.dtype)
+        cast_module(pipe.vae, torch.float32)  # Wan's VAE is meant to run in float32
+        self.scheduler = pipe.scheduler
+        if getattr(self.scheduler.config, "stochastic_sampling", False):
+            raise BackendError("stochastic flow-matching sampling is not supported: its per-step noise would "
+                               "depend on the tile layout")
+        z = pipe.vae.config.z_dim
+        self.mean = torch.tensor(pipe.vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
+        self.std = torch.tensor(pipe.vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
+        ratio = pipe.config.get("boundary_ratio")
+        self.boundary = None if ratio is None else ratio * self.scheduler.config.num_train_timesteps
+        self.max_sequence_length = 512
+        self.forwards = 0  # transformer calls, for reporting and for tests that count them
+
+    # -- conditioning ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames) -> Conditioning:
+        do_cfg = guidance > 1.0
+        pe, ne = self.pipe.encode_prompt(prompt, negative_prompt, do_classifier_free_guidance=do_cfg,
+                                         max_sequence_length=self.max_sequence_length, device=self.device)
+        cond = Conditioning(guidance, {"encoder_hidden_states": pe.to(self.dtype)},
+                            {"encoder_hidden_states": ne.to(self.dtype)} if do_cfg else None)
+        if image is not None:
+            width, height = size
+            if self.pipe.image_encoder is not None:
+                cond.extra["encoder_hidden_states_image"] = self.pipe.encode_image(image, self.device).to(self.dtype)
+            pixels = self.pipe.video_processor.preprocess(image, height=height, width=width)
+            pixels = pixels.to(self.device, torch.float32)
+            shape = self._latent_shape(frames, height, width)
+            _, condition = self.pipe.prepare_latents(pixels, 1, shape[1], height, width, frames, torch.float32,
+                                                     self.device, None, torch.zeros(shape))
+            cond.image_latent = condition.float()
+        return cond
+
+    def _latent_shape(self, frames, height, width):
+        s, t = self.info.vae_spatial, self.info.vae_temporal
+        return (1, self.info.latent_channels, (frames - 1) // t + 1, height // s, width // s)
+
+    # -- stage 1 ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
+        kwargs = {} if image is None else {"image": image}
+        out = self.pipe(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
+                        num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
+                        generator=generator, output_type="latent", max_sequence_length=self.max_sequence_length,
+                        **kwargs).frames
+        n_calls = steps * (2 if guidance > 1.0 else 1)
+        self.forwards += n_calls
+        return out.float()
+
+    # -- VAE -------------------------------------------------------------------------------------
+    def _tiling(self, vae_tile, height, width):
+        vae, t = self.pipe.vae, vae_tiling(vae_tile, self.info.vae_spatial, (height, width))
+        if t is None:
+            vae.disable_tiling()
+        else:
+            vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0],
+                              tile_sample_stride_height=t[1], tile_sample_stride_width=t[1])
+
+    @torch.no_grad()
+    def decode(self, z, frames=None, vae_tile=None):
+        s = self.info.vae_spatial
+        self._tiling(vae_tile, z.shape[-2] * s, z.shape[-1] * s)
+        z = z.to(self.device, torch.float32) * self.std.to(self.device) + self.mean.to(self.device)
+        return self.pipe.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, video, vae_tile=None):
+        b, _, f, h, w = video.shape
+        self._tiling(vae_tile, h, w)
+        z = self.pipe.vae.encode(video.to(self.device, torch.float32)).latent_dist.mode()
+        check_latent_shape(z, self._latent_shape(f, h, w), "encode")
+        return (z.float() - self.mean.to(self.device)) / self.std.to(self.device)
+
+    # -- schedule --------------------------------------------------------------------------------
+    def timesteps(self, steps: int) -> torch.Tensor:
+        return fresh_scheduler(self.scheduler, steps).timesteps
+
+    def renoise(self, z0, noise, steps, index):
+        """sigma * noise + (1 - sigma) * z0 at sigma = sigmas[index] (flow matching's forward process)."""
+        s = fresh_scheduler(self.scheduler, steps)
+        s.set_begin_index(index)
+        return s.scale_noise(z0, s.timesteps[index : index + 1], noise.to(z0))
+
+    def step(self, steps, index, prediction, x, state):
+        s = fresh_scheduler(self.scheduler, steps)
+        s.set_begin_index(index)
+        return s.step(prediction.float(), s.timesteps[index], x, return_dict=False)[0].float(), state
+
+    # -- the per-tile call -----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, x, steps, index, cond: Conditioning, image_latent=None):
+        t = self.timesteps(steps)[index].to(self.device)
+        if self.boundary is None or t >= self.boundary:
+            model, g = self.pipe.transformer, cond.guidance  # Wan 2.1, or 2.2's high-noise expert
+        else:
+            model, g = self.pipe.transformer_2, cond.guidance  # 2.2's low-noise expert
+        inp = x if image_latent is None else torch.cat([x, image_latent], dim=1)
+        inp = inp.to(self.device, self.dtype)
+        b, _, f, h, w = inp.shape
+        if self.pipe.config.get("expand_timesteps"):
+            ph, pw = self.info.patch[1:]
+            timestep = t.expand(b, f * (h // ph) * (w // pw))  # one timestep per token (TI2V-5B)
+        else:
+            timestep = t.expand(b)
+
+        def run(text, name):
+            self.forwards += 1
+            with model.cache_context(name):
+                return model(hidden_states=inp, timestep=timestep, return_dict=False, **text, **cond.extra)[0]
+
+        out = run(cond.text, "cond").float()
+        if cond.do_cfg:
+            uncond = run(cond.negative_text, "uncond").float()
+            out = uncond + g * (out - uncond)
+        return out

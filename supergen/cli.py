@@ -1,0 +1,97 @@
+"""`supergen` command line: `supergen render ...` (every RenderSpec field is an option of the same name)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .errors import SupergenError
+from .spec import BOUNDARIES, CACHE_POLICIES, DTYPES, RenderSpec, parse_tile
+
+HELP = {
+    "prompt": "text prompt (required)",
+    "negative_prompt": "negative prompt for CFG",
+    "image": "conditioning image for image-to-video models",
+    "width": "output width in pixels (default: the model's native width x its scale preset; tiny: 256)",
+    "height": "output height in pixels (default: native height x scale preset; tiny: 256)",
+    "frames": "frames (default per model: Wan 81, CogVideoX 41, tiny 9); 1 + a multiple of the VAE time factor",
+    "steps": "N, total denoising steps; the sketch runs all N (default: Wan/CogVideoX 50, tiny 10)",
+    "refine_steps": "k, the last k steps run tiled at full size (default: round(0.9 N), the paper's 45/50)",
+    "guidance": "CFG scale, 1 disables CFG (default: Wan 5.0, CogVideoX 6.0, tiny 5.0)",
+    "seed": "seed of every random draw; same spec + seed = same video",
+    "model": "'tiny' (embedded, no download), 'tiny-i2v', a hub id, or a local diffusers folder",
+    "dtype": "transformer/text-encoder dtype; the VAE and the latent canvas stay float32",
+    "device": "cpu, cuda or cuda:N",
+    "sketch_width": "sketch width in pixels (default: the target's aspect ratio at the native area)",
+    "sketch_height": "sketch height in pixels (give with --sketch-width)",
+    "tile": "tile HxW in latent cells (default: the model's native latent size, e.g. 60x104 for Wan 480p)",
+    "shift_every": "shift the tile grid before every s-th refinement step; 0 disables shifting",
+    "shift_loop": "shift quantum = tile // loop per axis; offsets cycle every `loop` shifts (paper: 16)",
+    "boundary": "wrap: windows wrap around the canvas (the paper's torus); clamp: windows stay inside",
+    "vae_tile": "VAE tiling tile in pixels, stride 3/4 of it (default: 2x the native size)",
+    "fps": "frames per second of the written videos (default per model)",
+    "cache": "tile cache policy",
+    "cache_threshold": "cache threshold tau (default per model family)",
+    "cache_alpha": "region-aware loosening alpha of the most active tiles (default per family)",
+    "cache_warmup": "refinement steps that always compute",
+    "max_consecutive_skips": "a tile computes after this many skips in a row",
+}
+CHOICES = {"dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES}
+
+
+def _add_spec_options(p: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(RenderSpec):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = parse_tile if f.name == "tile" else {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        default = None if f.default is dataclasses.MISSING else f.default
+        extra = {"choices": CHOICES[f.name]} if f.name in CHOICES else {}
+        p.add_argument(flag, type=kind, default=default, required=f.name == "prompt",
+                       help=HELP[f.name] + ("" if default is None else " [default: %(default)s]"), **extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supergen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="render a video in this process")
+    _add_spec_options(r)
+    r.add_argument("--out", default="supergen-out", help="output folder [default: %(default)s]")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> RenderSpec:
+    names = {f.name for f in dataclasses.fields(RenderSpec)} - {"extra"}
+    return RenderSpec(**{n: getattr(args, n) for n in names})
+
+
+def cmd_render(args) -> int:
+    from .executor import render
+    from .outputs import write_outputs
+    from .progress import NullProgress, TqdmProgress
+
+    spec = spec_from_args(args)
+    result = render(spec, progress=NullProgress() if args.quiet else TqdmProgress(file=sys.stderr))
+    paths = write_outputs(result, args.out)
+    if not args.quiet:
+        t = result.timings
+        print(f"{result.spec.width}x{result.spec.height}x{result.spec.frames} from a "
+              f"{result.spec.sketch_width}x{result.spec.sketch_height} sketch; "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()), file=sys.stderr)
+    print(paths["video.mp4"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"render": cmd_render}[args.command](args)
+    except SupergenError as e:
+        print(f"supergen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

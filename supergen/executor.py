@@ -1,0 +1,113 @@
+"""The in-process executor: the whole method in one process, in plain sight. It is the reference every
+other executor must reproduce."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import noise
+from .backends import load_backend, model_info
+from .backends.base import Backend
+from .progress import NullProgress, Progress
+from .refine import RefinePlan, refine_step
+from .spec import RenderSpec, resolve
+from .upscale import to_uint8, upscale_video
+
+
+@dataclass
+class RenderResult:
+    spec: RenderSpec  # resolved: every preset filled in
+    video: torch.Tensor  # (F, H, W, 3) uint8
+    sketch_video: torch.Tensor  # (F, h, w, 3) uint8
+    latent: torch.Tensor  # final normalized latent (1, C, F', H/8, W/8), float32
+    sketch_latent: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    tiles_per_step: list[int] = field(default_factory=list)
+    forwards: dict[str, int] = field(default_factory=dict)  # transformer calls: sketch / refine
+    family: str = ""
+
+    def report(self) -> dict[str, Any]:
+        """The render.json record."""
+        from . import versions
+
+        return {
+            "spec": self.spec.to_dict(), "seed": self.spec.seed, "family": self.family, "versions": versions(),
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "tiles_per_step": self.tiles_per_step, "forwards": self.forwards,
+            "video_shape": list(self.video.shape), "sketch_shape": list(self.sketch_video.shape),
+        }
+
+
+def prepare(spec: RenderSpec) -> RenderSpec:
+    """Validate `spec` against its model's configs (no weights loaded) and fill presets."""
+    return resolve(spec, model_info(spec.model))
+
+
+def load_image(spec: RenderSpec):
+    if spec.image is None:
+        return None
+    from PIL import Image
+
+    with Image.open(spec.image) as im:
+        return im.convert("RGB")
+
+
+@contextmanager
+def _timed(timings: dict, name: str, progress: Progress, total: int = 1):
+    progress.start(name, total)
+    t0 = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t0
+    progress.finish()
+
+
+def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend | None = None) -> RenderResult:
+    """Render `spec` in this process: sketch -> upscale -> re-noise -> tiled refinement -> decode."""
+    progress = progress or NullProgress()
+    spec = prepare(spec)  # every spec error surfaces here, before any weights load
+    timings: dict[str, float] = {}
+    with _timed(timings, "load", progress):
+        backend = backend or load_backend(spec.model, spec.device, spec.dtype)
+    image = load_image(spec)
+    s = backend.info.vae_spatial
+
+    # 1. Sketch: the whole clip at native size, the full N-step schedule, the stock pipeline.
+    with _timed(timings, "sketch", progress):
+        calls0 = backend.forwards
+        z_lo = backend.sketch(spec.prompt, spec.negative_prompt, image, spec.sketch_width, spec.sketch_height,
+                              spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
+        sketch_calls = backend.forwards - calls0
+
+    # 2. Upscale in pixel space, re-encode, re-noise to schedule index N - k with seeded noise.
+    with _timed(timings, "upscale", progress):
+        video_lo = backend.decode(z_lo, frames=spec.frames, vae_tile=spec.vae_tile)
+        z_hi = backend.encode(upscale_video(video_lo, (spec.height, spec.width)), vae_tile=spec.vae_tile)
+        plan = RefinePlan.from_spec(spec, s)
+        eps = noise.gaussian(z_hi.shape, spec.seed, "renoise").to(z_hi.device)
+        x = backend.renoise(z_hi, eps, spec.steps, plan.start)
+        cond = backend.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image,
+                                           (spec.width, spec.height), spec.frames)
+
+    # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
+    tiles_per_step, state = [], {}
+    t0, calls0 = time.perf_counter(), backend.forwards
+    for i in range(plan.refine_steps):
+        progress.start(f"refine {i + 1}/{plan.refine_steps}", len(plan.grid(i)))
+        x, state, grid = refine_step(backend, cond, plan, i, x, state, on_tile=lambda d, t: progress.advance())
+        tiles_per_step.append(len(grid))
+        progress.finish()
+    timings["refine"] = time.perf_counter() - t0
+    refine_calls = backend.forwards - calls0
+
+    # 4. Decode the final canvas (tiled VAE with explicit tile and stride).
+    with _timed(timings, "decode", progress):
+        video = backend.decode(x, frames=spec.frames, vae_tile=spec.vae_tile)
+
+    return RenderResult(spec=spec, video=to_uint8(video), sketch_video=to_uint8(video_lo), latent=x.cpu(),
+                        sketch_latent=z_lo.cpu(), timings=timings, tiles_per_step=tiles_per_step,
+                        forwards={"sketch": sketch_calls, "refine": refine_calls}, family=backend.info.family)

@@ -1,0 +1,56 @@
+"""Writing a render's outputs: video.mp4, sketch.mp4, a contact sheet and render.json."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+
+def write_mp4(path: str, frames: torch.Tensor, fps: int) -> None:
+    """(F, H, W, 3) uint8 -> H.264 mp4 (yuv420p, so any player opens it)."""
+    import imageio.v2 as imageio
+
+    with imageio.get_writer(path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1,
+                            ffmpeg_log_level="error", output_params=["-crf", "12"]) as w:
+        for frame in frames.numpy():
+            w.append_data(frame)
+
+
+def read_mp4(path: str) -> np.ndarray:
+    import imageio.v2 as imageio
+
+    return np.stack(list(imageio.get_reader(path)))
+
+
+def contact_sheet(sketch: torch.Tensor, final: torch.Tensor, columns: int = 4):
+    """PIL image: sampled frames, sketch (upscaled with nearest, to show its real detail) above final."""
+    from PIL import Image
+
+    n = final.shape[0]
+    idx = sorted({round(i * (n - 1) / max(1, columns - 1)) for i in range(columns)})
+    H, W = final.shape[1:3]
+    sheet = Image.new("RGB", (W * len(idx), H * 2), "black")
+    for j, f in enumerate(idx):
+        lo = Image.fromarray(sketch[min(f, sketch.shape[0] - 1)].numpy()).resize((W, H), Image.NEAREST)
+        sheet.paste(lo, (j * W, 0))
+        sheet.paste(Image.fromarray(final[f].numpy()), (j * W, H))
+    return sheet
+
+
+def write_outputs(result, out_dir: str) -> dict[str, str]:
+    """Write every output of `result` into `out_dir`; render.json last, so its presence means complete."""
+    os.makedirs(out_dir, exist_ok=True)
+    fps = result.spec.fps
+    paths = {name: os.path.join(out_dir, name) for name in ("video.mp4", "sketch.mp4", "contact_sheet.png",
+                                                              "render.json")}
+    write_mp4(paths["video.mp4"], result.video, fps)
+    write_mp4(paths["sketch.mp4"], result.sketch_video, fps)
+    contact_sheet(result.sketch_video, result.video).save(paths["contact_sheet.png"])
+    tmp = paths["render.json"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result.report(), f, indent=1)
+    os.replace(tmp, paths["render.json"])
+    return paths

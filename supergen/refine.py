@@ -1,0 +1,77 @@
+"""Stage 2: tiled refinement. `predict_tile` is the unit of work (one tile, one step) that any executor runs
+on one tile's data alone; `refine_step` is one whole step on the canvas, the reference the distributed
+executor must reproduce."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .backends.base import Backend, Conditioning
+from .tiling import Grid, Window, crop, merge, step_grid
+
+
+@dataclass(frozen=True)
+class RefinePlan:
+    """Where the refinement sits in the schedule and how its tiles move."""
+
+    steps: int  # N
+    refine_steps: int  # k
+    canvas: tuple[int, int]  # latent (H, W)
+    tile: tuple[int, int]
+    boundary: str
+    shift_every: int
+    shift_loop: int
+
+    @property
+    def start(self) -> int:
+        """Schedule index of the first refinement step (the paper's T - k)."""
+        return self.steps - self.refine_steps
+
+    def grid(self, i: int) -> Grid:
+        return step_grid(i, self.canvas, self.tile, self.boundary, self.shift_every, self.shift_loop)
+
+    @classmethod
+    def from_spec(cls, spec, vae_spatial: int) -> RefinePlan:
+        return cls(spec.steps, spec.refine_steps, (spec.height // vae_spatial, spec.width // vae_spatial),
+                   tuple(spec.tile), spec.boundary, spec.shift_every, spec.shift_loop)
+
+
+def predict_tile(backend: Backend, cond: Conditioning, steps: int, index: int, x_tile: torch.Tensor,
+                 image_tile: torch.Tensor | None = None) -> torch.Tensor:
+    """The CFG-combined prediction for one tile window (B, C, F, h, w) at schedule index `index`.
+
+    Same prompt for every tile, the crop of the image condition for this window, the unchanged model.
+    """
+    return backend.predict(x_tile, steps, index, cond, image_latent=image_tile)
+
+
+TileFn = Callable[[int, Window, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def refine_step(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, x: torch.Tensor,
+                state: dict[str, torch.Tensor], tile_fn: TileFn | None = None,
+                on_tile: Callable[[int, int], None] | None = None):
+    """Refinement step `i` (0-based) on the canvas `x`: predict every window, merge, one scheduler step.
+
+    `tile_fn(tile_index, window, x_tile, image_tile)` replaces the plain per-tile prediction (the cache
+    plugs in here). Returns (x_next, state, grid).
+    """
+    grid = plan.grid(i)
+    index = plan.start + i
+    image = cond.image_latent
+    preds = []
+    for n, win in enumerate(grid.windows):
+        x_tile = crop(x, win)
+        image_tile = None if image is None else crop(image, win)
+        if tile_fn is None:
+            preds.append(predict_tile(backend, cond, plan.steps, index, x_tile, image_tile))
+        else:
+            preds.append(tile_fn(n, win, x_tile, image_tile))
+        if on_tile is not None:
+            on_tile(n + 1, len(grid))
+    prediction = merge(grid, preds, x)
+    x, state = backend.step(plan.steps, index, prediction, x, state)
+    return x, state, grid

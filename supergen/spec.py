@@ -1,0 +1,297 @@
+"""`RenderSpec`: one validated render request.
+
+A spec is validated twice, both times before any weights are loaded:
+
+1. at construction, every field on its own (types, ranges, names, files that must exist);
+2. by `resolve(spec, info)`, against the model's `ModelInfo` (read from its config files only):
+   sizes must be whole VAE x patch cells, frames a whole number of VAE time blocks, the tile a size the
+   model can take. `resolve` fills every `None` with the model's preset and returns a new spec in which
+   no field is `None` except `image`; that resolved spec is what render.json records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from .errors import SpecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backends.base import ModelInfo
+
+DTYPES = ("float32", "bfloat16", "float16")
+BOUNDARIES = ("wrap", "clamp")
+CACHE_POLICIES = ("none", "region", "uniform")
+EMBEDDED_MODELS = ("tiny", "tiny-i2v")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """One render: what to generate, at what size, with which model and refinement settings.
+
+    Sizes are output pixels; `tile` is in latent cells (pixels / the VAE's spatial factor). A field left
+    `None` takes the model's preset when the spec is resolved.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    image: str | None = None  # conditioning image path (I2V models only)
+    width: int | None = None  # output pixels; preset: the model's native width x its default scale
+    height: int | None = None
+    frames: int | None = None  # output frames; must be 1 + a multiple of the VAE's time factor
+    steps: int | None = None  # N: the full schedule (the sketch runs all N)
+    refine_steps: int | None = None  # k: the last k of the N steps run tiled at full size (paper: 45/50)
+    guidance: float | None = None  # CFG scale; 1 disables CFG
+    seed: int = 0
+    model: str = "tiny"  # "tiny" (embedded, no download), a hub id, or a local diffusers folder
+    dtype: str = "float32"  # transformer/text-encoder dtype; the VAE and the canvas stay float32
+    device: str = "cpu"
+    sketch_width: int | None = None  # preset: the target's aspect ratio at (at most) the native area
+    sketch_height: int | None = None
+    tile: tuple[int, int] | None = None  # (h, w) latent cells; preset: the native latent size
+    shift_every: int = 1  # shift the tile grid before every s-th refinement step; 0: never shift
+    shift_loop: int = 16  # shift quantum = tile // shift_loop per axis (the paper's loop_step)
+    boundary: str = "wrap"  # "wrap": windows wrap around the canvas (paper's torus); "clamp": stay inside
+    vae_tile: int | None = None  # VAE tiling tile size in pixels (stride = 3/4 of it); preset: 2x native
+    fps: int | None = None
+    cache: str = "none"  # tile cache policy: none | region | uniform
+    cache_threshold: float | None = None  # tau; preset per model family
+    cache_alpha: float | None = None  # region-aware loosening of the most active tiles; preset per family
+    cache_warmup: int = 5  # refinement steps that always compute
+    max_consecutive_skips: int = 3
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        if d["tile"] is not None:
+            d["tile"] = list(d["tile"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RenderSpec:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SpecError(unknown[0], f"unknown field; known fields are {sorted(known)}")
+        d = dict(d)
+        if d.get("tile") is not None:
+            d["tile"] = tuple(d["tile"])
+        return cls(**d)
+
+    def replace(self, **changes) -> RenderSpec:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    """'60x104' -> (60, 104): latent height x width."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m:
+        raise SpecError("tile", f"expected HxW in latent cells such as 60x104, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _int(spec, name, lo=None, hi=None, optional=True):
+    v = getattr(spec, name)
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(name, f"must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise SpecError(name, f"must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise SpecError(name, f"must be <= {hi}, got {v}")
+
+
+def _float(spec, name, lo=None, optional=True):
+    v = getattr(spec, name)
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise SpecError(name, f"must be a finite number, got {v!r}")
+    if lo is not None and v < lo:
+        raise SpecError(name, f"must be >= {lo}, got {v}")
+
+
+def _choice(spec, name, allowed):
+    v = getattr(spec, name)
+    if v not in allowed:
+        raise SpecError(name, f"must be one of {list(allowed)}, got {v!r}")
+
+
+def _check_fields(s: RenderSpec) -> None:
+    if not isinstance(s.prompt, str) or not s.prompt.strip():
+        raise SpecError("prompt", "must be a non-empty string")
+    if not isinstance(s.negative_prompt, str):
+        raise SpecError("negative_prompt", f"must be a string, got {type(s.negative_prompt).__name__}")
+    for name in ("width", "height", "sketch_width", "sketch_height"):
+        _int(s, name, lo=8, hi=16384)
+    if (s.sketch_width is None) != (s.sketch_height is None):
+        raise SpecError("sketch_width", "give both sketch_width and sketch_height, or neither")
+    _int(s, "frames", lo=1, hi=1025)
+    _int(s, "steps", lo=1, hi=1000)
+    _int(s, "refine_steps", lo=1, hi=1000)
+    if s.steps is not None and s.refine_steps is not None and s.refine_steps > s.steps:
+        raise SpecError("refine_steps", f"must be <= steps ({s.steps}), got {s.refine_steps}")
+    _float(s, "guidance", lo=1.0)
+    _int(s, "seed", lo=0, hi=2**63 - 1, optional=False)
+    _choice(s, "dtype", DTYPES)
+    if not isinstance(s.device, str) or not _DEVICE.match(s.device):
+        raise SpecError("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {s.device!r}")
+    if s.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError("device", f"{s.device!r} was asked for but this machine has no CUDA device; use 'cpu'")
+        index = int(s.device.split(":")[1]) if ":" in s.device else 0
+        if index >= torch.cuda.device_count():
+            raise SpecError("device", f"{s.device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    if s.tile is not None:
+        if (
+            not isinstance(s.tile, tuple)
+            or len(s.tile) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s.tile)
+        ):
+            raise SpecError("tile", f"must be a pair of positive integers (h, w) in latent cells, got {s.tile!r}")
+    _int(s, "shift_every", lo=0, hi=1000, optional=False)
+    _int(s, "shift_loop", lo=1, hi=1024, optional=False)
+    _choice(s, "boundary", BOUNDARIES)
+    _int(s, "vae_tile", lo=16, hi=16384)
+    _int(s, "fps", lo=1, hi=240)
+    _choice(s, "cache", CACHE_POLICIES)
+    _float(s, "cache_threshold", lo=0.0)
+    _float(s, "cache_alpha", lo=0.0)
+    _int(s, "cache_warmup", lo=0, optional=False)
+    _int(s, "max_consecutive_skips", lo=0, optional=False)
+    _check_model(s.model)
+    if s.image is not None:
+        if not isinstance(s.image, str) or not os.path.isfile(s.image):
+            raise SpecError("image", f"no such file: {s.image!r}")
+        try:
+            from PIL import Image
+
+            with Image.open(s.image) as im:
+                im.verify()
+        except Exception as e:  # PIL raises many types for bad files
+            raise SpecError("image", f"{s.image!r} is not a readable image ({e})") from e
+
+
+def _check_model(model: str) -> None:
+    if not isinstance(model, str) or not model:
+        raise SpecError("model", "must be 'tiny', a hub id like 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
+    if model in EMBEDDED_MODELS:
+        return
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "model_index.json")):
+            raise SpecError("model", f"folder {model!r} has no model_index.json: not a diffusers pipeline folder")
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") != 1 or not _HUB_ID.match(model):
+        raise SpecError(
+            "model",
+            f"{model!r} is neither an embedded model {list(EMBEDDED_MODELS)}, an existing folder, "
+            "nor a hub id of the form 'org/name'",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolution against a model
+
+
+def default_sketch_size(width: int, height: int, native: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """Largest (w, h) with the target's aspect ratio, area <= the native area, multiples of `multiple`.
+
+    For the paper's sizes (2560x1440 or 3840x2160 from a 1280x720 model) this is exactly the native size;
+    for other aspect ratios it keeps the target's shape, so the bicubic upscale never stretches.
+    """
+    nat_w, nat_h = native
+    aspect = width / height
+    h = math.sqrt(nat_w * nat_h / aspect)
+    w = h * aspect
+    sh = max(multiple, min(height, int(h // multiple) * multiple))
+    sw = max(multiple, min(width, int(w // multiple) * multiple))
+    return sw, sh
+
+
+def _nearest_multiples(v: int, m: int) -> str:
+    lo = max(m, v // m * m)
+    return f"{lo} or {lo + m}" if lo != v else str(v)
+
+
+def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
+    """Fill presets from `info` and check every size against the model. Raises `SpecError`."""
+    p = info.presets
+    scale = p["scale"]
+    nat_w, nat_h = info.native_size
+    width = spec.width if spec.width is not None else nat_w * scale
+    height = spec.height if spec.height is not None else nat_h * scale
+    m_h, m_w = info.vae_spatial * info.patch[1], info.vae_spatial * info.patch[2]
+    for name, v, m in (("width", width, m_w), ("height", height, m_h)):
+        if v % m:
+            raise SpecError(name, f"must be a multiple of {m} for {info.family} (VAE {info.vae_spatial} x patch), "
+                                  f"got {v}; try {_nearest_multiples(v, m)}")
+    if spec.sketch_width is not None:
+        sw, sh = spec.sketch_width, spec.sketch_height
+        for name, v, m in (("sketch_width", sw, m_w), ("sketch_height", sh, m_h)):
+            if v % m:
+                raise SpecError(name, f"must be a multiple of {m}, got {v}; try {_nearest_multiples(v, m)}")
+    else:
+        sw, sh = default_sketch_size(width, height, info.native_size, math.lcm(m_w, m_h))
+    if sw > width or sh > height:
+        raise SpecError("sketch_width", f"sketch {sw}x{sh} must not exceed the output {width}x{height}")
+
+    frames = spec.frames if spec.frames is not None else p["frames"]
+    ft = info.vae_temporal
+    if (frames - 1) % ft:
+        lo = (frames - 1) // ft * ft + 1
+        raise SpecError("frames", f"must be 1 + a multiple of {ft} for {info.family}, got {frames}; "
+                                  f"try {lo} or {lo + ft}")
+    steps = spec.steps if spec.steps is not None else p["steps"]
+    k = spec.refine_steps if spec.refine_steps is not None else max(1, round(0.9 * steps))
+    if k > steps:
+        raise SpecError("refine_steps", f"must be <= steps ({steps}), got {k}")
+
+    canvas = (height // info.vae_spatial, width // info.vae_spatial)
+    if spec.tile is None:
+        tile = tuple(min(n, c) for n, c in zip(info.native_latent, canvas))
+    else:
+        tile = spec.tile
+    _check_tile(tile, canvas, info)
+
+    if info.is_i2v and spec.image is None:
+        raise SpecError("image", f"{info.family} is an image-to-video model: pass a conditioning image")
+    if not info.is_i2v and spec.image is not None:
+        raise SpecError("image", f"{info.family} is a text-to-video model and takes no image")
+
+    return spec.replace(
+        width=width, height=height, sketch_width=sw, sketch_height=sh, frames=frames, steps=steps,
+        refine_steps=k, guidance=spec.guidance if spec.guidance is not None else p["guidance"],
+        tile=tuple(tile), vae_tile=spec.vae_tile or 2 * max(info.native_size),
+        fps=spec.fps or p["fps"],
+        cache_threshold=spec.cache_threshold if spec.cache_threshold is not None else p["cache_threshold"],
+        cache_alpha=spec.cache_alpha if spec.cache_alpha is not None else p["cache_alpha"],
+    )
+
+
+def _check_tile(tile: tuple[int, int], canvas: tuple[int, int], info: ModelInfo) -> None:
+    th, tw = tile
+    ph, pw = info.patch[1:]
+    if th % ph or tw % pw:
+        raise SpecError("tile", f"{th}x{tw} must be a multiple of the patch {ph}x{pw} of {info.family} "
+                                "(the transformer would silently drop the remainder)")
+    if th > canvas[0] or tw > canvas[1]:
+        raise SpecError("tile", f"{th}x{tw} is larger than the latent canvas {canvas[0]}x{canvas[1]}")
+    if info.exact_tile and (th, tw) != tuple(info.native_latent):
+        raise SpecError("tile", f"{info.family} has learned positional embeddings: the tile must be exactly the "
+                                f"native latent size {info.native_latent[0]}x{info.native_latent[1]}, got {th}x{tw}")
+    if info.max_tile is not None and (th > info.max_tile[0] or tw > info.max_tile[1]):
+        raise SpecError("tile", f"{th}x{tw} exceeds the largest tile {info.max_tile[0]}x{info.max_tile[1]} "
+                                f"that {info.family}'s positional embedding covers")

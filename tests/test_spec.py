@@ -1,0 +1,123 @@
+import pytest
+
+from supergen import RenderSpec, SpecError
+from supergen.backends import model_info
+from supergen.spec import default_sketch_size, parse_tile, resolve
+
+BAD = [
+    # (field, value, words the message must contain)
+    ("prompt", "", "non-empty"),
+    ("prompt", 3, "non-empty"),
+    ("negative_prompt", None, "string"),
+    ("width", 0, ">= 8"),
+    ("width", 100000, "<= 16384"),
+    ("height", 12.5, "integer"),
+    ("frames", 0, ">= 1"),
+    ("steps", 0, ">= 1"),
+    ("refine_steps", 0, ">= 1"),
+    ("guidance", 0.5, ">= 1"),
+    ("guidance", float("nan"), "finite"),
+    ("seed", -1, ">= 0"),
+    ("seed", "7", "integer"),
+    ("model", "", "tiny"),
+    ("model", "/no/such/folder", "neither"),
+    ("model", "not a hub id", "neither"),
+    ("dtype", "float64", "float32"),
+    ("device", "tpu", "cuda"),
+    ("tile", (0, 8), "positive"),
+    ("tile", (8,), "pair"),
+    ("shift_every", -1, ">= 0"),
+    ("shift_loop", 0, ">= 1"),
+    ("boundary", "reflect", "wrap"),
+    ("vae_tile", 4, ">= 16"),
+    ("fps", 0, ">= 1"),
+    ("cache", "teacache", "none"),
+    ("cache_threshold", -0.1, ">= 0"),
+    ("image", "/no/such/image.png", "no such file"),
+    ("sketch_width", 64, "both"),
+]
+
+
+@pytest.mark.parametrize("field,value,words", BAD, ids=[f"{b[0]}={b[1]!r}" for b in BAD])
+def test_invalid_field_names_the_field(field, value, words):
+    kwargs = {"prompt": "a cat", field: value}
+    with pytest.raises(SpecError) as e:
+        RenderSpec(**kwargs)
+    assert e.value.field == field
+    assert f"`{field}`" in str(e.value) and words in str(e.value)
+
+
+def test_refine_steps_must_not_exceed_steps():
+    with pytest.raises(SpecError, match="`refine_steps`.*<= steps"):
+        RenderSpec(prompt="x", steps=4, refine_steps=5)
+
+
+def test_device_cuda_refused_without_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("machine has CUDA")
+    with pytest.raises(SpecError, match="`device`.*no CUDA"):
+        RenderSpec(prompt="x", device="cuda")
+
+
+def test_bad_image_file(tmp_path):
+    p = tmp_path / "x.png"
+    p.write_text("not an image")
+    with pytest.raises(SpecError, match="`image`.*not a readable image"):
+        RenderSpec(prompt="x", image=str(p))
+
+
+RESOLVE_BAD = [
+    ("width", dict(width=100), "multiple of 16"),
+    ("height", dict(height=72), "multiple of 16"),
+    ("frames", dict(frames=10), "1 + a multiple of 4"),
+    ("tile", dict(tile=(7, 8)), "multiple of the patch"),
+    ("tile", dict(tile=(40, 8)), "larger than the latent canvas"),
+    ("image", dict(image="IMAGE"), "text-to-video"),
+    ("sketch_width", dict(sketch_width=512, sketch_height=64), "must not exceed"),
+]
+
+
+@pytest.mark.parametrize("field,kw,words", RESOLVE_BAD, ids=[r[0] for r in RESOLVE_BAD])
+def test_resolve_checks_against_the_model(field, kw, words, tmp_path):
+    if kw.get("image") == "IMAGE":
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(tmp_path / "i.png")
+        kw = {**kw, "image": str(tmp_path / "i.png")}
+    spec = RenderSpec(prompt="x", **kw)
+    with pytest.raises(SpecError) as e:
+        resolve(spec, model_info("tiny"))
+    assert e.value.field == field and words in str(e.value)
+
+
+def test_i2v_model_requires_image():
+    with pytest.raises(SpecError, match="`image`.*image-to-video"):
+        resolve(RenderSpec(prompt="x", model="tiny-i2v"), model_info("tiny-i2v"))
+
+
+def test_resolve_fills_presets():
+    s = resolve(RenderSpec(prompt="x"), model_info("tiny"))
+    assert (s.width, s.height, s.sketch_width, s.sketch_height) == (256, 256, 64, 64)
+    assert s.tile == (8, 8) and s.frames == 9 and s.steps == 10 and s.refine_steps == 9
+    assert RenderSpec.from_dict(s.to_dict()) == s
+
+
+def test_default_sketch_keeps_aspect_at_native_area():
+    assert default_sketch_size(2560, 1440, (1280, 720), 16) == (1280, 720)
+    assert default_sketch_size(3840, 2160, (1280, 720), 16) == (1280, 720)
+    assert default_sketch_size(1920, 1080, (832, 480), 16) == (832, 464)  # 16:9 at <= 832*480 px
+    w, h = default_sketch_size(1080, 1920, (832, 480), 16)
+    assert h > w and w * h <= 832 * 480
+
+
+def test_parse_tile():
+    assert parse_tile("60x104") == (60, 104)
+    with pytest.raises(SpecError, match="`tile`"):
+        parse_tile("60")
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(SpecError, match="`colour`"):
+        RenderSpec.from_dict({"prompt": "x", "colour": 1})
