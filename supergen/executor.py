@@ -91,14 +91,14 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
         eps = noise.gaussian(z_hi.shape, spec.seed, "renoise").to(z_hi.device)
         x = backend.renoise(z_hi, eps, spec.steps, plan.start)
         cond = backend.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image,
-                                           (spec.width, spec.height), spec.frames)
+                                           (spec.width, spec.height), spec.frames, seed=spec.seed)
 
     # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
     tiles_per_step, state = [], {}
     t0, calls0 = time.perf_counter(), backend.forwards
     for i in range(plan.refine_steps):
         progress.start(f"refine {i + 1}/{plan.refine_steps}", len(plan.grid(i)))
-        x, state, grid = refine_step(backend, cond, plan, i, x, state, on_tile=lambda d, t: progress.advance())
+        x, state, grid = refine_step(backend, cond, plan, i, x, state, seed=spec.seed, on_tile=lambda d, t: progress.advance())
         tiles_per_step.append(len(grid))
         progress.finish()
     timings["refine"] = time.perf_counter() - t0

@@ -11,18 +11,25 @@ import torch
 
 def write_mp4(path: str, frames: torch.Tensor, fps: int) -> None:
     """(F, H, W, 3) uint8 -> H.264 mp4 (yuv420p, so any player opens it)."""
-    import imageio.v2 as imageio
+    import imageio_ffmpeg
 
-    with imageio.get_writer(path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1,
-                            ffmpeg_log_level="error", output_params=["-crf", "12"]) as w:
-        for frame in frames.numpy():
-            w.append_data(frame)
+    f, h, w, _ = frames.shape
+    writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=1, ffmpeg_log_level="error", output_params=["-crf", "12"])
+    writer.send(None)  # start the encoder
+    for frame in frames.numpy():
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
 
 
 def read_mp4(path: str) -> np.ndarray:
-    import imageio.v2 as imageio
+    """(F, H, W, 3) uint8 frames of an mp4."""
+    import imageio_ffmpeg
 
-    return np.stack(list(imageio.get_reader(path)))
+    gen = imageio_ffmpeg.read_frames(path)
+    meta = next(gen)
+    w, h = meta["size"]
+    return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in gen])
 
 
 def contact_sheet(sketch: torch.Tensor, final: torch.Tensor, columns: int = 4):

@@ -52,7 +52,7 @@ TileFn = Callable[[int, Window, torch.Tensor, torch.Tensor | None], torch.Tensor
 
 
 def refine_step(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, x: torch.Tensor,
-                state: dict[str, torch.Tensor], tile_fn: TileFn | None = None,
+                state: dict[str, torch.Tensor], seed: int = 0, tile_fn: TileFn | None = None,
                 on_tile: Callable[[int, int], None] | None = None):
     """Refinement step `i` (0-based) on the canvas `x`: predict every window, merge, one scheduler step.
 
@@ -73,5 +73,5 @@ def refine_step(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, 
         if on_tile is not None:
             on_tile(n + 1, len(grid))
     prediction = merge(grid, preds, x)
-    x, state = backend.step(plan.steps, index, prediction, x, state)
+    x, state = backend.step(plan.steps, index, prediction, x, state, seed=seed)
     return x, state, grid

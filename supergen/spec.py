@@ -243,13 +243,18 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         for name, v, m in (("sketch_width", sw, m_w), ("sketch_height", sh, m_h)):
             if v % m:
                 raise SpecError(name, f"must be a multiple of {m}, got {v}; try {_nearest_multiples(v, m)}")
+    elif info.exact_tile:
+        sw, sh = info.native_size  # fixed-resolution positional embeddings: the sketch too runs native
     else:
         sw, sh = default_sketch_size(width, height, info.native_size, math.lcm(m_w, m_h))
+    if info.exact_tile and (sw, sh) != tuple(info.native_size):
+        raise SpecError("sketch_width", f"{info.family} only generates at its native "
+                                        f"{info.native_size[0]}x{info.native_size[1]}, got a {sw}x{sh} sketch")
     if sw > width or sh > height:
         raise SpecError("sketch_width", f"sketch {sw}x{sh} must not exceed the output {width}x{height}")
 
     frames = spec.frames if spec.frames is not None else p["frames"]
-    ft = info.vae_temporal
+    ft = info.frames_multiple
     if (frames - 1) % ft:
         lo = (frames - 1) // ft * ft + 1
         raise SpecError("frames", f"must be 1 + a multiple of {ft} for {info.family}, got {frames}; "

@@ -24,7 +24,12 @@ class ModelInfo:
     is_i2v: bool
     exact_tile: bool = False  # learned positional embeddings: the tile must be the native size
     max_tile: tuple[int, int] | None = None  # (h, w) latent limit of the positional embedding
+    frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
+
+    @property
+    def frames_multiple(self) -> int:
+        return self.frame_step or self.vae_temporal
 
     @property
     def native_latent(self) -> tuple[int, int]:
@@ -56,7 +61,8 @@ class Backend(Protocol):
     device: torch.device
 
     def encode_conditioning(self, prompt: str, negative_prompt: str, guidance: float, image, size: tuple[int, int],
-                            frames: int) -> Conditioning: ...
+                            frames: int, seed: int = 0) -> Conditioning:
+        """Text (and image) conditioning for a canvas of `size` = (width, height) pixels."""
 
     def sketch(self, prompt: str, negative_prompt: str, image, width: int, height: int, frames: int, steps: int,
                guidance: float, generator: torch.Generator) -> torch.Tensor:
@@ -70,7 +76,7 @@ class Backend(Protocol):
 
     def timesteps(self, steps: int) -> torch.Tensor: ...
 
-    def renoise(self, z0: torch.Tensor, noise: torch.Tensor, steps: int, index: int) -> torch.Tensor:
+    def renoise(self, z0: torch.Tensor, eps: torch.Tensor, steps: int, index: int) -> torch.Tensor:
         """Forward process from clean `z0` to the noise level of schedule index `index`."""
 
     def predict(self, x: torch.Tensor, steps: int, index: int, cond: Conditioning,
@@ -78,6 +84,6 @@ class Backend(Protocol):
         """CFG-combined model output for one tile (B, C, F, h, w), float32, in the space `step` expects."""
 
     def step(self, steps: int, index: int, prediction: torch.Tensor, x: torch.Tensor,
-             state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One scheduler step. Element-wise per latent cell, so it may run on any region of the canvas;
-        `state` holds canvas-aligned scheduler history (e.g. a multistep solver's previous x0)."""
+             state: dict[str, torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One scheduler step on the canvas. `state` holds canvas-aligned scheduler history (a multistep
+        solver's previous x0); `seed` keys any noise a stochastic solver draws."""

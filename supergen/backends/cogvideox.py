@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import noise
 from ..errors import BackendError
 from .base import Conditioning, ModelInfo
 from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
@@ -43,6 +44,8 @@ class CogVideoXBackend:
             is_i2v=i2v,
             exact_tile=bool(tr.get("use_learned_positional_embeddings")),
             max_tile=max_tile,
+            # the VAE's time upsampler keeps the first frame apart only for an odd latent count
+            frame_step=2 * vae["temporal_compression_ratio"],
             presets={**PRESETS, **side.get("presets", {})},
         )
 
@@ -68,7 +71,7 @@ class CogVideoXBackend:
 
     # -- conditioning ----------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames) -> Conditioning:
+    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
         do_cfg = guidance > 1.0
         pe, ne = self.pipe.encode_prompt(prompt, negative_prompt, do_classifier_free_guidance=do_cfg,
                                          max_sequence_length=self.max_sequence_length, device=self.device)
@@ -79,13 +82,11 @@ class CogVideoXBackend:
             n, pad = self._latent_frames(frames)
             pixels = self.pipe.video_processor.preprocess(image, height=height, width=width)
             pixels = pixels.to(self.device, torch.float32)
-            from ..noise import generator
-
             shape = (1, n + pad, self.info.latent_channels, height // self.info.vae_spatial,
                      width // self.info.vae_spatial)
             _, image_latents = self.pipe.prepare_latents(
                 pixels, 1, self.info.latent_channels, frames + pad * self.info.vae_temporal, height, width,
-                torch.float32, self.device, generator(0, "image-latent"), torch.zeros(shape))
+                torch.float32, self.device, noise.generator(seed, "image-latent"), torch.zeros(shape))
             cond.image_latent = image_latents.permute(0, 2, 1, 3, 4).float()  # BFCHW -> BCFHW
         if self.pipe.transformer.config.ofs_embed_dim is not None:
             cond.extra["ofs"] = torch.full((1,), 2.0, device=self.device, dtype=self.dtype)
@@ -121,7 +122,10 @@ class CogVideoXBackend:
             z = z[:, :, pad:]
         s = self.info.vae_spatial
         self._tiling(vae_tile, z.shape[-2] * s, z.shape[-1] * s)
-        return self.pipe.vae.decode(z.to(self.device, torch.float32) / self.sf, return_dict=False)[0].float().clamp(-1, 1)
+        video = self.pipe.vae.decode(z.to(self.device, torch.float32) / self.sf, return_dict=False)[0]
+        if frames is not None and video.shape[2] != frames:
+            raise BackendError(f"decode: the VAE returned {video.shape[2]} frames, expected {frames}")
+        return video.float().clamp(-1, 1)
 
     @torch.no_grad()
     def encode(self, video, vae_tile=None):
@@ -139,21 +143,22 @@ class CogVideoXBackend:
     def timesteps(self, steps: int) -> torch.Tensor:
         return fresh_scheduler(self.scheduler, steps).timesteps
 
-    def renoise(self, z0, noise, steps, index):
+    def renoise(self, z0, eps, steps, index):
         """sqrt(abar_t) * z0 + sqrt(1 - abar_t) * noise at t = timesteps[index] (DDPM forward process)."""
         s = fresh_scheduler(self.scheduler, steps)
         t = s.timesteps[index : index + 1].long()
-        return s.add_noise(z0, noise.to(z0), t)
+        return s.add_noise(z0, eps.to(z0), t)
 
-    def step(self, steps, index, prediction, x, state):
+    def step(self, steps, index, prediction, x, state, seed=0):
         s = fresh_scheduler(self.scheduler, steps)
         t = s.timesteps[index]
         mo, xx = prediction.float().permute(0, 2, 1, 3, 4), x.permute(0, 2, 1, 3, 4)  # -> BFCHW
         if self.multistep:  # DPM keeps the previous x0 estimate: canvas-aligned state
             old = state.get("old_x0")
             back = s.timesteps[index - 1] if old is not None else None
+            # DPM adds noise every step: draw it from a generator keyed by (seed, step), as for all noise
             xx, x0 = s.step(mo, None if old is None else old.permute(0, 2, 1, 3, 4), t, back, xx,
-                            return_dict=False)
+                            generator=noise.generator(seed, f"scheduler-step-{index}"), return_dict=False)
             state = {**state, "old_x0": x0.permute(0, 2, 1, 3, 4).float()}
         else:
             xx = s.step(mo, t, xx, return_dict=False)[0]

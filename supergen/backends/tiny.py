@@ -16,7 +16,7 @@ import torch
 
 NATIVE = (64, 64)  # (width, height) pixels: latent 8x8 with the 8x VAEs below
 PRESETS = dict(scale=4, frames=9, steps=10, guidance=5.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
-KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "cogvideox-t2v", "cogvideox15-t2v", "cogvideox15-i2v",
+KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "wan22-i2v", "cogvideox-t2v", "cogvideox15-t2v", "cogvideox15-i2v",
          "cogvideox-i2v")
 EMBEDDED = {"tiny": "wan-t2v", "tiny-i2v": "wan-i2v"}
 
@@ -62,6 +62,10 @@ def _wan(kind: str):
     if kind == "wan22-t2v":
         return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=_wan_transformer(),
                            transformer_2=_wan_transformer(), scheduler=sched, boundary_ratio=0.875)
+    if kind == "wan22-i2v":  # A14B style: two experts, image latents only (no CLIP encoder)
+        return WanImageToVideoPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched,
+                                       transformer=_wan_transformer(in_channels=36),
+                                       transformer_2=_wan_transformer(in_channels=36), boundary_ratio=0.875)
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=8, projection_dim=8, num_hidden_layers=2,
@@ -91,7 +95,7 @@ def _cogvideox(kind: str):
         num_attention_heads=2, attention_head_dim=16, in_channels=8 if i2v else 4, out_channels=4,
         time_embed_dim=8, text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
         patch_size=2, patch_size_t=2 if v15 else None, patch_bias=not v15, max_text_seq_length=16,
-        use_rotary_positional_embeddings=not learned, use_learned_positional_embeddings=learned,
+        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=learned,
         ofs_embed_dim=8 if (v15 and i2v) else None)
     sched_cls = CogVideoXDPMScheduler if kind == "cogvideox-t2v" else CogVideoXDDIMScheduler
     sched = sched_cls(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",

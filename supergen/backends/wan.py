@@ -66,7 +66,7 @@ class WanBackend:
 
     # -- conditioning ----------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames) -> Conditioning:
+    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
         do_cfg = guidance > 1.0
         pe, ne = self.pipe.encode_prompt(prompt, negative_prompt, do_classifier_free_guidance=do_cfg,
                                          max_sequence_length=self.max_sequence_length, device=self.device)
@@ -128,13 +128,13 @@ class WanBackend:
     def timesteps(self, steps: int) -> torch.Tensor:
         return fresh_scheduler(self.scheduler, steps).timesteps
 
-    def renoise(self, z0, noise, steps, index):
+    def renoise(self, z0, eps, steps, index):
         """sigma * noise + (1 - sigma) * z0 at sigma = sigmas[index] (flow matching's forward process)."""
         s = fresh_scheduler(self.scheduler, steps)
         s.set_begin_index(index)
-        return s.scale_noise(z0, s.timesteps[index : index + 1], noise.to(z0))
+        return s.scale_noise(z0, s.timesteps[index : index + 1], eps.to(z0))
 
-    def step(self, steps, index, prediction, x, state):
+    def step(self, steps, index, prediction, x, state, seed=0):
         s = fresh_scheduler(self.scheduler, steps)
         s.set_begin_index(index)
         return s.step(prediction.float(), s.timesteps[index], x, return_dict=False)[0].float(), state
