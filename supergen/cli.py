@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_options(r)
     r.add_argument("--out", default="supergen-out", help="output folder [default: %(default)s]")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    c = sub.add_parser("compare", help="PSNR/SSIM and latent difference between two finished renders")
+    c.add_argument("a", help="render folder (reference)")
+    c.add_argument("b", help="render folder")
+    c.add_argument("--frames", action="store_true", help="also print per-frame values")
     return parser
 
 
@@ -84,10 +88,27 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import json
+
+    from .outputs import compare_renders
+
+    try:
+        result = compare_renders(args.a, args.b)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"supergen compare: error: {e}", file=sys.stderr)
+        return 2
+    if not args.frames:
+        for k in ("psnr_db", "ssim"):
+            result[k] = {"mean": result[k]["mean"]}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"render": cmd_render}[args.command](args)
+        return {"render": cmd_render, "compare": cmd_compare}[args.command](args)
     except SupergenError as e:
         print(f"supergen {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import torch
 from . import noise
 from .backends import load_backend, model_info
 from .backends.base import Backend
+from .cache import CacheConfig, CacheReport, TileCache
 from .progress import NullProgress, Progress
 from .refine import RefinePlan, refine_step
 from .spec import RenderSpec, resolve
@@ -28,6 +29,7 @@ class RenderResult:
     sketch_latent: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     tiles_per_step: list[int] = field(default_factory=list)
+    cache: CacheReport | None = None
     forwards: dict[str, int] = field(default_factory=dict)  # transformer calls: sketch / refine
     family: str = ""
 
@@ -40,6 +42,7 @@ class RenderResult:
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "tiles_per_step": self.tiles_per_step, "forwards": self.forwards,
             "video_shape": list(self.video.shape), "sketch_shape": list(self.sketch_video.shape),
+            "cache": self.cache.to_dict() if self.cache is not None else None,
         }
 
 
@@ -95,10 +98,12 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
 
     # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
     tiles_per_step, state = [], {}
+    cache = TileCache(CacheConfig.from_spec(spec), plan.refine_steps)
     t0, calls0 = time.perf_counter(), backend.forwards
     for i in range(plan.refine_steps):
         progress.start(f"refine {i + 1}/{plan.refine_steps}", len(plan.grid(i)))
-        x, state, grid = refine_step(backend, cond, plan, i, x, state, seed=spec.seed, on_tile=lambda d, t: progress.advance())
+        x, state, grid = refine_step(backend, cond, plan, i, x, state, seed=spec.seed, cache=cache,
+                                     on_tile=lambda d, t: progress.advance())
         tiles_per_step.append(len(grid))
         progress.finish()
     timings["refine"] = time.perf_counter() - t0
@@ -110,4 +115,5 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
 
     return RenderResult(spec=spec, video=to_uint8(video), sketch_video=to_uint8(video_lo), latent=x.cpu(),
                         sketch_latent=z_lo.cpu(), timings=timings, tiles_per_step=tiles_per_step,
-                        forwards={"sketch": sketch_calls, "refine": refine_calls}, family=backend.info.family)
+                        forwards={"sketch": sketch_calls, "refine": refine_calls}, family=backend.info.family,
+                        cache=cache.report)

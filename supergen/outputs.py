@@ -47,17 +47,53 @@ def contact_sheet(sketch: torch.Tensor, final: torch.Tensor, columns: int = 4):
     return sheet
 
 
+def skip_heatmap(skip_map: list[list[int]], cell: int = 12):
+    """PIL image of a cache's decisions: one row per tile, one column per refinement step; dark =
+    computed, bright = reused from the cache, grey = no such tile at that step (tile count varies)."""
+    from PIL import Image
+
+    n_tiles = max((len(r) for r in skip_map), default=0)
+    grid = np.full((max(1, n_tiles), max(1, len(skip_map))), 128, np.uint8)
+    for step, row in enumerate(skip_map):
+        for tile, skipped in enumerate(row):
+            grid[tile, step] = 235 if skipped else 30
+    return Image.fromarray(grid).resize((grid.shape[1] * cell, grid.shape[0] * cell), Image.NEAREST)
+
+
 def write_outputs(result, out_dir: str) -> dict[str, str]:
     """Write every output of `result` into `out_dir`; render.json last, so its presence means complete."""
+    from safetensors.torch import save_file
+
     os.makedirs(out_dir, exist_ok=True)
     fps = result.spec.fps
     paths = {name: os.path.join(out_dir, name) for name in ("video.mp4", "sketch.mp4", "contact_sheet.png",
+                                                              "cache_skips.png", "latent.safetensors",
                                                               "render.json")}
     write_mp4(paths["video.mp4"], result.video, fps)
     write_mp4(paths["sketch.mp4"], result.sketch_video, fps)
     contact_sheet(result.sketch_video, result.video).save(paths["contact_sheet.png"])
+    skip_heatmap(result.cache.skip_map if result.cache else []).save(paths["cache_skips.png"])
+    save_file({"final": result.latent.contiguous(), "sketch": result.sketch_latent.contiguous()},
+              paths["latent.safetensors"])
     tmp = paths["render.json"] + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result.report(), f, indent=1)
     os.replace(tmp, paths["render.json"])
     return paths
+
+
+def compare_renders(a_dir: str, b_dir: str) -> dict:
+    """PSNR/SSIM per frame and mean between two renders' videos, and the max abs difference of their final
+    latents."""
+    from safetensors.torch import load_file
+
+    from .metrics import compare_videos
+
+    for d in (a_dir, b_dir):
+        if not os.path.isfile(os.path.join(d, "render.json")):
+            raise FileNotFoundError(f"{d!r} is not a finished render (no render.json)")
+    out = compare_videos(read_mp4(os.path.join(a_dir, "video.mp4")), read_mp4(os.path.join(b_dir, "video.mp4")))
+    la = load_file(os.path.join(a_dir, "latent.safetensors"))["final"]
+    lb = load_file(os.path.join(b_dir, "latent.safetensors"))["final"]
+    out["latent_max_abs_diff"] = float((la - lb).abs().max()) if la.shape == lb.shape else None
+    return out

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from .backends.base import Backend, Conditioning
-from .tiling import Grid, Window, crop, merge, step_grid
+from .cache import TileCache
+from .tiling import Grid, crop, merge, step_grid
 
 
 @dataclass(frozen=True)
@@ -48,30 +49,29 @@ def predict_tile(backend: Backend, cond: Conditioning, steps: int, index: int, x
     return backend.predict(x_tile, steps, index, cond, image_latent=image_tile)
 
 
-TileFn = Callable[[int, Window, torch.Tensor, torch.Tensor | None], torch.Tensor]
-
-
 def refine_step(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, x: torch.Tensor,
-                state: dict[str, torch.Tensor], seed: int = 0, tile_fn: TileFn | None = None,
+                state: dict[str, torch.Tensor], seed: int = 0, cache: TileCache | None = None,
                 on_tile: Callable[[int, int], None] | None = None):
-    """Refinement step `i` (0-based) on the canvas `x`: predict every window, merge, one scheduler step.
-
-    `tile_fn(tile_index, window, x_tile, image_tile)` replaces the plain per-tile prediction (the cache
-    plugs in here). Returns (x_next, state, grid).
-    """
+    """Refinement step `i` (0-based) on the canvas `x`: predict every window (or reuse it from `cache`),
+    merge, one scheduler step. Returns (x_next, scheduler state, grid)."""
     grid = plan.grid(i)
     index = plan.start + i
     image = cond.image_latent
+    if cache is not None:
+        cache.begin_step(i, grid, x)
     preds = []
     for n, win in enumerate(grid.windows):
         x_tile = crop(x, win)
         image_tile = None if image is None else crop(image, win)
-        if tile_fn is None:
-            preds.append(predict_tile(backend, cond, plan.steps, index, x_tile, image_tile))
-        else:
-            preds.append(tile_fn(n, win, x_tile, image_tile))
+
+        def predict(x_tile=x_tile, image_tile=image_tile):
+            return predict_tile(backend, cond, plan.steps, index, x_tile, image_tile)
+
+        preds.append(predict() if cache is None else cache.tile(n, x_tile, predict))
         if on_tile is not None:
             on_tile(n + 1, len(grid))
+    if cache is not None:
+        cache.end_step()
     prediction = merge(grid, preds, x)
     x, state = backend.step(plan.steps, index, prediction, x, state, seed=seed)
     return x, state, grid

@@ -119,6 +119,33 @@ def step_grid(step: int, canvas, tile, boundary: str, every: int, loop: int) -> 
     return make_grid(canvas, tile, boundary, step_offset(step, canvas, tile, every, loop))
 
 
+def axis_cores(starts: tuple[int, ...], size: int, boundary: str) -> list[tuple[int, int]]:
+    """(start, length) of the cells each window *owns* on one axis: from its start to the next window's
+    start. Owned ranges partition the axis and lie inside their windows (consecutive starts differ by at
+    most the tile), so state written per core has exactly one writer."""
+    order = sorted(range(len(starts)), key=lambda k: starts[k])
+    out: list[tuple[int, int]] = [(0, 0)] * len(starts)
+    for j, k in enumerate(order):
+        if j + 1 < len(order):
+            nxt = starts[order[j + 1]]
+        else:
+            nxt = starts[order[0]] + size if boundary == "wrap" else size
+        begin = starts[k] if (boundary == "wrap" or j > 0) else 0
+        out[k] = (begin, nxt - begin)
+    return out
+
+
+def cores(grid: Grid) -> list[Window]:
+    """The owned part of every window, row-major like `grid.windows`; together they partition the canvas."""
+    rows = axis_cores(grid.rows, grid.canvas[0], grid.boundary)
+    cols = axis_cores(grid.cols, grid.canvas[1], grid.boundary)
+    return [Window(r, c, rh, cw) for r, rh in rows for c, cw in cols]
+
+
+def full_window(canvas: tuple[int, int]) -> Window:
+    return Window(0, 0, canvas[0], canvas[1])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Crop and paste on the (possibly wrapping) canvas
 

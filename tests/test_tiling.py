@@ -112,3 +112,18 @@ def test_ramp_is_positive_and_symmetric():
 def test_axis_starts_rejects_tiles_larger_than_canvas():
     with pytest.raises(ValueError):
         T.axis_starts(10, 11, 0, "wrap")
+
+
+@settings(max_examples=300, deadline=None)
+@given(layouts(), st.integers(0, 60))
+def test_cores_partition_the_canvas_inside_their_windows(layout, step):
+    canvas, tile, boundary, every, loop = layout
+    grid = T.step_grid(step, canvas, tile, boundary, every, loop)
+    cnt = torch.zeros(canvas, dtype=torch.int32)
+    for win, core in zip(grid.windows, T.cores(grid)):
+        T.accumulate(cnt, core, torch.ones(core.height, core.width, dtype=torch.int32))
+        # the core's cells are cells of the window
+        inside = torch.zeros(canvas, dtype=torch.bool)
+        T.paste(inside, win, torch.ones(tile, dtype=torch.bool))
+        assert bool(T.crop(inside, core).all())
+    assert bool((cnt == 1).all())

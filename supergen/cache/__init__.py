@@ -1,0 +1,93 @@
+"""SuperGen's region-aware tile cache for the refinement stage.
+
+`TileCache` drives one render's cache from any executor: per step, `begin_step` (the uniform policy's one
+decision), `tile` (decide and compute-or-reuse for one window) and `end_step` (region-aware threshold
+update). The decision rule is in `policy.py` (pure); the canvas-aligned state in `state.py`.
+
+CFG: the cache stores the CFG-combined output, so one decision covers both branches and a hit skips both
+forwards. Caching the branches separately would double the state for no saving: both run or neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..tiling import Grid, cores, crop, full_window
+from .policy import CacheConfig, Decision, decide, region_thresholds, welford_std
+from .state import CanvasState, cached_tile_step, observe
+
+__all__ = ["CacheConfig", "TileCache", "CacheReport"]
+
+
+@dataclass
+class CacheReport:
+    policy: str
+    threshold: float
+    alpha: float
+    skip_map: list[list[int]] = field(default_factory=list)  # [step][tile]: 1 = reused, 0 = computed
+    thresholds: list[list[float]] = field(default_factory=list)  # [step][tile] threshold in force
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def computed(self) -> int:
+        return sum(len(r) - sum(r) for r in self.skip_map)
+
+    @property
+    def needed(self) -> int:
+        return sum(len(r) for r in self.skip_map)
+
+    def to_dict(self) -> dict:
+        skipped = self.needed - self.computed
+        return {"policy": self.policy, "threshold": self.threshold, "alpha": self.alpha,
+                "tile_forwards_executed": self.computed, "tile_forwards_needed": self.needed,
+                "skip_ratio": round(skipped / self.needed, 4) if self.needed else 0.0,
+                "reasons": self.reasons, "skip_map": self.skip_map,
+                "thresholds": [[round(t, 6) for t in row] for row in self.thresholds]}
+
+
+class TileCache:
+    def __init__(self, cfg: CacheConfig, steps: int):
+        self.cfg, self.steps = cfg, steps
+        self.state = CanvasState(cfg)
+        self.report = CacheReport(cfg.policy, cfg.threshold, cfg.alpha)
+        self._uniform: Decision | None = None
+
+    def begin_step(self, i: int, grid: Grid, x: torch.Tensor) -> None:
+        self.i, self.grid, self.cores = i, grid, cores(grid)
+        self.report.skip_map.append([0] * len(grid))
+        self.report.thresholds.append([0.0] * len(grid))
+        self._uniform = None
+        if self.cfg.policy != "none":
+            self.state.allocate(x)
+        if self.cfg.policy == "uniform":  # one decision for the whole canvas (TeaCache-style)
+            win = full_window(grid.canvas)
+            self._uniform = decide(observe(self.state.read(win, win), x), i, self.steps, self.cfg)
+
+    def tile(self, n: int, x_tile: torch.Tensor, predict) -> torch.Tensor:
+        """Output for window `n` of the current grid: `predict()` or the cached reconstruction."""
+        if self.cfg.policy == "none":
+            return predict()
+        win, core = self.grid.windows[n], self.cores[n]
+        ts = self.state.read(win, core)
+        obs = observe(ts, x_tile)
+        d = self._uniform or decide(obs, self.i, self.steps, self.cfg)
+        out, ts = cached_tile_step(ts, x_tile, d, predict)
+        self.state.write(win, core, ts)
+        self.report.skip_map[-1][n] = 0 if d.compute else 1
+        self.report.thresholds[-1][n] = obs.threshold
+        self.report.reasons[d.reason] = self.report.reasons.get(d.reason, 0) + 1
+        return out
+
+    def end_step(self) -> None:
+        """Every `update_every` steps (after steps 4, 9, 14, ...) re-derive the region-aware thresholds
+        from all tiles' running stds: the normalisation spans the whole render, never one worker."""
+        if self.cfg.policy != "region" or (self.i + 1) % self.cfg.update_every:
+            return
+        stds = []
+        for core in self.cores:
+            c = crop(self.state.maps["w_n"], core), crop(self.state.maps["w_m2"], core)
+            cy, cx = core.height // 2, core.width // 2
+            stds.append(welford_std(float(c[0][cy, cx]), float(c[1][cy, cx])))
+        self.state.set_thresholds(self.cores, region_thresholds(stds, self.cfg.threshold, self.cfg.alpha))
