@@ -1,1 +1,7 @@
-"""The render store: chunked Zarr over fsspec URLs (issue 4)."""
+"""The render store: one render's stages, checkpoints and outputs in chunked Zarr over fsspec URLs
+(a local path, file://, memory://, s3://bucket/prefix)."""
+
+from .location import StoreError
+from .store import LAYOUT_VERSION, MARKER, RenderStore
+
+__all__ = ["RenderStore", "StoreError", "LAYOUT_VERSION", "MARKER"]

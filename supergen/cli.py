@@ -1,12 +1,11 @@
-"""`supergen` command line: `supergen render ...` (every RenderSpec field is an option of the same name)."""
+"""Command-line options for RenderSpec: every field is an option of the same name. The `supergen`
+command itself (render, resume, inspect, compare, serve) is `flows.cli`, the outermost layer."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
-from .errors import SupergenError
 from .spec import BOUNDARIES, CACHE_POLICIES, DTYPES, RenderSpec, parse_tile
 
 HELP = {
@@ -36,6 +35,7 @@ HELP = {
     "cache_alpha": "region-aware loosening alpha of the most active tiles (default per family)",
     "cache_warmup": "refinement steps that always compute",
     "max_consecutive_skips": "a tile computes after this many skips in a row",
+    "checkpoint_every": "checkpoint the refinement into the render store every c steps (0: only stages)",
 }
 CHOICES = {"dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES}
 
@@ -52,67 +52,11 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
                        help=HELP[f.name] + ("" if default is None else " [default: %(default)s]"), **extra)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supergen", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("render", help="render a video in this process")
-    _add_spec_options(r)
-    r.add_argument("--out", default="supergen-out", help="output folder [default: %(default)s]")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
-    c = sub.add_parser("compare", help="PSNR/SSIM and latent difference between two finished renders")
-    c.add_argument("a", help="render folder (reference)")
-    c.add_argument("b", help="render folder")
-    c.add_argument("--frames", action="store_true", help="also print per-frame values")
-    return parser
+def add_render_options(p: argparse.ArgumentParser) -> None:
+    """One option per RenderSpec field, named after it."""
+    _add_spec_options(p)
 
 
 def spec_from_args(args: argparse.Namespace) -> RenderSpec:
     names = {f.name for f in dataclasses.fields(RenderSpec)} - {"extra"}
     return RenderSpec(**{n: getattr(args, n) for n in names})
-
-
-def cmd_render(args) -> int:
-    from .executor import render
-    from .outputs import write_outputs
-    from .progress import NullProgress, TqdmProgress
-
-    spec = spec_from_args(args)
-    result = render(spec, progress=NullProgress() if args.quiet else TqdmProgress(file=sys.stderr))
-    paths = write_outputs(result, args.out)
-    if not args.quiet:
-        t = result.timings
-        print(f"{result.spec.width}x{result.spec.height}x{result.spec.frames} from a "
-              f"{result.spec.sketch_width}x{result.spec.sketch_height} sketch; "
-              + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()), file=sys.stderr)
-    print(paths["video.mp4"])
-    return 0
-
-
-def cmd_compare(args) -> int:
-    import json
-
-    from .outputs import compare_renders
-
-    try:
-        result = compare_renders(args.a, args.b)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"supergen compare: error: {e}", file=sys.stderr)
-        return 2
-    if not args.frames:
-        for k in ("psnr_db", "ssim"):
-            result[k] = {"mean": result[k]["mean"]}
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return {"render": cmd_render, "compare": cmd_compare}[args.command](args)
-    except SupergenError as e:
-        print(f"supergen {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

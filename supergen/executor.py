@@ -16,7 +16,9 @@ from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
 from .progress import NullProgress, Progress
 from .refine import RefinePlan, refine_step
+from .sink import Checkpoint, RenderSink
 from .spec import RenderSpec, resolve
+from .tiling import cores
 from .upscale import to_uint8, upscale_video
 
 
@@ -69,45 +71,75 @@ def _timed(timings: dict, name: str, progress: Progress, total: int = 1):
     progress.finish()
 
 
-def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend | None = None) -> RenderResult:
-    """Render `spec` in this process: sketch -> upscale -> re-noise -> tiled refinement -> decode."""
+def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend | None = None,
+           sink: RenderSink | None = None) -> RenderResult:
+    """Render `spec` in this process: sketch -> upscale -> re-noise -> tiled refinement -> decode.
+
+    With a `sink` (the render store), finished stages and refinement checkpoints are saved as they
+    complete and, when present, loaded instead of recomputed: a crashed render resumes from its last
+    checkpoint and ends with exactly the video an uninterrupted render gives.
+    """
     progress = progress or NullProgress()
     spec = prepare(spec)  # every spec error surfaces here, before any weights load
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
         backend = backend or load_backend(spec.model, spec.device, spec.dtype)
     image = load_image(spec)
-    s = backend.info.vae_spatial
+    plan = RefinePlan.from_spec(spec, backend.info.vae_spatial)
+    load = sink.load_stage if sink is not None else (lambda name: None)
+    save = sink.save_stage if sink is not None else (lambda name, t: None)
+    forwards = {"sketch": 0, "refine": 0}
 
     # 1. Sketch: the whole clip at native size, the full N-step schedule, the stock pipeline.
     with _timed(timings, "sketch", progress):
-        calls0 = backend.forwards
-        z_lo = backend.sketch(spec.prompt, spec.negative_prompt, image, spec.sketch_width, spec.sketch_height,
-                              spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
-        sketch_calls = backend.forwards - calls0
+        z_lo = load("sketch")
+        if z_lo is None:
+            calls0 = backend.forwards
+            z_lo = backend.sketch(spec.prompt, spec.negative_prompt, image, spec.sketch_width, spec.sketch_height,
+                                  spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
+            forwards["sketch"] = backend.forwards - calls0
+            save("sketch", z_lo)
+        z_lo = z_lo.to(backend.device)
 
     # 2. Upscale in pixel space, re-encode, re-noise to schedule index N - k with seeded noise.
     with _timed(timings, "upscale", progress):
         video_lo = backend.decode(z_lo, frames=spec.frames, vae_tile=spec.vae_tile)
-        z_hi = backend.encode(upscale_video(video_lo, (spec.height, spec.width)), vae_tile=spec.vae_tile)
-        plan = RefinePlan.from_spec(spec, s)
-        eps = noise.gaussian(z_hi.shape, spec.seed, "renoise").to(z_hi.device)
-        x = backend.renoise(z_hi, eps, spec.steps, plan.start)
+        x = load("start")
+        if x is None:
+            z_hi = backend.encode(upscale_video(video_lo, (spec.height, spec.width)), vae_tile=spec.vae_tile)
+            eps = noise.gaussian(z_hi.shape, spec.seed, "renoise").to(z_hi.device)
+            x = backend.renoise(z_hi, eps, spec.steps, plan.start)
+            save("start", x)
+        x = x.to(backend.device)
         cond = backend.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image,
                                            (spec.width, spec.height), spec.frames, seed=spec.seed)
 
     # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
-    tiles_per_step, state = [], {}
     cache = TileCache(CacheConfig.from_spec(spec), plan.refine_steps)
+    tiles_per_step, state, first = [], {}, 0
+    ckpt = sink.load_checkpoint() if sink is not None else None
+    if ckpt is not None:  # resume after the last checkpointed step
+        x, state, first = ckpt.latent.to(backend.device), dict(ckpt.scheduler), ckpt.step + 1
+        cache.restore(ckpt.cache, ckpt.record.get("cache", {}))
+        tiles_per_step = list(ckpt.record.get("tiles_per_step", []))
+        forwards["refine"] = ckpt.record.get("refine_forwards", 0)
     t0, calls0 = time.perf_counter(), backend.forwards
-    for i in range(plan.refine_steps):
+    for i in range(first, plan.refine_steps):
         progress.start(f"refine {i + 1}/{plan.refine_steps}", len(plan.grid(i)))
         x, state, grid = refine_step(backend, cond, plan, i, x, state, seed=spec.seed, cache=cache,
                                      on_tile=lambda d, t: progress.advance())
         tiles_per_step.append(len(grid))
+        last = i == plan.refine_steps - 1
+        if sink is not None and spec.checkpoint_every and ((i + 1) % spec.checkpoint_every == 0 or last):
+            maps, report = cache.snapshot()
+            sink.save_checkpoint(Checkpoint(
+                i, grid.windows, cores(grid), x, state, maps,
+                {"tiles_per_step": tiles_per_step, "cache": report,
+                 "refine_forwards": forwards["refine"] + backend.forwards - calls0}))
         progress.finish()
     timings["refine"] = time.perf_counter() - t0
-    refine_calls = backend.forwards - calls0
+    forwards["refine"] += backend.forwards - calls0
+    save("final", x)
 
     # 4. Decode the final canvas (tiled VAE with explicit tile and stride).
     with _timed(timings, "decode", progress):
@@ -115,5 +147,4 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
 
     return RenderResult(spec=spec, video=to_uint8(video), sketch_video=to_uint8(video_lo), latent=x.cpu(),
                         sketch_latent=z_lo.cpu(), timings=timings, tiles_per_step=tiles_per_step,
-                        forwards={"sketch": sketch_calls, "refine": refine_calls}, family=backend.info.family,
-                        cache=cache.report)
+                        forwards=forwards, family=backend.info.family, cache=cache.report)

@@ -1,8 +1,7 @@
-"""Writing a render's outputs: video.mp4, sketch.mp4, a contact sheet and render.json."""
+"""Encoding a render's outputs: mp4 videos, the contact sheet and the cache skip heat map."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -60,40 +59,29 @@ def skip_heatmap(skip_map: list[list[int]], cell: int = 12):
     return Image.fromarray(grid).resize((grid.shape[1] * cell, grid.shape[0] * cell), Image.NEAREST)
 
 
-def write_outputs(result, out_dir: str) -> dict[str, str]:
-    """Write every output of `result` into `out_dir`; render.json last, so its presence means complete."""
-    from safetensors.torch import save_file
+def mp4_bytes(frames: torch.Tensor, fps: int) -> bytes:
+    import tempfile
 
-    os.makedirs(out_dir, exist_ok=True)
-    fps = result.spec.fps
-    paths = {name: os.path.join(out_dir, name) for name in ("video.mp4", "sketch.mp4", "contact_sheet.png",
-                                                              "cache_skips.png", "latent.safetensors",
-                                                              "render.json")}
-    write_mp4(paths["video.mp4"], result.video, fps)
-    write_mp4(paths["sketch.mp4"], result.sketch_video, fps)
-    contact_sheet(result.sketch_video, result.video).save(paths["contact_sheet.png"])
-    skip_heatmap(result.cache.skip_map if result.cache else []).save(paths["cache_skips.png"])
-    save_file({"final": result.latent.contiguous(), "sketch": result.sketch_latent.contiguous()},
-              paths["latent.safetensors"])
-    tmp = paths["render.json"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result.report(), f, indent=1)
-    os.replace(tmp, paths["render.json"])
-    return paths
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "v.mp4")
+        write_mp4(path, frames, fps)
+        with open(path, "rb") as f:
+            return f.read()
 
 
-def compare_renders(a_dir: str, b_dir: str) -> dict:
-    """PSNR/SSIM per frame and mean between two renders' videos, and the max abs difference of their final
-    latents."""
-    from safetensors.torch import load_file
+def png_bytes(image) -> bytes:
+    import io
 
-    from .metrics import compare_videos
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
-    for d in (a_dir, b_dir):
-        if not os.path.isfile(os.path.join(d, "render.json")):
-            raise FileNotFoundError(f"{d!r} is not a finished render (no render.json)")
-    out = compare_videos(read_mp4(os.path.join(a_dir, "video.mp4")), read_mp4(os.path.join(b_dir, "video.mp4")))
-    la = load_file(os.path.join(a_dir, "latent.safetensors"))["final"]
-    lb = load_file(os.path.join(b_dir, "latent.safetensors"))["final"]
-    out["latent_max_abs_diff"] = float((la - lb).abs().max()) if la.shape == lb.shape else None
-    return out
+
+def read_mp4_bytes(data: bytes) -> np.ndarray:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "v.mp4")
+        with open(path, "wb") as f:
+            f.write(data)
+        return read_mp4(path)

@@ -65,6 +65,7 @@ class RenderSpec:
     cache_alpha: float | None = None  # region-aware loosening of the most active tiles; preset per family
     cache_warmup: int = 5  # refinement steps that always compute
     max_consecutive_skips: int = 3
+    checkpoint_every: int = 5  # checkpoint the refinement every c steps into the render store; 0: never
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -172,6 +173,7 @@ def _check_fields(s: RenderSpec) -> None:
     _float(s, "cache_alpha", lo=0.0)
     _int(s, "cache_warmup", lo=0, optional=False)
     _int(s, "max_consecutive_skips", lo=0, optional=False)
+    _int(s, "checkpoint_every", lo=0, optional=False)
     _check_model(s.model)
     if s.image is not None:
         if not isinstance(s.image, str) or not os.path.isfile(s.image):

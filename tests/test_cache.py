@@ -141,7 +141,7 @@ def test_state_survives_a_shift():
 def test_compare_command(tmp_path, capsys):
     import json
 
-    from supergen.cli import main
+    from flows.cli import main
 
     args = ["--prompt", "a red circle", "--width", "128", "--height", "128", "--frames", "5", "--steps", "8",
             "--refine-steps", "6", "--cache-warmup", "1", "--quiet"]
@@ -159,3 +159,4 @@ def test_compare_command(tmp_path, capsys):
     assert rec["cache"]["policy"] == "region" and rec["cache"]["skip_ratio"] > 0
     assert len(rec["cache"]["skip_map"]) == 6 and (tmp_path / "b" / "cache_skips.png").exists()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nope")]) == 2
+    assert "no render store" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from supergen.cli import main
+from flows.cli import main
 from supergen.outputs import read_mp4
 
 
@@ -12,7 +12,7 @@ def test_render_writes_every_output(tmp_path, capsys):
     rc = main(["render", "--prompt", "a red circle moving", "--width", "128", "--height", "96", "--frames", "5",
                "--steps", "4", "--refine-steps", "2", "--seed", "3", "--out", str(out), "--quiet"])
     assert rc == 0
-    assert capsys.readouterr().out.strip() == str(out / "video.mp4")
+    assert capsys.readouterr().out.strip() == f"file://{out}/video.mp4"
     video, sketch = read_mp4(str(out / "video.mp4")), read_mp4(str(out / "sketch.mp4"))
     assert video.shape == (5, 96, 128, 3) and sketch.shape[0] == 5 and sketch.shape[2] < 128
     from PIL import Image

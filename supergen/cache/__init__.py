@@ -54,6 +54,17 @@ class TileCache:
         self.report = CacheReport(cfg.policy, cfg.threshold, cfg.alpha)
         self._uniform: Decision | None = None
 
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Canvas maps and the report so far, for a checkpoint."""
+        r = self.report
+        return dict(self.state.maps), {"skip_map": r.skip_map, "thresholds": r.thresholds, "reasons": r.reasons}
+
+    def restore(self, maps: dict[str, torch.Tensor], report: dict) -> None:
+        self.state.maps = dict(maps)
+        self.report.skip_map = [list(r) for r in report.get("skip_map", [])]
+        self.report.thresholds = [list(r) for r in report.get("thresholds", [])]
+        self.report.reasons = dict(report.get("reasons", {}))
+
     def begin_step(self, i: int, grid: Grid, x: torch.Tensor) -> None:
         self.i, self.grid, self.cores = i, grid, cores(grid)
         self.report.skip_map.append([0] * len(grid))

@@ -1,0 +1,160 @@
+"""The `supergen` command: render, resume, inspect and compare renders in render stores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from supergen.cli import add_render_options, spec_from_args
+from supergen.errors import SupergenError
+
+
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("storage (passed to fsspec; credentials come from the usual environment/config chain)")
+    g.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    g.add_argument("--anon", action="store_true", help="anonymous access")
+    g.add_argument("--profile", help="credentials profile name")
+    g.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other fsspec storage option (repeatable)")
+
+
+def storage_options(args) -> dict:
+    opts: dict = {}
+    for item in args.storage_option:
+        if "=" not in item:
+            raise SupergenError(f"--storage-option takes KEY=VALUE, got {item.split('=')[0]!r}")
+        k, v = item.split("=", 1)
+        opts[k] = {"true": True, "false": False}.get(v.lower(), v)
+    if args.endpoint_url:
+        opts.setdefault("client_kwargs", {})["endpoint_url"] = args.endpoint_url
+    if args.anon:
+        opts["anon"] = True
+    if args.profile:
+        opts["profile"] = args.profile
+    return opts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supergen", description="2K/4K video from standard-resolution "
+                                     "video diffusion models (SuperGen), training-free.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("render", help="render a video in this process into a render store")
+    add_render_options(r)
+    r.add_argument("--store", help="render store URL: a folder, file://, memory:// or s3://bucket/prefix "
+                                   "[default: ./supergen-out]")
+    r.add_argument("--out", help="a local folder for the render store (the same as --store DIR)")
+    r.add_argument("--overwrite", action="store_true", help="replace a store that holds a different render")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_storage_options(r)
+
+    s = sub.add_parser("resume", help="continue an interrupted render from its last checkpoint")
+    s.add_argument("store")
+    s.add_argument("--quiet", action="store_true")
+    _add_storage_options(s)
+
+    i = sub.add_parser("inspect", help="status, stage, last checkpoint, skip stats and outputs of a store")
+    i.add_argument("store")
+    _add_storage_options(i)
+
+    c = sub.add_parser("compare", help="PSNR/SSIM and final-latent difference between two finished renders")
+    c.add_argument("a", help="reference render store")
+    c.add_argument("b", help="render store")
+    c.add_argument("--frames", action="store_true", help="also print per-frame values")
+    _add_storage_options(c)
+    return parser
+
+
+def _progress(quiet: bool):
+    from supergen.progress import NullProgress, TqdmProgress
+
+    return NullProgress() if quiet else TqdmProgress(file=sys.stderr)
+
+
+def _finish(store, result, quiet: bool) -> None:
+    store.write_outputs(result)
+    if not quiet:
+        t = result.timings
+        print(f"{result.spec.width}x{result.spec.height}x{result.spec.frames} from a {result.spec.sketch_width}x"
+              f"{result.spec.sketch_height} sketch; " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()),
+              file=sys.stderr)
+    print(f"{store.url}/video.mp4")
+
+
+def cmd_render(args) -> int:
+    from storage import RenderStore
+    from supergen.executor import prepare, render
+
+    if args.store is not None and args.out is not None:
+        raise SupergenError("give --store or --out, not both")
+    spec = prepare(spec_from_args(args))  # field and model checks: configs only, no weights
+    url = args.store if args.store is not None else (args.out if args.out is not None else "supergen-out")
+    store = RenderStore.create(url, spec, storage_options(args),
+                               overwrite=args.overwrite)
+    if store.complete:
+        print(f"{store.url} already holds this render, complete", file=sys.stderr)
+        print(f"{store.url}/video.mp4")
+        return 0
+    result = render(spec, progress=_progress(args.quiet), sink=store)
+    _finish(store, result, args.quiet)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from storage import RenderStore
+    from supergen.executor import render
+
+    store = RenderStore.open(args.store, storage_options(args), read_only=False)
+    if store.complete:
+        print(f"{store.url} is already complete", file=sys.stderr)
+        return 0
+    result = render(store.spec(), progress=_progress(args.quiet), sink=store)
+    _finish(store, result, args.quiet)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from storage import RenderStore
+
+    print(json.dumps(RenderStore.open(args.store, storage_options(args)).inspect(), indent=1))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from storage import RenderStore, StoreError
+    from supergen.metrics import compare_videos
+    from supergen.outputs import read_mp4_bytes
+
+    stores = [RenderStore.open(u, storage_options(args)) for u in (args.a, args.b)]
+    for st in stores:
+        if not st.complete:
+            raise StoreError(f"{st.url} is not a complete render")
+    a, b = (read_mp4_bytes(st.read_file("video.mp4")) for st in stores)
+    result = compare_videos(a, b)
+    la, lb = (st.load_stage("final") for st in stores)
+    result["latent_max_abs_diff"] = float((la - lb).abs().max()) if la.shape == lb.shape else None
+    if not args.frames:
+        for k in ("psnr_db", "ssim"):
+            result[k] = {"mean": result[k]["mean"]}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "resume": cmd_resume, "inspect": cmd_inspect, "compare": cmd_compare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (SupergenError, ValueError) as e:
+        from storage.location import redact
+
+        opts = storage_options(args) if hasattr(args, "storage_option") else None
+        print(f"supergen {args.command}: error: {redact(str(e), opts)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

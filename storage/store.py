@@ -1,0 +1,343 @@
+"""The render store: one render's stages, checkpoints and outputs in a Zarr v3 group at any fsspec URL.
+
+Layout (docs/store.md has shapes, chunking and dtypes):
+
+    <url>/zarr.json                 root attributes: layout version, resolved spec, seed, versions, status
+    sketch/latent                   the native-size sketch latent
+    start/latent                    the re-noised full-size latent that refinement starts from
+    checkpoints/                    attrs["latest"]: the manifest (step, slot, grid, counters)
+    checkpoints/slot{0,1}/...       per-tile windows (latent, scheduler and cache maps) of a checkpoint;
+                                    one chunk per tile, so concurrent tile writers never share a chunk
+    final/latent                    the refined latent
+    video/frames                    uint8 (frame, y, x, rgb), chunked by frame blocks and spatial tiles
+    video.mp4 sketch.mp4 contact_sheet.png cache_skips.png render.json
+    COMPLETE                        written last: only its presence makes a render complete
+
+Checkpoints alternate between two slots and the manifest is rewritten only after every tile of a slot is
+written, so a crash mid-checkpoint leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from supergen.sink import Checkpoint
+from supergen.tiling import Window, paste
+
+from .location import StoreError, bucket_of, filesystem, normalize, redact
+
+LAYOUT_VERSION = 1
+MARKER = "COMPLETE"
+FILES = ("video.mp4", "sketch.mp4", "contact_sheet.png", "cache_skips.png", "render.json")
+
+
+class RenderStore:
+    """One render's store. Pickles as (url, storage_options, read_only); never prints the options.
+
+    Notes: the store does not close the fsspec filesystem it uses (fsspec caches and shares instances).
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False):
+        self.url = normalize(url)
+        self.storage_options = dict(storage_options or {})
+        self.read_only = read_only
+        self._fs = self._path = self._group = None
+
+    def __reduce__(self):
+        return (type(self), (self.url, self.storage_options, self.read_only))
+
+    def __repr__(self) -> str:
+        return f"RenderStore({self.url!r}{', read_only' if self.read_only else ''})"
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs, self._path = filesystem(self.url, self.storage_options)
+        return self._fs
+
+    def _key(self, name: str) -> str:
+        self.fs
+        return f"{self._path.rstrip('/')}/{name}"
+
+    def _fail(self, what: str, e: Exception) -> StoreError:
+        return StoreError(redact(f"{what} {self.url}: {type(e).__name__}: {e}", self.storage_options))
+
+    @property
+    def group(self):
+        if self._group is None:
+            import zarr
+            from zarr.storage import FsspecStore
+
+            try:
+                if self.url.startswith("file://"):
+                    from zarr.storage import LocalStore
+
+                    zs = LocalStore(self.url[len("file://"):], read_only=self.read_only)
+                else:
+                    zs = FsspecStore.from_url(self.url, storage_options=self.storage_options or None,
+                                              read_only=self.read_only)
+                self._group = zarr.open_group(store=zs, mode="r" if self.read_only else "a", zarr_format=3)
+            except Exception as e:
+                raise self._fail("cannot open the render store at", e) from None
+        return self._group
+
+    def exists(self) -> bool:
+        try:
+            return self.fs.exists(self._key("zarr.json"))
+        except Exception as e:
+            raise self._fail("cannot read", e) from None
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    def check_writable(self) -> None:
+        """Fail early (before any model loads) when the location cannot take writes."""
+        bucket = bucket_of(self.url)
+        made = False
+        try:
+            if bucket is not None and not self.fs.exists(bucket):
+                raise StoreError(f"bucket {bucket!r} does not exist ({self.url}); create it first")
+            if self.url.startswith("file://") and not self.fs.exists(self._path):
+                self.fs.makedirs(self._path, exist_ok=True)
+                made = True
+            probe = self._key(".supergen-write-probe")
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm_file(probe)
+            made = False
+        except StoreError:
+            raise
+        except PermissionError as e:
+            raise StoreError(redact(f"no permission to write to {self.url}: {e}", self.storage_options)) from None
+        except Exception as e:
+            raise self._fail("cannot write to", e) from None
+        finally:
+            if made:  # leave nothing behind when the location turned out unusable
+                self.fs.rm(self._path, recursive=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, url: str, spec, storage_options=None, overwrite: bool = False) -> RenderStore:
+        """Open the store for rendering `spec` (a resolved RenderSpec): a new store is initialised; one that
+        holds the same spec is reused as is (a retry or resume continues it); one with another spec, or a
+        newer layout, is refused unless `overwrite`, which clears it first."""
+        store = cls(url, storage_options)
+        store.check_writable()
+        if store.exists():
+            attrs = store.attrs
+            problem = store._incompatibility(attrs, spec)
+            if problem is None:
+                return store
+            if not overwrite:
+                raise StoreError(f"{store.url} {problem}; pass --overwrite to replace it")
+            store.clear()
+        from supergen import versions
+
+        store.group.attrs.update({"supergen_layout": LAYOUT_VERSION, "spec": spec.to_dict(), "seed": spec.seed,
+                                  "versions": versions(), "status": "created"})
+        return store
+
+    @classmethod
+    def open(cls, url: str, storage_options=None, read_only: bool = True) -> RenderStore:
+        store = cls(url, storage_options, read_only=read_only)
+        if not store.exists():
+            raise StoreError(f"no render store at {store.url}")
+        layout = store.attrs.get("supergen_layout")
+        if layout is None or layout > LAYOUT_VERSION:
+            raise StoreError(f"{store.url} has store layout {layout!r}; this supergen reads layout "
+                             f"<= {LAYOUT_VERSION}: upgrade supergen")
+        return store
+
+    @staticmethod
+    def _incompatibility(attrs: dict, spec) -> str | None:
+        layout = attrs.get("supergen_layout")
+        if layout is None:
+            return "is not a supergen render store"
+        if layout > LAYOUT_VERSION:
+            return f"was written with store layout {layout}, newer than this supergen's {LAYOUT_VERSION}"
+        if attrs.get("spec") != json.loads(json.dumps(spec.to_dict())):
+            old, new = attrs.get("spec") or {}, spec.to_dict()
+            fields = sorted(k for k in set(old) | set(new) if old.get(k) != json.loads(json.dumps(new.get(k))))
+            return f"already holds a render of a different spec (differs in {fields})"
+        return None
+
+    def clear(self) -> None:
+        try:
+            if self.fs.exists(self._path):
+                self.fs.rm(self._path, recursive=True)
+        except Exception as e:
+            raise self._fail("cannot clear", e) from None
+        self._group = None
+
+    def spec(self):
+        from supergen import RenderSpec
+
+        return RenderSpec.from_dict(self.attrs["spec"])
+
+    def set_status(self, status: str) -> None:
+        self.group.attrs["status"] = status
+
+    @property
+    def complete(self) -> bool:
+        """True only once the completion marker exists; nothing else makes a render complete."""
+        try:
+            return self.fs.exists(self._key(MARKER))
+        except Exception:
+            return False
+
+    # -- stage tensors (RenderSink) ------------------------------------------------------------------
+    def _write_array(self, name: str, data: np.ndarray, chunks: tuple[int, ...], dims: list[str],
+                     compressors=None) -> None:
+        try:
+            arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
+                                          compressors=compressors, fill_value=0, dimension_names=dims,
+                                          overwrite=True)
+            arr[...] = data
+        except Exception as e:
+            raise self._fail(f"cannot write {name} to", e) from None
+
+    def _read_array(self, name: str) -> np.ndarray | None:
+        try:
+            return self.group[name][...]
+        except KeyError:
+            return None
+
+    def has_array(self, name: str) -> bool:
+        try:
+            self.group[name]
+            return True
+        except KeyError:
+            return False
+
+    def save_stage(self, name: str, tensor: torch.Tensor) -> None:
+        data = tensor.detach().float().cpu().numpy()
+        tile = self.attrs["spec"]["tile"]
+        chunks = data.shape if name == "sketch" else data.shape[:-2] + tuple(min(t, s) for t, s in
+                                                                            zip(tile, data.shape[-2:]))
+        self._write_array(f"{name}/latent", data, chunks, ["batch", "channel", "frame", "y", "x"])
+        self.set_status({"sketch": "sketched", "start": "refining", "final": "refined"}.get(name, name))
+
+    def load_stage(self, name: str) -> torch.Tensor | None:
+        data = self._read_array(f"{name}/latent")
+        return None if data is None else torch.from_numpy(np.ascontiguousarray(data))
+
+    # -- checkpoints (RenderSink) --------------------------------------------------------------------
+    def save_checkpoint(self, ckpt: Checkpoint) -> None:
+        """Write every tile's window of the latent, scheduler and cache maps into the free slot (one chunk
+        per tile), then the manifest. Tiles could be written concurrently by their owners."""
+        latest = self.group.attrs.get("checkpoints_latest")
+        slot = 0 if latest is None else 1 - latest["slot"]
+        tensors = {"latent": ckpt.latent, **{f"scheduler/{k}": v for k, v in ckpt.scheduler.items()},
+                   **{f"cache/{k}": v for k, v in ckpt.cache.items()}}
+        for name, canvas in tensors.items():
+            tiles = np.stack([_crop_np(canvas, w) for w in ckpt.windows])
+            self._write_array(f"checkpoints/slot{slot}/{name}", tiles, (1,) + tiles.shape[1:],
+                              ["tile"] + [f"d{i}" for i in range(tiles.ndim - 3)] + ["y", "x"])
+        manifest = {"step": ckpt.step, "slot": slot, "arrays": sorted(tensors),
+                    "canvas": list(ckpt.latent.shape[-2:]),
+                    "windows": [_win(w) for w in ckpt.windows], "cores": [_win(c) for c in ckpt.cores],
+                    "record": ckpt.record}
+        self.group.attrs["checkpoints_latest"] = json.loads(json.dumps(manifest))
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        m = self.group.attrs.get("checkpoints_latest")
+        if m is None:
+            return None
+        windows = [Window(*w) for w in m["windows"]]
+        cores = [Window(*c) for c in m["cores"]]
+        H, W = m["canvas"]
+        out: dict[str, torch.Tensor] = {}
+        for name in m["arrays"]:
+            tiles = torch.from_numpy(np.ascontiguousarray(self.group[f"checkpoints/slot{m['slot']}/{name}"][...]))
+            canvas = torch.zeros(tiles.shape[1:-2] + (H, W), dtype=tiles.dtype)
+            for t, win, core in zip(tiles, windows, cores):
+                dy, dx = (core.top - win.top) % H, (core.left - win.left) % W
+                paste(canvas, core, t[..., dy : dy + core.height, dx : dx + core.width])
+            out[name] = canvas
+        return Checkpoint(m["step"], windows, cores, out.pop("latent"),
+                          {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("scheduler/")},
+                          {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("cache/")},
+                          m["record"])
+
+    # -- outputs -------------------------------------------------------------------------------------
+    def write_file(self, name: str, data: bytes) -> None:
+        try:
+            self.fs.pipe_file(self._key(name), data)
+        except Exception as e:
+            raise self._fail(f"cannot write {name} to", e) from None
+
+    def read_file(self, name: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._key(name))
+        except FileNotFoundError:
+            raise StoreError(f"{self.url} has no {name}") from None
+        except Exception as e:
+            raise self._fail(f"cannot read {name} from", e) from None
+
+    def write_outputs(self, result) -> None:
+        """Final latent, frames, files and, last of all, the completion marker."""
+        from supergen import outputs
+
+        spec = result.spec
+        if self.load_stage("final") is None:
+            self.save_stage("final", result.latent)
+        s = spec.width // result.latent.shape[-1]  # pixels per latent cell
+        frames = result.video.numpy()
+        chunk = (min(len(frames), spec.fps), min(frames.shape[1], spec.tile[0] * s),
+                 min(frames.shape[2], spec.tile[1] * s), 3)
+        from zarr.codecs import ZstdCodec
+
+        self._write_array("video/frames", frames, chunk, ["frame", "y", "x", "rgb"], compressors=[ZstdCodec(level=1)])
+        self.write_file("video.mp4", outputs.mp4_bytes(result.video, spec.fps))
+        self.write_file("sketch.mp4", outputs.mp4_bytes(result.sketch_video, spec.fps))
+        self.write_file("contact_sheet.png", outputs.png_bytes(outputs.contact_sheet(result.sketch_video,
+                                                                                      result.video)))
+        self.write_file("cache_skips.png", outputs.png_bytes(outputs.skip_heatmap(
+            result.cache.skip_map if result.cache else [])))
+        self.write_file("render.json", json.dumps(result.report(), indent=1).encode())
+        self.set_status("complete")
+        self.write_file(MARKER, b"")
+
+    def video_frames(self, frames: slice = slice(None), y: slice = slice(None), x: slice = slice(None)):
+        """A region of the output frames without reading the rest (chunked by frame blocks and tiles)."""
+        return self.group["video/frames"][frames, y, x, :]
+
+    # -- inspection ----------------------------------------------------------------------------------
+    def inspect(self) -> dict:
+        attrs = self.attrs
+        m = attrs.get("checkpoints_latest")
+        report = {"url": self.url, "status": attrs.get("status"), "complete": self.complete,
+                  "layout": attrs.get("supergen_layout"), "seed": attrs.get("seed"),
+                  "spec": attrs.get("spec"),
+                  "last_checkpoint_step": None if m is None else m["step"],
+                  "stages": [s for s in ("sketch", "start", "final") if self.has_array(f"{s}/latent")]}
+        if m is not None and m["record"].get("cache", {}).get("skip_map"):
+            sm = m["record"]["cache"]["skip_map"]
+            total = sum(len(r) for r in sm)
+            report["skip_ratio_so_far"] = round(sum(map(sum, sm)) / total, 4) if total else 0.0
+        outs = {}
+        for name in FILES + (MARKER,):
+            try:
+                outs[name] = self.fs.size(self._key(name))
+            except FileNotFoundError:
+                pass
+            except Exception:
+                pass
+        report["outputs_bytes"] = outs
+        return report
+
+
+def _win(w: Window) -> list[int]:
+    return [w.top, w.left, w.height, w.width]
+
+
+def _crop_np(canvas: torch.Tensor, win: Window) -> np.ndarray:
+    from supergen.tiling import crop
+
+    t = crop(canvas.detach().cpu(), win)
+    return t.float().numpy() if t.dtype in (torch.bfloat16, torch.float16) else t.numpy()
