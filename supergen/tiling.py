@@ -142,6 +142,32 @@ def cores(grid: Grid) -> list[Window]:
     return [Window(r, c, rh, cw) for r, rh in rows for c, cw in cols]
 
 
+def _axis_pieces(start: int, length: int, size: int) -> list[tuple[int, int]]:
+    return [(c.start, c.stop - c.start) for c, _ in _segments(start % size, length, size)]
+
+
+def intersections(a: Window, b: Window, canvas: tuple[int, int]) -> list[Window]:
+    """The cells two (possibly wrapping) windows share, as non-wrapping rectangles in canvas coordinates."""
+    out = []
+    for ay, ah in _axis_pieces(a.top, a.height, canvas[0]):
+        for by, bh in _axis_pieces(b.top, b.height, canvas[0]):
+            y0, y1 = max(ay, by), min(ay + ah, by + bh)
+            if y0 >= y1:
+                continue
+            for ax, aw in _axis_pieces(a.left, a.width, canvas[1]):
+                for bx, bw in _axis_pieces(b.left, b.width, canvas[1]):
+                    x0, x1 = max(ax, bx), min(ax + aw, bx + bw)
+                    if x0 < x1:
+                        out.append(Window(y0, x0, y1 - y0, x1 - x0))
+    return out
+
+
+def local(rect: Window, win: Window, canvas: tuple[int, int]) -> tuple[slice, slice]:
+    """Where a canvas rectangle inside `win` sits in a (..., win.height, win.width) tile tensor."""
+    dy, dx = (rect.top - win.top) % canvas[0], (rect.left - win.left) % canvas[1]
+    return slice(dy, dy + rect.height), slice(dx, dx + rect.width)
+
+
 def full_window(canvas: tuple[int, int]) -> Window:
     return Window(0, 0, canvas[0], canvas[1])
 

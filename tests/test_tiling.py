@@ -127,3 +127,24 @@ def test_cores_partition_the_canvas_inside_their_windows(layout, step):
         T.paste(inside, win, torch.ones(tile, dtype=torch.bool))
         assert bool(T.crop(inside, core).all())
     assert bool((cnt == 1).all())
+
+
+@settings(max_examples=200, deadline=None)
+@given(layouts(), st.integers(0, 30))
+def test_pieces_from_cores_rebuild_every_next_window(layout, step):
+    """What moves between steps: for each next-step window, the pieces it shares with this step's cores
+    tile it exactly, and cutting them from the cores and pasting them gives the canvas crop."""
+    canvas, tile, boundary, every, loop = layout
+    g0 = T.step_grid(step, canvas, tile, boundary, every, loop)
+    g1 = T.step_grid(step + 1, canvas, tile, boundary, every, loop)
+    x = torch.randn(2, *canvas)
+    held = [(core, T.crop(x, core)) for core in T.cores(g0)]  # what each owner holds
+    for win in g1.windows:
+        out = torch.full((2, *tile), float("nan"))
+        for core, data in held:
+            for rect in T.intersections(core, win, canvas):
+                ys, xs = T.local(rect, core, canvas)
+                yd, xd = T.local(rect, win, canvas)
+                assert torch.isnan(out[:, yd, xd]).all()  # no cell arrives twice
+                out[:, yd, xd] = data[:, ys, xs]
+        assert torch.equal(out, T.crop(x, win))

@@ -70,6 +70,7 @@ class TileCache:
         self.report.skip_map.append([0] * len(grid))
         self.report.thresholds.append([0.0] * len(grid))
         self._uniform = None
+        self._writes = []
         if self.cfg.policy != "none":
             self.state.allocate(x)
         if self.cfg.policy == "uniform":  # one decision for the whole canvas (TeaCache-style)
@@ -85,15 +86,19 @@ class TileCache:
         obs = observe(ts, x_tile)
         d = self._uniform or decide(obs, self.i, self.steps, self.cfg)
         out, ts = cached_tile_step(ts, x_tile, d, predict)
-        self.state.write(win, core, ts)
+        self._writes.append((win, core, ts))  # applied in end_step: every tile reads the step-start state
         self.report.skip_map[-1][n] = 0 if d.compute else 1
         self.report.thresholds[-1][n] = obs.threshold
         self.report.reasons[d.reason] = self.report.reasons.get(d.reason, 0) + 1
         return out
 
     def end_step(self) -> None:
-        """Every `update_every` steps (after steps 4, 9, 14, ...) re-derive the region-aware thresholds
-        from all tiles' running stds: the normalisation spans the whole render, never one worker."""
+        """Write the step's tile states back (each tile its core), then, every `update_every` steps (after
+        steps 4, 9, 14, ...), re-derive the region-aware thresholds from all tiles' running stds: the
+        normalisation spans the whole render, never one worker."""
+        for win, core, ts in self._writes:
+            self.state.write(win, core, ts)
+        self._writes = []
         if self.cfg.policy != "region" or (self.i + 1) % self.cfg.update_every:
             return
         stds = []

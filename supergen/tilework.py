@@ -1,0 +1,181 @@
+"""Refinement split into tile-local work, for executors that spread tiles over workers.
+
+One refinement step `i` becomes three small functions per tile, each needing only one tile's data:
+
+* `gather`  (window m): assemble the window's latent, scheduler and cache state from the pieces the
+  previous step's owners sent, and observe it for the cache decision;
+* `denoise` (window m): predict the window (or reuse input + cached residual), update the cache state of
+  the cells the window owns (its core);
+* `advance` (core k): merge the predictions of the windows covering the core (in window order, exactly as
+  `tiling.merge`), take the scheduler step on the core, and cut the result into the pieces each next-step
+  window needs.
+
+Between steps only those pieces travel; a piece that stays on its worker costs nothing. Run in order,
+these functions give bit-for-bit the canvas of `refine.refine_step` (the in-process reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .backends.base import Backend, Conditioning
+from .cache.policy import Decision, Observation
+from .cache.state import SCALARS, TENSORS, TileState, cached_tile_step, observe
+from .refine import RefinePlan, predict_tile
+from .tiling import Grid, Window, cores, crop, intersections, local, tile_weight
+
+Maps = dict[str, torch.Tensor]  # "x", "sched/<name>", "cache/<name>": tensors over one region
+
+
+@dataclass
+class Piece:
+    rect: Window  # canvas rectangle (never wraps)
+    maps: Maps
+
+
+@dataclass
+class Gathered:
+    window: Window
+    core: Window
+    maps: Maps  # window-local
+    observation: Observation | None
+    sums: dict = field(default_factory=dict)  # core sums for the uniform policy's canvas-wide observation
+
+
+def empty_cache(like_x: torch.Tensor, threshold: float) -> Maps:
+    hw = like_x.shape[-2:]
+    m = {f"cache/{k}": torch.zeros_like(like_x, dtype=torch.float32) for k in TENSORS}
+    for k in SCALARS:
+        m[f"cache/{k}"] = torch.zeros(hw, dtype=torch.int32 if k in ("run", "real", "seen") else torch.float64)
+    m["cache/tau"].fill_(threshold)
+    return m
+
+
+def assemble(win: Window, pieces: list[Piece], canvas: tuple[int, int]) -> Maps:
+    """The window-local tensors of `win` from pieces that tile it."""
+    out: Maps = {}
+    for p in pieces:
+        ys, xs = local(p.rect, win, canvas)
+        for k, v in p.maps.items():
+            if k not in out:
+                out[k] = v.new_zeros(v.shape[:-2] + (win.height, win.width))
+            out[k][..., ys, xs] = v
+    return out
+
+
+def cut(core: Window, maps: Maps, windows: list[Window], canvas: tuple[int, int]) -> dict[int, list[Piece]]:
+    """Split core-local tensors into the pieces each of `windows` needs: {window index: pieces}."""
+    out: dict[int, list[Piece]] = {}
+    for m, win in enumerate(windows):
+        for rect in intersections(core, win, canvas):
+            ys, xs = local(rect, core, canvas)
+            out.setdefault(m, []).append(Piece(rect, {k: v[..., ys, xs].clone() for k, v in maps.items()}))
+    return out
+
+
+def _tile_state(maps: Maps, win: Window, core: Window, canvas) -> TileState:
+    ys, xs = local(core, win, canvas)
+    return TileState({k.split("/", 1)[1]: v for k, v in maps.items() if k.startswith("cache/")},
+                     (ys.start, xs.start, core.height, core.width))
+
+
+def gather(win: Window, core: Window, pieces: list[Piece], canvas, cache_on: bool) -> Gathered:
+    maps = assemble(win, pieces, canvas)
+    if not cache_on:
+        return Gathered(win, core, maps, None)
+    ts = _tile_state(maps, win, core, canvas)
+    x = maps["x"]
+    obs = observe(ts, x)
+    ys, xs = local(core, win, canvas)
+    c = {k: v[..., ys, xs] for k, v in ts.maps.items()}
+    xc = x[..., ys, xs]
+    f64 = torch.float64
+    sums = {"n": xc.numel(), "d_in": float((xc - c["x_last"]).abs().sum(dtype=f64)),
+            "d_out_real": float((c["o_r1"] - c["o_r2"]).abs().sum(dtype=f64)),
+            "d_in_real": float((c["x_r1"] - c["x_r2"]).abs().sum(dtype=f64)),
+            "out_real": float(c["o_r1"].abs().sum(dtype=f64)), "acc": float(c["acc"].sum(dtype=f64)),
+            "cells": c["acc"].numel(), "run": int(c["run"].max()), "real": int(c["real"].min()),
+            "seen": int(c["seen"].min()), "tau": float(c["tau"].flatten()[0])}
+    return Gathered(win, core, maps, obs, sums)
+
+
+def canvas_observation(sums: list[dict]) -> Observation:
+    """The uniform policy's whole-canvas observation from every core's sums."""
+    n = sum(s["n"] for s in sums)
+    real, seen = min(s["real"] for s in sums), min(s["seen"] for s in sums)
+    return Observation(
+        d_in=sum(s["d_in"] for s in sums) / n if seen else None,
+        d_out_real=sum(s["d_out_real"] for s in sums) / n if real >= 2 else None,
+        d_in_real=sum(s["d_in_real"] for s in sums) / n if real >= 2 else None,
+        out_real=sum(s["out_real"] for s in sums) / n if real >= 1 else None,
+        acc=sum(s["acc"] for s in sums) / sum(s["cells"] for s in sums),
+        run=max(s["run"] for s in sums), threshold=sums[0]["tau"])
+
+
+@dataclass
+class Denoised:
+    window: Window
+    prediction: torch.Tensor  # window-local, float32
+    cache_core: Maps  # the core's updated cache state (core-local)
+    welford: tuple[float, float]  # (n, m2) at the core centre, for region thresholds
+    computed: bool
+
+
+def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: Gathered,
+            decision: Decision | None, canvas) -> Denoised:
+    index = plan.start + i
+    x = g.maps["x"].to(backend.device)
+    image = None if cond.image_latent is None else crop(cond.image_latent, g.window)
+
+    def predict():
+        return predict_tile(backend, cond, plan.steps, index, x, image).cpu()
+
+    if decision is None:
+        return Denoised(g.window, predict(), {}, (0.0, 0.0), True)
+    ts = _tile_state(g.maps, g.window, g.core, canvas)
+    out, ts = cached_tile_step(ts, x.cpu(), decision, predict)
+    dy, dx, h, w = ts.core
+    core = {f"cache/{k}": v[..., dy : dy + h, dx : dx + w].clone() for k, v in ts.maps.items()}
+    return Denoised(g.window, out, core, (ts.at_core_center("w_n"), ts.at_core_center("w_m2")), decision.compute)
+
+
+def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_core: torch.Tensor,
+            sched_core: Maps, cache_core: Maps, preds: list[tuple[int, torch.Tensor]], seed: int,
+            tau: float | None = None) -> Maps:
+    """Merge, step and return the core-local maps of core k after refinement step i.
+
+    `preds` are (window index, window-local prediction) of every window overlapping core k, any order.
+    """
+    canvas = grid.canvas
+    core = cores(grid)[k]
+    w = tile_weight(grid)
+    exact = bool((w == 1).all())
+    acc = torch.zeros_like(x_core, dtype=torch.float32)
+    wsum = torch.zeros(core.height, core.width, dtype=torch.float32)
+    for n, pred in sorted(preds, key=lambda t: t[0]):  # window order, as tiling.merge adds them
+        win = grid.windows[n]
+        for rect in intersections(win, core, canvas):
+            ys, xs = local(rect, win, canvas)
+            yd, xd = local(rect, core, canvas)
+            if exact:
+                acc[..., yd, xd] = pred[..., ys, xs].float()
+            else:
+                acc[..., yd, xd] += pred[..., ys, xs].float() * w[ys, xs]
+                wsum[yd, xd] += w[ys, xs]
+    prediction = acc if exact else acc / wsum
+    sched = {k2.split("/", 1)[1]: v for k2, v in sched_core.items()}
+    x_next, sched = backend.step(plan.steps, plan.start + i, prediction.to(backend.device),
+                                 x_core.to(backend.device), sched, seed=seed)
+    out = {"x": x_next.cpu(), **{f"sched/{k2}": v.cpu() for k2, v in sched.items()}, **cache_core}
+    if tau is not None:
+        out["cache/tau"] = torch.full_like(out["cache/tau"], tau)
+    return out
+
+
+def stochastic_step(backend: Backend) -> bool:
+    """True when the backend's scheduler step draws noise for the whole canvas (CogVideoX DPM): such a
+    step cannot be split over regions and still match the reference."""
+    return bool(getattr(backend, "multistep", False))
+
