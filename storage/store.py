@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from supergen.sink import Checkpoint
-from supergen.tiling import Window, paste
+from supergen.tiling import Window, crop, intersections, local, paste
 
 from .location import StoreError, bucket_of, filesystem, normalize, redact
 
@@ -229,23 +229,56 @@ class RenderStore:
     # -- checkpoints (RenderSink) --------------------------------------------------------------------
     def save_checkpoint(self, ckpt: Checkpoint) -> None:
         """Write every tile's window of the latent, scheduler and cache maps into the free slot (one chunk
-        per tile), then the manifest. Tiles could be written concurrently by their owners."""
-        latest = self.group.attrs.get("checkpoints_latest")
-        slot = 0 if latest is None else 1 - latest["slot"]
+        per tile), then the manifest. The in-process executor writes all tiles; on a cluster each tile's
+        owner writes its own chunk (`write_checkpoint_tile`) and the driver commits."""
         tensors = {"latent": ckpt.latent, **{f"scheduler/{k}": v for k, v in ckpt.scheduler.items()},
                    **{f"cache/{k}": v for k, v in ckpt.cache.items()}}
-        for name, canvas in tensors.items():
-            tiles = np.stack([_crop_np(canvas, w) for w in ckpt.windows])
-            self._write_array(f"checkpoints/slot{slot}/{name}", tiles, (1,) + tiles.shape[1:],
-                              ["tile"] + [f"d{i}" for i in range(tiles.ndim - 3)] + ["y", "x"])
-        manifest = {"step": ckpt.step, "slot": slot, "arrays": sorted(tensors),
-                    "canvas": list(ckpt.latent.shape[-2:]),
-                    "windows": [_win(w) for w in ckpt.windows], "cores": [_win(c) for c in ckpt.cores],
-                    "record": ckpt.record}
+        win = ckpt.windows[0]
+        slot = self.begin_checkpoint(len(ckpt.windows), {n: (tuple(t.shape[:-2]) + (win.height, win.width), t.dtype)
+                                                          for n, t in tensors.items()})
+        for k, (w, core) in enumerate(zip(ckpt.windows, ckpt.cores)):
+            self.write_checkpoint_tile(slot, k, w, core, {n: crop(t.detach().cpu(), core) for n, t in tensors.items()},
+                                       tuple(ckpt.latent.shape[-2:]))
+        self.commit_checkpoint(ckpt.step, slot, ckpt.windows, ckpt.cores, tuple(ckpt.latent.shape[-2:]),
+                               sorted(tensors), ckpt.record)
+
+    def begin_checkpoint(self, n_tiles: int, arrays: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
+        """Create the free slot's arrays (metadata only); returns the slot tiles then write into."""
+        latest = self.group.attrs.get("checkpoints_latest")
+        slot = 0 if latest is None else 1 - latest["slot"]
+        for name, (shape, dtype) in arrays.items():
+            full = (n_tiles,) + tuple(shape)
+            np_dtype = torch.empty(0, dtype=dtype).numpy().dtype if dtype != torch.bfloat16 else np.float32
+            try:
+                self.group.create_array(f"checkpoints/slot{slot}/{name}", shape=full, dtype=np_dtype,
+                                        chunks=(1,) + tuple(shape), compressors=None, fill_value=0,
+                                        dimension_names=["tile"] + [f"d{i}" for i in range(len(shape) - 2)]
+                                        + ["y", "x"], overwrite=True)
+            except Exception as e:
+                raise self._fail("cannot create checkpoint arrays in", e) from None
+        return slot
+
+    def write_checkpoint_tile(self, slot: int, k: int, win: Window, core: Window, maps: dict[str, torch.Tensor],
+                              canvas: tuple[int, int]) -> None:
+        """Tile k's chunk of every checkpoint array: its core's cells at their place in the window."""
+        ys, xs = local(core, win, canvas)
+        for name, core_data in maps.items():
+            arr = self.group[f"checkpoints/slot{slot}/{name}"]
+            chunk = np.zeros(arr.shape[1:], dtype=arr.dtype)
+            chunk[..., ys, xs] = core_data.float().numpy() if core_data.dtype == torch.bfloat16 else core_data.numpy()
+            arr[k] = chunk
+
+    def commit_checkpoint(self, step: int, slot: int, windows, cores, canvas, names, record: dict) -> None:
+        """The manifest, written after every tile: only now does the checkpoint count."""
+        manifest = {"step": step, "slot": slot, "arrays": list(names), "canvas": list(canvas),
+                    "windows": [_win(w) for w in windows], "cores": [_win(c) for c in cores], "record": record}
         self.group.attrs["checkpoints_latest"] = json.loads(json.dumps(manifest))
 
+    def checkpoint_manifest(self) -> dict | None:
+        return self.group.attrs.get("checkpoints_latest")
+
     def load_checkpoint(self) -> Checkpoint | None:
-        m = self.group.attrs.get("checkpoints_latest")
+        m = self.checkpoint_manifest()
         if m is None:
             return None
         windows = [Window(*w) for w in m["windows"]]
@@ -256,13 +289,45 @@ class RenderStore:
             tiles = torch.from_numpy(np.ascontiguousarray(self.group[f"checkpoints/slot{m['slot']}/{name}"][...]))
             canvas = torch.zeros(tiles.shape[1:-2] + (H, W), dtype=tiles.dtype)
             for t, win, core in zip(tiles, windows, cores):
-                dy, dx = (core.top - win.top) % H, (core.left - win.left) % W
-                paste(canvas, core, t[..., dy : dy + core.height, dx : dx + core.width])
+                ys, xs = local(core, win, (H, W))
+                paste(canvas, core, t[..., ys, xs])
             out[name] = canvas
         return Checkpoint(m["step"], windows, cores, out.pop("latent"),
                           {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("scheduler/")},
                           {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("cache/")},
                           m["record"])
+
+    def checkpoint_pieces(self, win: Window) -> list:
+        """The pieces of `win` from the latest checkpoint, reading only the chunks of tiles whose cores
+        overlap it (what a worker resuming one window needs)."""
+        from supergen.tilework import Piece
+
+        m = self.checkpoint_manifest()
+        canvas = tuple(m["canvas"])
+        pieces = []
+        for k, (w, c) in enumerate(zip(m["windows"], m["cores"])):
+            w, c = Window(*w), Window(*c)
+            rects = intersections(c, win, canvas)
+            if not rects:
+                continue
+            chunk = {n: torch.from_numpy(np.ascontiguousarray(self.group[f"checkpoints/slot{m['slot']}/{n}"][k]))
+                     for n in m["arrays"]}
+            for r in rects:
+                ys, xs = local(r, w, canvas)
+                pieces.append(Piece(r, {_map_name(n): t[..., ys, xs].clone() for n, t in chunk.items()}))
+        return pieces
+
+    def stage_pieces(self, name: str, win: Window) -> list:
+        """The pieces of `win` (which may wrap) of a stage latent, read region by region."""
+        from supergen.tilework import Piece
+
+        arr = self.group[f"{name}/latent"]
+        canvas = tuple(arr.shape[-2:])
+        out = []
+        for r in intersections(win, Window(0, 0, *canvas), canvas):
+            data = arr[..., r.top : r.top + r.height, r.left : r.left + r.width]
+            out.append(Piece(r, {"x": torch.from_numpy(np.ascontiguousarray(data))}))
+        return out
 
     # -- outputs -------------------------------------------------------------------------------------
     def write_file(self, name: str, data: bytes) -> None:
@@ -332,12 +397,12 @@ class RenderStore:
         return report
 
 
+def _map_name(array_name: str) -> str:
+    """Store array names -> tile-work map names ("latent" -> "x", "scheduler/k" -> "sched/k")."""
+    if array_name == "latent":
+        return "x"
+    return array_name.replace("scheduler/", "sched/", 1)
+
+
 def _win(w: Window) -> list[int]:
     return [w.top, w.left, w.height, w.width]
-
-
-def _crop_np(canvas: torch.Tensor, win: Window) -> np.ndarray:
-    from supergen.tiling import crop
-
-    t = crop(canvas.detach().cpu(), win)
-    return t.float().numpy() if t.dtype in (torch.bfloat16, torch.float16) else t.numpy()

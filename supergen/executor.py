@@ -62,6 +62,19 @@ def load_image(spec: RenderSpec):
         return im.convert("RGB")
 
 
+def sketch_latent(backend: Backend, spec: RenderSpec, image) -> torch.Tensor:
+    """Stage 1: the whole clip at native size with the full N-step schedule, the stock pipeline."""
+    return backend.sketch(spec.prompt, spec.negative_prompt, image, spec.sketch_width, spec.sketch_height,
+                          spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
+
+
+def start_latent(backend: Backend, spec: RenderSpec, video_lo: torch.Tensor, start: int) -> torch.Tensor:
+    """Stage 2: bicubic upscale in pixel space, re-encode, re-noise to schedule index `start` = N - k."""
+    z_hi = backend.encode(upscale_video(video_lo, (spec.height, spec.width)), vae_tile=spec.vae_tile)
+    eps = noise.gaussian(z_hi.shape, spec.seed, "renoise").to(z_hi.device)
+    return backend.renoise(z_hi, eps, spec.steps, start)
+
+
 @contextmanager
 def _timed(timings: dict, name: str, progress: Progress, total: int = 1):
     progress.start(name, total)
@@ -95,8 +108,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
         z_lo = load("sketch")
         if z_lo is None:
             calls0 = backend.forwards
-            z_lo = backend.sketch(spec.prompt, spec.negative_prompt, image, spec.sketch_width, spec.sketch_height,
-                                  spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
+            z_lo = sketch_latent(backend, spec, image)
             forwards["sketch"] = backend.forwards - calls0
             save("sketch", z_lo)
         z_lo = z_lo.to(backend.device)
@@ -106,9 +118,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
         video_lo = backend.decode(z_lo, frames=spec.frames, vae_tile=spec.vae_tile)
         x = load("start")
         if x is None:
-            z_hi = backend.encode(upscale_video(video_lo, (spec.height, spec.width)), vae_tile=spec.vae_tile)
-            eps = noise.gaussian(z_hi.shape, spec.seed, "renoise").to(z_hi.device)
-            x = backend.renoise(z_hi, eps, spec.steps, plan.start)
+            x = start_latent(backend, spec, video_lo, plan.start)
             save("start", x)
         x = x.to(backend.device)
         cond = backend.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image,

@@ -81,8 +81,11 @@ def _tile_state(maps: Maps, win: Window, core: Window, canvas) -> TileState:
                      (ys.start, xs.start, core.height, core.width))
 
 
-def gather(win: Window, core: Window, pieces: list[Piece], canvas, cache_on: bool) -> Gathered:
+def gather(win: Window, core: Window, pieces: list[Piece], canvas, cache_on: bool,
+           threshold: float = 0.0) -> Gathered:
     maps = assemble(win, pieces, canvas)
+    if cache_on and "cache/x_last" not in maps:  # the first refinement step: an empty cache
+        maps.update(empty_cache(maps["x"], threshold))
     if not cache_on:
         return Gathered(win, core, maps, None)
     ts = _tile_state(maps, win, core, canvas)
@@ -121,13 +124,16 @@ class Denoised:
     cache_core: Maps  # the core's updated cache state (core-local)
     welford: tuple[float, float]  # (n, m2) at the core centre, for region thresholds
     computed: bool
+    seconds: float = 0.0
+    worker: str = ""
+    calls: int = 0  # transformer calls made
 
 
 def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: Gathered,
             decision: Decision | None, canvas) -> Denoised:
     index = plan.start + i
     x = g.maps["x"].to(backend.device)
-    image = None if cond.image_latent is None else crop(cond.image_latent, g.window)
+    image = None if cond.image_latent is None else crop(cond.image_latent, g.window).to(backend.device)
 
     def predict():
         return predict_tile(backend, cond, plan.steps, index, x, image).cpu()
@@ -179,3 +185,10 @@ def stochastic_step(backend: Backend) -> bool:
     step cannot be split over regions and still match the reference."""
     return bool(getattr(backend, "multistep", False))
 
+
+
+def cpu_conditioning(cond: Conditioning) -> Conditioning:
+    """The image-condition canvas on the CPU (tiles crop it there); text embeddings stay on the device."""
+    if cond.image_latent is not None:
+        cond.image_latent = cond.image_latent.cpu()
+    return cond

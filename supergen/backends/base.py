@@ -25,7 +25,13 @@ class ModelInfo:
     exact_tile: bool = False  # learned positional embeddings: the tile must be the native size
     max_tile: tuple[int, int] | None = None  # (h, w) latent limit of the positional embedding
     frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
+    scheduler: str = ""  # scheduler class name
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
+
+    @property
+    def stochastic_step(self) -> bool:
+        """The scheduler step draws noise for the whole canvas (CogVideoX DPM): it cannot be split by region."""
+        return self.scheduler == "CogVideoXDPMScheduler"
 
     @property
     def frames_multiple(self) -> int:

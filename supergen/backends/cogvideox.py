@@ -42,6 +42,7 @@ class CogVideoXBackend:
             patch=(tr.get("patch_size_t") or 1, tr["patch_size"], tr["patch_size"]),
             native_size=tuple(side.get("native_size", native)),
             is_i2v=i2v,
+            scheduler=c["scheduler"].get("_class_name", ""),
             exact_tile=bool(tr.get("use_learned_positional_embeddings")),
             max_tile=max_tile,
             # the VAE's time upsampler keeps the first frame apart only for an odd latent count

@@ -42,6 +42,7 @@ class WanBackend:
             patch=tuple(tr["patch_size"]),
             native_size=tuple(side.get("native_size", native)),
             is_i2v=i2v,
+            scheduler=c["scheduler"].get("_class_name", ""),
             presets=presets,
         )
 

@@ -1,0 +1,294 @@
+"""Distributed refinement: one plain Dask task per tile window per step, placed by cache locality.
+
+Per refinement step i (keys read well on the Dask dashboard; the suffix is the render id):
+
+    gather-s{i}-t{m}-{rid}   assemble window m from the pieces its cells' owners sent   (locality worker)
+    denoise-s{i}-t{m}-{rid}  predict or reuse window m                                  (rebalanced worker)
+    advance-s{i}-t{k}-{rid}  merge + scheduler step on core k, cut next-step pieces     (core k's worker)
+    pieces-s{i}-t{k}-to{m}-{rid}  the part of core k that window m needs: runs where it lives, so only
+                                  strips that change owner move, worker to worker
+
+The client only sees small metadata (cache observations, task timings); latents never pass through it.
+The driver waits for each step's metadata (cache decisions and thresholds need it), so steps are
+submitted one at a time; tile forwards take seconds on real models, the round trip milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from distributed import Client
+
+from supergen.backends import model_info
+from supergen.cache import CacheConfig, CacheReport
+from supergen.cache.policy import decide, region_thresholds, welford_std
+from supergen.placement import cells_by_worker, initial_assignment, place_by_locality, rebalance
+from supergen.refine import RefinePlan
+from supergen.tiling import Window, cores, intersections
+from supergen.tilework import canvas_observation
+from tasks import refine as T
+from tasks.model import ModelHolder
+
+
+@dataclass
+class StepStats:
+    step: int
+    tiles: int
+    computed: int
+    bytes_moved: int  # pieces and inputs that crossed workers
+    allgather_bytes: int  # what the official scheme moves: all-gather of predictions + latent re-sync
+    busy_s: dict[str, float]  # seconds of tile forwards per worker
+    idle_s: dict[str, float]  # the busiest worker's time minus each worker's
+    wall_s: float
+
+
+@dataclass
+class RefineStats:
+    workers: list[str]
+    steps: list[StepStats] = field(default_factory=list)
+    tasks: int = 0
+    forwards: int = 0
+    wall_s: float = 0.0
+    rebalanced: bool = True
+    cache: dict = field(default_factory=dict)
+    tiles_per_step: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        moved = sum(s.bytes_moved for s in self.steps)
+        allg = sum(s.allgather_bytes for s in self.steps)
+        idle = sum(sum(s.idle_s.values()) for s in self.steps)
+        busy = sum(sum(s.busy_s.values()) for s in self.steps)
+        return {"workers": self.workers, "steps": len(self.steps), "tasks": self.tasks, "forwards": self.forwards,
+                "wall_s": round(self.wall_s, 3), "bytes_moved": moved, "allgather_bytes": allg,
+                "bytes_moved_vs_allgather": round(moved / allg, 4) if allg else None,
+                "busy_s": round(busy, 3), "idle_s": round(idle, 3), "rebalanced": self.rebalanced}
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "per_step": [asdict(s) for s in self.steps]}
+
+
+def worker_names(client: Client) -> list:
+    """Exact worker names from the scheduler (pinning to a name that does not exist hangs silently)."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted((w["name"] for w in info.values()), key=str)
+
+
+def pin_kwargs(client: Client) -> dict:
+    """submit() arguments that pin a task to each worker: its pin resource when it has one (survives
+    restarts), else a hard name restriction."""
+    from .cluster import pin_resource
+
+    out = {}
+    for w in client.scheduler_info(n_workers=-1)["workers"].values():
+        res = pin_resource(w["name"])
+        out[w["name"]] = ({"resources": {res: 1}} if res in (w.get("resources") or {})
+                          else {"workers": [w["name"]], "allow_other_workers": False})
+    return out
+
+
+def check_workers(client: Client, spec) -> list:
+    """Fail early, naming the worker, when a worker cannot run the spec's device."""
+    names = worker_names(client)
+    if not names:
+        raise RuntimeError(f"the cluster at {client.scheduler.address} has no workers")
+    if spec.device.startswith("cuda"):
+        def has_cuda():
+            import torch
+
+            return torch.cuda.is_available()
+
+        found = client.run(has_cuda)
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        missing = [info[a]["name"] for a, ok in found.items() if not ok]
+        if missing:
+            raise RuntimeError(f"spec asks for device {spec.device!r} but worker(s) {missing} have no CUDA device")
+    return names
+
+
+def _bytes_per_cell(channels: int, frames: int, cache_on: bool, sched_maps: int) -> int:
+    per = channels * frames * 4 * (1 + sched_maps)  # latent (+ solver history) in float32
+    if cache_on:
+        per += 6 * channels * frames * 4 + 3 * 4 + 5 * 8
+    return per
+
+
+def refine_on_cluster(client: Client, store, spec, *, rebalance_tiles: bool = True, render_id: str | None = None,
+                      on_step: Callable[[StepStats], None] | None = None, workers: list | None = None) -> RefineStats:
+    """Run the refinement stage of `spec` (resolved) on the cluster behind `client`, from the store's start
+    latent or its last checkpoint; writes checkpoints and final/latent into the store."""
+    rid = render_id or uuid.uuid4().hex[:8]
+    info = model_info(spec.model)
+    plan = RefinePlan.from_spec(spec, info.vae_spatial)
+    canvas = tuple(plan.canvas)
+    cfg = CacheConfig.from_spec(spec)
+    cache_on = cfg.policy != "none"
+    spec_d = spec.to_dict()
+    names = check_workers(client, spec)
+    workers = names if workers is None else [w for w in names if w in set(workers)]
+    client.register_plugin(ModelHolder())
+    stats = RefineStats([str(w) for w in workers], rebalanced=rebalance_tiles)
+    report = CacheReport(cfg.policy, cfg.threshold, cfg.alpha)
+    start_shape = store.group["start/latent"].shape
+    if info.stochastic_step:
+        raise ValueError(f"{info.scheduler} draws noise for the whole canvas at every step, so its step cannot be "
+                         "split over workers and still match the reference; render in process, or give the "
+                         "model a deterministic scheduler (CogVideoXDDIMScheduler, as the SuperGen authors did)")
+    cell_bytes = _bytes_per_cell(start_shape[1], start_shape[2], cache_on, 0)
+    pred_bytes = plan.tile[0] * plan.tile[1] * start_shape[1] * start_shape[2] * 4
+    canvas_elems = start_shape[1] * start_shape[2] * canvas[0] * canvas[1]
+
+    manifest = store.checkpoint_manifest()
+    first, source = (0, "start") if manifest is None else (manifest["step"] + 1, "checkpoint")
+    tiles_per_step: list[int] = []
+    forwards = 0
+    if manifest is not None:
+        rec = manifest["record"]
+        tiles_per_step, forwards = list(rec.get("tiles_per_step", [])), rec.get("refine_forwards", 0)
+        c = rec.get("cache", {})
+        report.skip_map, report.thresholds = c.get("skip_map", []), c.get("thresholds", [])
+        report.reasons = c.get("reasons", {})
+
+    held: list = []  # every future since the last checkpoint: the lineage Dask replays if a worker dies
+
+    pins = pin_kwargs(client)
+
+    def submit(fn, *args, key, worker):
+        stats.tasks += 1
+        fut = client.submit(fn, *args, key=key, pure=False, **pins[worker])
+        held.append(fut)
+        return fut
+
+    t_all = time.perf_counter()
+    prev = None  # (cores, workers, advance futures) of the previous step
+    from_store = True  # the first step reads the start latent (or the checkpoint) from the store
+    for i in range(first, plan.refine_steps):
+        t0 = time.perf_counter()
+        grid = plan.grid(i)
+        cs, n = cores(grid), len(grid)
+        moved = 0
+        # 1. gather each window where most of its cells are
+        if prev is None:
+            cells = [{} for _ in range(n)]
+            g_workers = initial_assignment(n, workers)
+        else:
+            owned = list(zip(prev[0], prev[1]))
+            cells = [cells_by_worker(win, owned, canvas) for win in grid.windows]
+            g_workers = place_by_locality(cells, workers)
+        if from_store:
+            src = source if prev is None else "checkpoint"
+            sources = [[submit(T.start_pieces, store, src, win, key=f"read-s{i:03d}-t{m:02d}-{rid}",
+                               worker=g_workers[m])] for m, win in enumerate(grid.windows)]
+        else:
+            p_cores, p_workers, p_adv = prev
+            sources = []
+            for m, win in enumerate(grid.windows):
+                lst = []
+                for k, core in enumerate(p_cores):
+                    if intersections(core, win, canvas):
+                        lst.append(submit(T.pick, p_adv[k], m, key=f"pieces-s{i - 1:03d}-t{k:02d}-to{m:02d}-{rid}",
+                                          worker=p_workers[k]))
+                sources.append(lst)
+                moved += sum(v for w, v in cells[m].items() if w != g_workers[m]) * cell_bytes
+        G = [submit(T.gather_tile, rid, spec_d, i, m, win, cs[m], canvas, *sources[m],
+                    key=f"gather-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m]) for m, win in enumerate(grid.windows)]
+
+        # 2. cache decisions on the client, from small observations only
+        decisions = [None] * n
+        if cache_on:
+            obs = client.gather([submit(T.observation, g, key=f"observe-s{i:03d}-t{m:02d}-{rid}",
+                                        worker=g_workers[m]) for m, g in enumerate(G)])
+            if cfg.policy == "uniform":
+                d = decide(canvas_observation([s for _, s in obs]), i, plan.refine_steps, cfg)
+                decisions = [d] * n
+            else:
+                decisions = [decide(o, i, plan.refine_steps, cfg) for o, _ in obs]
+            report.skip_map.append([0 if d.compute else 1 for d in decisions])
+            report.thresholds.append([o.threshold for o, _ in obs])
+            for d in decisions:
+                report.reasons[d.reason] = report.reasons.get(d.reason, 0) + 1
+        computing = [d is None or d.compute for d in decisions]
+
+        # 3. denoise: computing tiles rebalanced over workers when skips leave some idle
+        c_workers = rebalance(g_workers, computing, cells, workers) if (rebalance_tiles and cache_on) else g_workers
+        win_bytes = grid.tile[0] * grid.tile[1] * cell_bytes
+        moved += sum(win_bytes for a, b in zip(g_workers, c_workers) if a != b)
+        D = [submit(T.denoise_tile, rid, spec_d, plan, i, m, G[m], decisions[m],
+                    key=f"denoise-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m]) for m in range(n)]
+        metas = client.gather([submit(T.denoise_meta, d, key=f"meta-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m])
+                               for m, d in enumerate(D)])
+        forwards += sum(mt.calls for mt in metas)
+        taus = [None] * n
+        if cfg.policy == "region" and (i + 1) % cfg.update_every == 0:
+            taus = region_thresholds([welford_std(*mt.welford) for mt in metas], cfg.threshold, cfg.alpha)
+
+        # 4. advance every core where its window was denoised; checkpoint chunks written by their owners
+        tiles_per_step.append(n)
+        last = i == plan.refine_steps - 1
+        due = spec.checkpoint_every and ((i + 1) % spec.checkpoint_every == 0 or last)
+        slot = None
+        if due:
+            shape = tuple(start_shape[:-2]) + grid.tile
+            arrays = {"latent": (shape, _f32())}
+            if cache_on:
+                arrays.update(_cache_arrays(shape, grid.tile))
+            slot = store.begin_checkpoint(n, arrays)
+        A = []
+        for k, core in enumerate(cs):
+            deps = [D[m] for m, win in enumerate(grid.windows) if intersections(win, core, canvas)]
+            overlap = [c_workers[m] for m, win in enumerate(grid.windows) if intersections(win, core, canvas)]
+            moved += sum(pred_bytes for w in overlap if w != c_workers[k])
+            A.append(submit(T.advance_tile, rid, spec_d, plan, i, k, G[k], taus[k], slot, store, *deps,
+                            key=f"advance-s{i:03d}-t{k:02d}-{rid}", worker=c_workers[k]))
+        if due:
+            for a in A:  # wait without pulling tile data to the client; re-raise the first tile failure
+                if a.exception() is not None:
+                    a.result()
+            store.commit_checkpoint(i, slot, grid.windows, cs, canvas,
+                                    ["latent"] + (sorted(_cache_arrays((1,), (1, 1))) if cache_on else []),
+                                    {"tiles_per_step": tiles_per_step, "refine_forwards": forwards,
+                                     "cache": {"skip_map": report.skip_map, "thresholds": report.thresholds,
+                                               "reasons": report.reasons}})
+        busy: dict[str, float] = {str(w): 0.0 for w in workers}
+        for mt in metas:
+            busy[mt.worker] = busy.get(mt.worker, 0.0) + mt.seconds
+        longest = max(busy.values(), default=0.0)
+        st = StepStats(i, n, sum(computing), moved, 2 * (len(workers) - 1) * canvas_elems * 2, busy,
+                       {w: round(longest - b, 4) for w, b in busy.items()}, time.perf_counter() - t0)
+        stats.steps.append(st)
+        if on_step is not None:
+            on_step(st)
+        prev = (cs, c_workers, A)
+        from_store = bool(due) and not last  # checkpoints cut lineage: the next step reads the store
+        if from_store:
+            held = []  # release it: a lost worker now costs at most the steps since this checkpoint
+
+    # 5. the refined canvas, assembled once on one worker and written to the store
+    full = Window(0, 0, *canvas)
+    p_cores, p_workers, p_adv = prev
+    parts = [submit(T.pick, p_adv[k], 0, key=f"pieces-final-t{k:02d}-{rid}", worker=p_workers[k])
+             for k in range(len(p_cores)) if intersections(p_cores[k], full, canvas)]
+    submit(T.write_final, store, canvas, *parts, key=f"write-final-{rid}", worker=workers[0]).result()
+    stats.wall_s, stats.forwards = time.perf_counter() - t_all, forwards
+    stats.cache = report.to_dict()
+    stats.tiles_per_step = tiles_per_step
+    return stats
+
+
+def _f32():
+    import torch
+
+    return torch.float32
+
+
+def _cache_arrays(shape, tile):
+    import torch
+
+    from supergen.cache.state import SCALARS, TENSORS
+
+    out = {f"cache/{k}": (tuple(shape), torch.float32) for k in TENSORS}
+    for k in SCALARS:
+        out[f"cache/{k}"] = (tuple(tile), torch.int32 if k in ("run", "real", "seen") else torch.float64)
+    return out

@@ -1,0 +1,72 @@
+"""The worker-side model holder: each worker loads a model once and keeps it across tasks and renders.
+
+Registered on a cluster as a Dask WorkerPlugin (`client.register_plugin(ModelHolder())`, idempotent by
+name); tasks reach it through the worker (`holder()`), never through a module global or an argument.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from distributed import WorkerPlugin, get_worker
+
+NAME = "supergen-models"
+
+
+class ModelHolder(WorkerPlugin):
+    name = NAME
+
+    def __init__(self, max_models: int = 1, max_renders: int = 4):
+        self.max_models, self.max_renders = max_models, max_renders
+
+    def setup(self, worker):
+        self.worker = worker
+        self.backends: OrderedDict = OrderedDict()  # (model, device, dtype) -> backend
+        self.conds: OrderedDict = OrderedDict()  # render id -> conditioning (text, image condition canvas)
+        self.loads = 0
+
+    def teardown(self, worker):
+        self.backends.clear()
+        self.conds.clear()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+    def backend(self, spec):
+        from supergen.backends import load_backend
+
+        key = (spec.model, spec.device, spec.dtype)
+        if key not in self.backends:
+            while len(self.backends) >= self.max_models:  # one model per GPU: evict the least recent
+                self.backends.popitem(last=False)
+                self.conds.clear()
+            self.backends[key] = load_backend(spec.model, spec.device, spec.dtype)
+            self.loads += 1
+        self.backends.move_to_end(key)
+        return self.backends[key]
+
+    def conditioning(self, render_id: str, spec):
+        """Text/image conditioning of a render, computed once per worker and kept for its steps."""
+        if render_id not in self.conds:
+            from supergen.executor import load_image
+            from supergen.tilework import cpu_conditioning
+
+            be = self.backend(spec)
+            cond = be.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, load_image(spec),
+                                          (spec.width, spec.height), spec.frames, seed=spec.seed)
+            self.conds[render_id] = cpu_conditioning(cond)
+            while len(self.conds) > self.max_renders:
+                self.conds.popitem(last=False)
+        self.conds.move_to_end(render_id)
+        return self.conds[render_id]
+
+
+def holder() -> ModelHolder:
+    worker = get_worker()
+    if NAME not in worker.plugins:
+        raise RuntimeError(f"worker {worker.name} has no {NAME} plugin: register tasks.model.ModelHolder()")
+    return worker.plugins[NAME]

@@ -1,0 +1,134 @@
+"""Per-tile refinement tasks run on cluster workers. Each takes ids, geometry and its inputs (pieces or the
+store), calls one `supergen.tilework` function and returns a small result; no algorithm lives here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from supergen.refine import RefinePlan
+from supergen.spec import RenderSpec
+from supergen.tiling import Window, local
+from supergen.tilework import Denoised, Gathered, Piece, advance, cut, denoise, gather
+
+from .model import holder
+
+
+class TileTaskError(RuntimeError):
+    """A tile task failed; names the render, step, tile and worker (picklable, for the driver's report)."""
+
+    def __init__(self, message: str, render: str = "", step: int = -1, tile: int = -1, worker: str = ""):
+        self.render, self.step, self.tile, self.worker = render, step, tile, worker
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.render, self.step, self.tile, self.worker))
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except ValueError:
+        return "local"
+
+
+def _guard(fn, render: str, step: int, tile: int, what: str):
+    try:
+        return fn()
+    except TileTaskError:
+        raise
+    except Exception as e:  # OOM, device errors, bad data: say where it happened
+        worker = _worker_name()
+        raise TileTaskError(f"{what} of tile {tile} at refinement step {step} failed on worker {worker} "
+                            f"(render {render}): {type(e).__name__}: {e}", render, step, tile, worker) from e
+
+
+def start_pieces(store, source: str, win: Window) -> list[Piece]:
+    """Step-0 (or resume) inputs of one window, read from the store: only the chunks it overlaps."""
+    return store.checkpoint_pieces(win) if source == "checkpoint" else store.stage_pieces("start", win)
+
+
+def gather_tile(render: str, spec_d: dict, i: int, m: int, win: Window, core: Window, canvas, *piece_lists) -> Gathered:
+    pieces = [p for lst in piece_lists for p in lst]
+    spec = RenderSpec.from_dict(spec_d)
+    return _guard(lambda: gather(win, core, pieces, canvas, spec.cache != "none", spec.cache_threshold),
+                  render, i, m, "gathering")
+
+
+@dataclass
+class DenoiseMeta:
+    seconds: float
+    computed: bool
+    welford: tuple[float, float]
+    worker: str
+    calls: int
+
+
+def denoise_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, m: int, g: Gathered, decision) -> Denoised:
+    def run():
+        spec = RenderSpec.from_dict(spec_d)
+        h = holder()
+        be = h.backend(spec)
+        cond = h.conditioning(render, spec)
+        t0, calls0 = time.perf_counter(), be.forwards
+        d = denoise(be, cond, plan, i, g, decision, tuple(plan.canvas))
+        d.seconds, d.worker, d.calls = time.perf_counter() - t0, _worker_name(), be.forwards - calls0
+        return d
+
+    return _guard(run, render, i, m, "denoising")
+
+
+def denoise_meta(d: Denoised) -> DenoiseMeta:
+    return DenoiseMeta(d.seconds, d.computed, d.welford, d.worker, d.calls)
+
+
+def observation(g: Gathered):
+    return g.observation, g.sums
+
+
+def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g: Gathered, tau, ckpt, store,
+                 *denoised: Denoised) -> dict[int, list[Piece]]:
+    """Merge + scheduler step on core k, optional checkpoint chunk, then the pieces for step i + 1."""
+
+    def run():
+        spec = RenderSpec.from_dict(spec_d)
+        be = holder().backend(spec)
+        grid, canvas = plan.grid(i), tuple(plan.canvas)
+        core = g.core
+        ys, xs = local(core, g.window, canvas)
+        x_core = g.maps["x"][..., ys, xs]
+        sched = {n: v[..., ys, xs] for n, v in g.maps.items() if n.startswith("sched/")}
+        own = next(d for d in denoised if d.window == g.window)
+        preds = [(grid.windows.index(d.window), d.prediction) for d in denoised]
+        maps = advance(be, plan, i, grid, k, x_core, sched, own.cache_core, preds, spec.seed, tau)
+        if ckpt is not None:
+            store.write_checkpoint_tile(ckpt, k, g.window, core, _store_names(maps), canvas)
+        nxt = plan.grid(i + 1).windows if i + 1 < plan.refine_steps else [Window(0, 0, *canvas)]
+        return cut(core, maps, nxt, canvas)
+
+    return _guard(run, render, i, k, "stepping")
+
+
+def pick(pieces: dict[int, list[Piece]], m: int) -> list[Piece]:
+    """The pieces one next-step window needs: runs where the owner's output lives, so only they move."""
+    return pieces.get(m, [])
+
+
+def _store_names(maps):
+    return {("latent" if n == "x" else n.replace("sched/", "scheduler/", 1)): v for n, v in maps.items()}
+
+
+def write_final(store, canvas, *piece_lists) -> None:
+    """Assemble the refined canvas from the last step's pieces and write final/latent."""
+    import torch
+
+    from supergen.tiling import paste
+
+    pieces = [p for lst in piece_lists for p in lst]
+    like = pieces[0].maps["x"]
+    x = torch.zeros(like.shape[:-2] + tuple(canvas), dtype=like.dtype)
+    for p in pieces:
+        paste(x, p.rect, p.maps["x"])
+    store.save_stage("final", x)

@@ -1,0 +1,58 @@
+"""Stage tasks run on a cluster worker: each reads its inputs from the render store, runs one stage of
+`supergen.executor` with the worker's resident model, and writes its result back to the store."""
+
+from __future__ import annotations
+
+import time
+
+from supergen.executor import RenderResult, load_image, sketch_latent, start_latent
+from supergen.refine import RefinePlan
+from supergen.upscale import to_uint8
+
+from .model import holder
+
+
+def sketch_stage(store) -> dict:
+    """Sketch at native size (skipped when the store already has it)."""
+    spec = store.spec()
+    if store.load_stage("sketch") is not None:
+        return {"forwards": 0, "seconds": 0.0, "skipped": True}
+    be = holder().backend(spec)
+    t0, calls0 = time.perf_counter(), be.forwards
+    store.save_stage("sketch", sketch_latent(be, spec, load_image(spec)).cpu())
+    return {"forwards": be.forwards - calls0, "seconds": time.perf_counter() - t0, "skipped": False}
+
+
+def upscale_stage(store) -> dict:
+    """Decode, upscale in pixels, re-encode and re-noise into start/latent (skipped when present)."""
+    spec = store.spec()
+    if store.load_stage("start") is not None:
+        return {"seconds": 0.0, "skipped": True}
+    be = holder().backend(spec)
+    t0 = time.perf_counter()
+    video_lo = be.decode(store.load_stage("sketch").to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
+    plan = RefinePlan.from_spec(spec, be.info.vae_spatial)
+    store.save_stage("start", start_latent(be, spec, video_lo, plan.start).cpu())
+    return {"seconds": time.perf_counter() - t0, "skipped": False}
+
+
+def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache=None) -> dict:
+    """Decode the refined latent and write every output, the completion marker last."""
+    from supergen.cache import CacheReport
+
+    spec = store.spec()
+    be = holder().backend(spec)
+    t0 = time.perf_counter()
+    z_lo, x = store.load_stage("sketch"), store.load_stage("final")
+    video = be.decode(x.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
+    video_lo = be.decode(z_lo.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
+    report = None
+    if cache:
+        report = CacheReport(cache["policy"], cache["threshold"], cache["alpha"], cache["skip_map"],
+                             cache["thresholds"], cache["reasons"])
+    timings = {**timings, "decode": time.perf_counter() - t0}
+    result = RenderResult(spec=spec, video=to_uint8(video), sketch_video=to_uint8(video_lo), latent=x,
+                          sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step, forwards=forwards,
+                          family=be.info.family, cache=report)
+    store.write_outputs(result)
+    return {"seconds": timings["decode"]}

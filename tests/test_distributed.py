@@ -1,0 +1,152 @@
+"""The distributed executor on a real Dask LocalCluster (worker processes on loopback): same video as the
+in-process reference for 1, 2 and 3 workers, a killed worker, concurrent renders, the dashboard."""
+
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+import torch
+
+import supergen
+from flows.cluster import announce, connect, make_cluster
+from flows.refine import refine_on_cluster
+from flows.render import run_stages
+from storage import RenderStore
+from supergen import RenderSpec
+from supergen.executor import prepare
+
+SPEC = dict(prompt="a red circle moving", width=128, height=128, frames=5, steps=7, refine_steps=5,
+            cache="region", cache_threshold=5.0, cache_warmup=1, checkpoint_every=2)
+# Exact equality is what we observe (every tile sees the same data and ops); the stated tolerance covers
+# BLAS thread-count differences between worker processes and the reference.
+TOL = dict(rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ["SUPERGEN_FORCE_CPU"] = "1"
+    with make_cluster(3) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    from distributed import Client
+
+    with Client(cluster, set_as_default=False) as cl:
+        yield cl
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return supergen.render(RenderSpec(**SPEC))
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
+    from tasks.model import ModelHolder
+    from tasks.stages import export_stage, sketch_stage, upscale_stage
+
+    spec = prepare(RenderSpec(**SPEC))
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    names = sorted(client.scheduler_info(n_workers=-1)["workers"].values(), key=lambda w: str(w["name"]))
+    use = [w["name"] for w in names][:n_workers]
+    client.register_plugin(ModelHolder())
+    client.submit(sketch_stage, store, workers=use[:1], pure=False).result()
+    client.submit(upscale_stage, store, workers=use[:1], pure=False).result()
+    stats = refine_on_cluster(client, store, spec, workers=use)
+    client.submit(export_stage, store, {}, stats.tiles_per_step, {"sketch": 0, "refine": stats.forwards},
+                  stats.cache, workers=use[:1], pure=False).result()
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert st.complete
+    torch.testing.assert_close(st.load_stage("final"), reference.latent, **TOL)
+    assert torch.equal(torch.from_numpy(st.video_frames()), reference.video)
+    assert stats.cache["skip_map"] == reference.cache.skip_map
+    s = stats.summary()
+    assert s["forwards"] == reference.forwards["refine"]
+    if n_workers == 1:
+        assert s["bytes_moved"] == 0  # one worker: nothing crosses a worker boundary
+    else:
+        assert 0 < s["bytes_moved"] < s["allgather_bytes"]
+    assert {str(w) for w in use} >= {w for st_ in stats.steps for w, b in st_.busy_s.items() if b > 0}
+
+
+def test_killed_worker_mid_refinement(client, reference, tmp_path):
+    """A worker process dies after step 2 (its nanny restarts it): the render completes and equals the
+    reference; checkpoints bound how much is recomputed."""
+    spec = prepare(RenderSpec(**SPEC))
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    victim = sorted(info, key=lambda a: str(info[a]["name"]))[1]
+    pid = client.run(os.getpid, workers=[victim])[victim]
+    killed = []
+
+    def on_step(st):
+        if st.step == 2 and not killed:
+            killed.append(victim)
+            os.kill(pid, signal.SIGKILL)  # the worker process dies without warning
+
+    from tasks import stages
+
+    from flows.render import _on_worker
+
+    _on_worker(client, stages.sketch_stage, store)
+    _on_worker(client, stages.upscale_stage, store)
+    stats = refine_on_cluster(client, store, spec, on_step=on_step)
+    assert killed
+    torch.testing.assert_close(RenderStore.open(str(tmp_path / "s")).load_stage("final"), reference.latent, **TOL)
+    assert len(stats.steps) == spec.refine_steps
+    # the worker came back under its name (nannies restart workers), so pinned tile tasks could run again
+    deadline = time.time() + 30
+    while len(client.scheduler_info(n_workers=-1)["workers"]) < 3 and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def test_two_concurrent_renders_share_the_cluster(client, tmp_path):
+    specs = [RenderSpec(**{**SPEC, "seed": s, "cache": "none"}) for s in (1, 2)]
+    refs = [supergen.render(s) for s in specs]
+    results, errors = {}, []
+
+    def go(k, spec):
+        try:
+            store = RenderStore.create(str(tmp_path / f"s{k}"), prepare(spec))
+            run_stages(client, store, prefect=False)
+            results[k] = RenderStore.open(str(tmp_path / f"s{k}")).load_stage("final")
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(k, s)) for k, s in enumerate(specs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for k in (0, 1):
+        torch.testing.assert_close(results[k], refs[k].latent, **TOL)
+    assert not torch.equal(results[0], results[1])
+
+
+def test_dashboard_is_served_on_loopback(cluster, capsys):
+    link = announce(cluster)
+    assert link.startswith("http://127.0.0.1:") and "Dask dashboard: " + link in capsys.readouterr().err
+    base = link.rsplit("/", 1)[0]
+    with urllib.request.urlopen(base + "/health", timeout=10) as r:
+        assert r.status == 200 and r.read() == b"ok"
+
+
+def test_unreachable_scheduler_fails_fast():
+    t0 = time.time()
+    with pytest.raises(ConnectionError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        connect("tcp://127.0.0.1:9", timeout=2)
+    assert time.time() - t0 < 15
+
+
+def test_stochastic_scheduler_is_refused_before_work(client, tiny_dir, tmp_path):
+    spec = prepare(RenderSpec(**{**SPEC, "model": tiny_dir("cogvideox-t2v"), "frames": 9, "cache": "none"}))
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    store.save_stage("start", torch.zeros(1, 4, 3, 16, 16))
+    with pytest.raises(ValueError, match="CogVideoXDPMScheduler draws noise"):
+        refine_on_cluster(client, store, spec)
