@@ -107,4 +107,9 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
         + f"| bytes moved between workers | {s['bytes_moved']} |\n| all-gather baseline bytes | {s['allgather_bytes']} |\n"
         + f"| tile tasks | {s['tasks']} |\n| store | {store.url} |\n",
         description="supergen render metrics")
+    create_markdown_artifact(
+        f"![contact sheet: sketch above final]({store.url}/contact_sheet.png)\n\n"
+        f"[sketch.mp4]({store.url}/sketch.mp4) · [video.mp4]({store.url}/video.mp4) · "
+        f"![cache skips per tile and step]({store.url}/cache_skips.png)",
+        description="sketch preview and final contact sheet")
     return store.url

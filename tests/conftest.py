@@ -1,8 +1,15 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# Prefect: a throwaway home, no telemetry, quiet; set before anything imports prefect.
+os.environ.update(PREFECT_HOME=tempfile.mkdtemp(prefix="prefect-test-home-"), DO_NOT_TRACK="1",
+                  PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
+                  PREFECT_UI_ENABLED="false")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["SUPERGEN_FORCE_CPU"] = "1"  # tests build CPU clusters even where GPUs exist
 
 
 @pytest.fixture(scope="session")
