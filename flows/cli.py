@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="a local folder for the render store (the same as --store DIR)")
     r.add_argument("--overwrite", action="store_true", help="replace a store that holds a different render")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--cluster", help="run as the Prefect flow on a Dask cluster: a scheduler address "
+                                     "(tcp://host:8786), or 'local' to start one here (one worker per GPU, "
+                                     "else --workers CPU workers); default: in this process")
+    r.add_argument("--workers", type=int, default=2, help="CPU workers of --cluster local [default: 2]")
     _add_storage_options(r)
 
     s = sub.add_parser("resume", help="continue an interrupted render from its last checkpoint")
@@ -96,8 +100,27 @@ def cmd_render(args) -> int:
         print(f"{store.url} already holds this render, complete", file=sys.stderr)
         print(f"{store.url}/video.mp4")
         return 0
+    if args.cluster:
+        return _render_on_cluster(args, spec, url)
     result = render(spec, progress=_progress(args.quiet), sink=store)
     _finish(store, result, args.quiet)
+    return 0
+
+
+def _render_on_cluster(args, spec, url: str) -> int:
+    """The Prefect flow `supergen-render` against an existing scheduler or a local cluster."""
+    from .cluster import announce, make_cluster
+    from .render import render as render_flow
+
+    opts = storage_options(args)
+    if args.cluster == "local":
+        with make_cluster(args.workers) as cluster:
+            announce(cluster)
+            out = render_flow(spec=spec.to_dict(), store_url=url, cluster=cluster.scheduler_address,
+                              storage_options=opts or None)
+    else:
+        out = render_flow(spec=spec.to_dict(), store_url=url, cluster=args.cluster, storage_options=opts or None)
+    print(f"{out}/video.mp4")
     return 0
 
 
@@ -148,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SupergenError, ValueError) as e:
+    except (SupergenError, ValueError, ConnectionError) as e:
         from storage.location import redact
 
         opts = storage_options(args) if hasattr(args, "storage_option") else None
