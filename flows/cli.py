@@ -94,6 +94,9 @@ def cmd_render(args) -> int:
         raise SupergenError("give --store or --out, not both")
     spec = prepare(spec_from_args(args))  # field and model checks: configs only, no weights
     url = args.store if args.store is not None else (args.out if args.out is not None else "supergen-out")
+    if args.cluster and url.strip().startswith("memory://"):
+        raise SupergenError("a memory:// store lives in one process; cluster workers need a store they can "
+                            "reach (a shared folder or s3://...)")
     store = RenderStore.create(url, spec, storage_options(args),
                                overwrite=args.overwrite)
     if store.complete:

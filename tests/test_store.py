@@ -250,3 +250,8 @@ def test_denied_write_fails_early_and_writes_nothing(s3, capsys):
     assert main(["render", *_args(), "--store", "s3://readonly/r", "--endpoint-url", s3, "--quiet"]) == 2
     assert "no permission to write" in capsys.readouterr().err
     assert c.list_objects_v2(Bucket="readonly").get("KeyCount", 0) == 0
+
+
+def test_memory_store_refused_with_a_cluster(capsys):
+    assert main(["render", *_args(), "--store", "memory://x", "--cluster", "local", "--quiet"]) == 2
+    assert "memory:// store lives in one process" in capsys.readouterr().err
