@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=2, help="CPU workers of --cluster local [default: 2]")
     _add_storage_options(r)
 
+    d = sub.add_parser("serve", help="publish the render flow as a Prefect deployment and run its runs")
+    add_render_options(d)
+    d.add_argument("--name", default="default", help="deployment name [default: default]")
+    d.add_argument("--store", required=True, help="store URL of each run; may contain {flow_run_id}")
+    d.add_argument("--cluster", required=True, help="Dask scheduler address the runs use")
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
+    g.add_argument("--interval", type=float, help="schedule every N seconds")
+    _add_storage_options(d)
+
     s = sub.add_parser("resume", help="continue an interrupted render from its last checkpoint")
     s.add_argument("store")
     s.add_argument("--quiet", action="store_true")
@@ -167,7 +177,16 @@ def cmd_compare(args) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "resume": cmd_resume, "inspect": cmd_inspect, "compare": cmd_compare}
+def cmd_serve(args) -> int:
+    from .deploy import serve
+
+    spec = spec_from_args(args)  # field checks now; model checks when each run starts
+    serve(args.name, spec=spec.to_dict(), store_url=args.store, cluster=args.cluster, cron=args.cron,
+          interval=args.interval, storage_options=storage_options(args) or None)
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "render": cmd_render, "resume": cmd_resume, "inspect": cmd_inspect, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ submitted one at a time; tile forwards take seconds on real models, the round tr
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -115,10 +116,38 @@ def _bytes_per_cell(channels: int, frames: int, cache_on: bool, sched_maps: int)
     return per
 
 
-def refine_on_cluster(client: Client, store, spec, *, rebalance_tiles: bool = True, render_id: str | None = None,
-                      on_step: Callable[[StepStats], None] | None = None, workers: list | None = None) -> RefineStats:
+class TileFailure(RuntimeError):
+    """A tile task kept killing its workers (out of memory, a crashing driver): names tile, step, worker."""
+
+
+def refine_on_cluster(client: Client, store, spec, **kwargs) -> RefineStats:
     """Run the refinement stage of `spec` (resolved) on the cluster behind `client`, from the store's start
-    latent or its last checkpoint; writes checkpoints and final/latent into the store."""
+    latent or its last checkpoint; writes checkpoints and final/latent into the store. A tile whose task
+    kills its worker `distributed.scheduler.allowed-failures` + 1 times raises `TileFailure`; the store
+    keeps its last checkpoint, so `supergen resume` continues from there."""
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return _refine(client, store, spec, **kwargs)
+    except KilledWorker as e:
+        key = str(e.task)
+        step, tile = task_step_tile(key)
+        last = getattr(e, "last_worker", None)
+        worker = getattr(last, "name", None) or getattr(last, "address", None) or str(last)
+        manifest = store.checkpoint_manifest()
+        ck = "no checkpoint yet" if manifest is None else f"last checkpoint after step {manifest['step']}"
+        raise TileFailure(f"task {key} (tile {tile}, refinement step {step}) killed worker {worker} repeatedly "
+                          f"(out of memory?); {store.url} keeps its {ck}: `supergen resume` continues it") from None
+
+
+def task_step_tile(key: str) -> tuple[int | None, int | None]:
+    """(step, tile) from a tile task key such as 'denoise-s012-t03-<id>'."""
+    m = re.match(r"^[a-z]+-s(\d+)-t(\d+)", key)
+    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+
+
+def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render_id: str | None = None,
+            on_step: Callable[[StepStats], None] | None = None, workers: list | None = None) -> RefineStats:
     rid = render_id or uuid.uuid4().hex[:8]
     info = model_info(spec.model)
     plan = RefinePlan.from_spec(spec, info.vae_spatial)

@@ -89,6 +89,10 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
     from supergen.executor import prepare
 
     logger = get_run_logger()
+    if "{flow_run_id}" in store_url:  # one store per run of a scheduled deployment
+        from prefect.runtime import flow_run
+
+        store_url = store_url.replace("{flow_run_id}", str(flow_run.id))
     resolved = prepare(RenderSpec.from_dict(spec))
     store = RenderStore.create(store_url, resolved, storage_options, overwrite=overwrite)
     if store.complete:

@@ -150,3 +150,34 @@ def test_stochastic_scheduler_is_refused_before_work(client, tiny_dir, tmp_path)
     store.save_stage("start", torch.zeros(1, 4, 3, 16, 16))
     with pytest.raises(ValueError, match="CogVideoXDPMScheduler draws noise"):
         refine_on_cluster(client, store, spec)
+
+
+def test_a_tile_that_kills_its_worker_gets_a_clear_error(tmp_path):
+    """Workers whose memory limit is below what a tile needs die on it (the nanny kills them): after the
+    allowed retries the render stops with an error naming the task, tile, step and worker, in bounded
+    time, and the store is left resumable."""
+    import dask
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    from flows.refine import TileFailure, task_step_tile
+
+    assert task_step_tile("denoise-s012-t03-ab12cd34") == (12, 3) and task_step_tile("write-final-x") == (None, None)
+    spec = prepare(RenderSpec(**{**SPEC, "cache": "none"}))
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    from supergen.backends import load_backend
+    from supergen.executor import sketch_latent, start_latent
+
+    be = load_backend("tiny")
+    video_lo = be.decode(sketch_latent(be, spec, None), frames=spec.frames, vae_tile=spec.vae_tile)
+    store.save_stage("start", start_latent(be, spec, video_lo, spec.steps - spec.refine_steps))
+    workers = {"small-0": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "memory_limit": "150MB",
+                                                      "resources": {"pin-small-0": 1}}}}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                          "distributed.worker.memory.terminate": 0.95}):
+        with SpecCluster(scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}},
+                         workers=workers) as cluster, Client(cluster, set_as_default=False) as c:
+            t0 = time.time()
+            with pytest.raises(TileFailure, match=r"tile \d+, refinement step 0\) killed worker small-0"):
+                refine_on_cluster(c, store, spec)
+            assert time.time() - t0 < 120
+    assert not RenderStore.open(str(tmp_path / "s")).complete

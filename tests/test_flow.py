@@ -89,3 +89,66 @@ def test_flow_renders_into_the_store_with_artifacts(prefect_api, cli_cluster, tm
     assert "bytes moved between workers" in texts and "contact_sheet.png" in texts
     # running the flow again on the complete store is a no-op (retries and re-runs are idempotent)
     assert render(spec=SPEC, store_url=str(tmp_path / "s"), cluster=cli_cluster) == url
+
+
+def test_deployment_schedule_is_data():
+    from cronsim import CronSim
+
+    from flows.deploy import deployment
+
+    dep = deployment("nightly", SPEC, "s3://renders/{flow_run_id}", "tcp://127.0.0.1:8786", cron="0 3 * * *")
+    assert dep.name == "nightly" and dep.schedules[0].schedule.cron == "0 3 * * *"
+    assert dep.parameters["spec"]["seed"] == 3 and dep.parameters["store_url"].endswith("{flow_run_id}")
+    import datetime
+
+    nxt = next(iter(CronSim("0 3 * * *", datetime.datetime(2026, 11, 22, 12, 0))))
+    assert (nxt.hour, nxt.day) == (3, 23)
+    with pytest.raises(ValueError, match="not both"):
+        deployment("x", SPEC, "u", "c", cron="* * * * *", interval=5)
+
+
+def test_serve_runs_a_deployment_on_a_local_prefect_server(cli_cluster, tmp_path):
+    """`prefect server start` on loopback, `supergen serve` publishing the deployment, one run triggered
+    through it: the store it produced is complete."""
+    port = _port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    served = None
+    try:
+        import urllib.request
+
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(api + "/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        args = [sys.executable, "-m", "flows.cli", "serve", "--name", "t", "--cluster", cli_cluster,
+                "--store", str(tmp_path / "runs" / "{flow_run_id}")]
+        for k, v in SPEC.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        served = subprocess.Popen(args, env=env, cwd=os.getcwd(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        code = (
+            "import asyncio, sys\n"
+            "from prefect.deployments import run_deployment\n"
+            "for _ in range(120):\n"
+            "    try:\n"
+            "        r = run_deployment('supergen-render/t', timeout=240); break\n"
+            "    except Exception as e:\n"
+            "        import time; time.sleep(1)\n"
+            "print(r.id, r.state.type.value)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        run_id, state = out.stdout.split()[-2:]
+        assert state == "COMPLETED", out.stdout + out.stderr
+        assert RenderStore.open(str(tmp_path / "runs" / run_id)).complete
+    finally:
+        for p in (served, server):
+            if p is not None:
+                p.terminate()
+                p.wait(30)
