@@ -19,7 +19,7 @@ from supergen.backends import load_backend  # noqa: E402
 from supergen.metrics import compare_videos  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_stages import environment  # noqa: E402
+from common import environment, write_result  # noqa: E402
 
 PAPER_TAUS = (0.05, 0.07, 0.09, 0.11, 0.13)
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -64,9 +64,7 @@ def main():
             print(rows[-1], flush=True)
     result = environment(" ".join(["python"] + sys.argv))
     result.update(model="tiny (random weights)", spec=base.to_dict(), rows=rows)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

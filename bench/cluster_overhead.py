@@ -19,7 +19,7 @@ os.environ.setdefault("SUPERGEN_FORCE_CPU", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cpu_stages import environment  # noqa: E402
+from common import environment, write_result  # noqa: E402
 
 
 def main():
@@ -62,9 +62,7 @@ def main():
             print(rows[-1], flush=True)
     result = environment(" ".join(["python"] + sys.argv))
     result.update(spec=spec.to_dict(), tile_steps=tile_steps, rows=rows)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(args.out, result)
     print(json.dumps(rows, indent=1))
 
 

@@ -7,10 +7,8 @@ at 4x (and 16x) the area: the cost ratio that motivates tiling.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -18,20 +16,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import supergen  # noqa: E402
 from supergen import RenderSpec  # noqa: E402
 from supergen.backends import load_backend  # noqa: E402
 
-
-def environment(command: str) -> dict:
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                  f"{torch.get_num_threads()} torch threads",
-        "versions": supergen.versions(),
-    }
+from common import environment, write_result  # noqa: E402
 
 
 def stage_timings(scale: int, repeats: int) -> dict:
@@ -79,9 +70,7 @@ def main() -> None:
     result = environment(" ".join(["python"] + sys.argv))
     result["stages"] = [stage_timings(s, args.repeats) for s in (2, 4)]
     result["tile_forward"] = forward_ratio(args.repeats * 4)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(args.out, result)
     print(json.dumps(result, indent=1))
 
 

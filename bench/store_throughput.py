@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cpu_stages import environment  # noqa: E402
+from common import environment, write_result  # noqa: E402
 from storage import RenderStore  # noqa: E402
 from supergen import RenderSpec  # noqa: E402
 from supergen.sink import Checkpoint  # noqa: E402
@@ -138,9 +138,7 @@ def main():
     result.update(canvas=list(CANVAS), tile=list(TILE), arrays=rows, checkpoints=ckpt,
                   note="moto runs in the benchmark process on the same 2 cores: a functional endpoint, "
                        "not a measure of real object storage")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

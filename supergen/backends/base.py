@@ -62,6 +62,31 @@ class Conditioning:
         return self.negative_text is not None and self.guidance > 1.0
 
 
+def text_conditioning(pipe, prompt: str, negative_prompt: str, guidance: float, max_sequence_length: int,
+                      device, dtype) -> Conditioning:
+    """Prompt embeddings through the pipeline's own `encode_prompt` (T5-family pipelines: Wan, CogVideoX);
+    the negative prompt only when CFG is on."""
+    do_cfg = guidance > 1.0
+    pe, ne = pipe.encode_prompt(prompt, negative_prompt, do_classifier_free_guidance=do_cfg,
+                                max_sequence_length=max_sequence_length, device=device)
+    return Conditioning(guidance, {"encoder_hidden_states": pe.to(dtype)},
+                        {"encoder_hidden_states": ne.to(dtype)} if do_cfg else None)
+
+
+def stock_latents(pipe, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator,
+                  max_sequence_length: int) -> torch.Tensor:
+    """The unmodified pipeline's full-schedule generation, stopped before the VAE (the sketch)."""
+    kwargs = {} if image is None else {"image": image}
+    return pipe(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=frames,
+                num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="latent",
+                max_sequence_length=max_sequence_length, **kwargs).frames
+
+
+def preprocess_image(pipe, image, width: int, height: int, device) -> torch.Tensor:
+    """The conditioning image resized to the canvas in pixels, (1, 3, H, W) in [-1, 1], float32."""
+    return pipe.video_processor.preprocess(image, height=height, width=width).to(device, torch.float32)
+
+
 class Backend(Protocol):
     info: ModelInfo
     device: torch.device

@@ -13,7 +13,7 @@ import torch
 
 from .. import noise
 from ..errors import BackendError
-from .base import Conditioning, ModelInfo
+from .base import Conditioning, ModelInfo, preprocess_image, stock_latents, text_conditioning
 from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
 
 PRESETS = dict(scale=2, frames=41, steps=50, guidance=6.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
@@ -73,16 +73,12 @@ class CogVideoXBackend:
     # -- conditioning ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
-        do_cfg = guidance > 1.0
-        pe, ne = self.pipe.encode_prompt(prompt, negative_prompt, do_classifier_free_guidance=do_cfg,
-                                         max_sequence_length=self.max_sequence_length, device=self.device)
-        cond = Conditioning(guidance, {"encoder_hidden_states": pe.to(self.dtype)},
-                            {"encoder_hidden_states": ne.to(self.dtype)} if do_cfg else None)
+        cond = text_conditioning(self.pipe, prompt, negative_prompt, guidance, self.max_sequence_length,
+                                 self.device, self.dtype)
         if image is not None:
             width, height = size
             n, pad = self._latent_frames(frames)
-            pixels = self.pipe.video_processor.preprocess(image, height=height, width=width)
-            pixels = pixels.to(self.device, torch.float32)
+            pixels = preprocess_image(self.pipe, image, width, height, self.device)
             shape = (1, n + pad, self.info.latent_channels, height // self.info.vae_spatial,
                      width // self.info.vae_spatial)
             _, image_latents = self.pipe.prepare_latents(
@@ -96,11 +92,8 @@ class CogVideoXBackend:
     # -- stage 1 ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
-        kwargs = {} if image is None else {"image": image}
-        out = self.pipe(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
-                        num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
-                        generator=generator, output_type="latent", max_sequence_length=self.max_sequence_length,
-                        **kwargs).frames
+        out = stock_latents(self.pipe, prompt, negative_prompt, image, width, height, frames, steps, guidance,
+                            generator, self.max_sequence_length)
         self.forwards += steps
         return out.permute(0, 2, 1, 3, 4).float()  # BFCHW -> BCFHW, keeps 1.5's pad frame
 

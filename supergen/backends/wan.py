@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import BackendError
-from .base import Conditioning, ModelInfo
+from .base import Conditioning, ModelInfo, preprocess_image, stock_latents, text_conditioning
 from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
 
 PRESETS = dict(scale=2, frames=81, steps=50, guidance=5.0, fps=16, cache_threshold=0.20, cache_alpha=0.5)
@@ -68,17 +68,13 @@ class WanBackend:
     # -- conditioning ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
-        do_cfg = guidance > 1.0
-        pe, ne = self.pipe.encode_prompt(prompt, negative_prompt, do_classifier_free_guidance=do_cfg,
-                                         max_sequence_length=self.max_sequence_length, device=self.device)
-        cond = Conditioning(guidance, {"encoder_hidden_states": pe.to(self.dtype)},
-                            {"encoder_hidden_states": ne.to(self.dtype)} if do_cfg else None)
+        cond = text_conditioning(self.pipe, prompt, negative_prompt, guidance, self.max_sequence_length,
+                                 self.device, self.dtype)
         if image is not None:
             width, height = size
             if self.pipe.image_encoder is not None:
                 cond.extra["encoder_hidden_states_image"] = self.pipe.encode_image(image, self.device).to(self.dtype)
-            pixels = self.pipe.video_processor.preprocess(image, height=height, width=width)
-            pixels = pixels.to(self.device, torch.float32)
+            pixels = preprocess_image(self.pipe, image, width, height, self.device)
             shape = self._latent_shape(frames, height, width)
             _, condition = self.pipe.prepare_latents(pixels, 1, shape[1], height, width, frames, torch.float32,
                                                      self.device, None, torch.zeros(shape))
@@ -92,11 +88,8 @@ class WanBackend:
     # -- stage 1 ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
-        kwargs = {} if image is None else {"image": image}
-        out = self.pipe(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
-                        num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
-                        generator=generator, output_type="latent", max_sequence_length=self.max_sequence_length,
-                        **kwargs).frames
+        out = stock_latents(self.pipe, prompt, negative_prompt, image, width, height, frames, steps, guidance,
+                            generator, self.max_sequence_length)
         n_calls = steps * (2 if guidance > 1.0 else 1)
         self.forwards += n_calls
         return out.float()
