@@ -9,8 +9,12 @@ import torch
 
 
 def write_mp4(path: str, frames: torch.Tensor, fps: int) -> None:
-    """(F, H, W, 3) uint8 -> H.264 mp4 (yuv420p, so any player opens it)."""
-    import imageio_ffmpeg
+    """(F, H, W, 3) uint8 -> H.264 mp4 (yuv420p, so any player opens it). Where imageio-ffmpeg is not
+    installed (a GPU box without a package index), OpenCV's MPEG-4 Part 2 encoder writes it instead."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return _write_mp4_cv2(path, frames, fps)
 
     f, h, w, _ = frames.shape
     writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
@@ -19,6 +23,16 @@ def write_mp4(path: str, frames: torch.Tensor, fps: int) -> None:
     for frame in frames.numpy():
         writer.send(np.ascontiguousarray(frame))
     writer.close()
+
+
+def _write_mp4_cv2(path: str, frames: torch.Tensor, fps: int) -> None:
+    import cv2
+
+    f, h, w, _ = frames.shape
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for frame in frames.numpy():
+        writer.write(np.ascontiguousarray(frame[..., ::-1]))  # RGB -> BGR
+    writer.release()
 
 
 def read_mp4(path: str) -> np.ndarray:
