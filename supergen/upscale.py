@@ -16,6 +16,6 @@ def upscale_video(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8 of the first clip."""
+    """(B, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8 of the first clip, on the CPU (outputs are files)."""
     v = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return v.permute(1, 2, 3, 0).contiguous()
+    return v.permute(1, 2, 3, 0).contiguous().cpu()
