@@ -40,14 +40,14 @@ def upscale(client, store) -> dict:
 
 
 @task(name="refine (tiled, on the cluster)", cache_policy=NO_CACHE)
-def refine(client, store, rebalance: bool = True) -> dict:
+def refine(client, store, rebalance: bool = True, render_id: str | None = None) -> dict:
     spec = store.spec()
     art = create_progress_artifact(0.0, key=None, description=f"refinement of {store.url}")
 
     def on_step(st):
         update_progress_artifact(art, 100.0 * (st.step + 1) / spec.refine_steps)
 
-    stats = refine_on_cluster(client, store, spec, rebalance_tiles=rebalance, on_step=on_step)
+    stats = refine_on_cluster(client, store, spec, rebalance_tiles=rebalance, on_step=on_step, render_id=render_id)
     return stats.to_dict() | {"cache": stats.cache, "tiles_per_step": stats.tiles_per_step}
 
 
@@ -59,24 +59,34 @@ def export(client, store, timings: dict, refined: dict, sketch_forwards: int) ->
 
 
 def run_stages(client, store, rebalance: bool = True, prefect: bool = True) -> dict:
-    """The four stages in order; with `prefect=False` the same code without the Prefect engine."""
+    """The four stages in order; with `prefect=False` the same code without the Prefect engine. While
+    the sketch runs on one worker, every other worker loads the model and the render's conditioning."""
+    import uuid
+
+    from tasks.model import ModelHolder
+
     call = (lambda t, *a, **k: t(*a, **k)) if prefect else (lambda t, *a, **k: t.fn(*a, **k))
     timings = {}
+    rid = uuid.uuid4().hex[:8]
+    client.register_plugin(ModelHolder())
+    warming = [client.submit(stages.warm_worker, store, rid, workers=[w], pure=False, key=f"warm-{w}-{rid}")
+               for w in worker_names(client)[1:]]
     t0 = time.perf_counter()
     sk = call(sketch, client, store)
     timings["sketch"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     call(upscale, client, store)
     timings["upscale"] = time.perf_counter() - t0
+    client.gather(warming)  # a worker that cannot load the model fails here, before any tile is submitted
     t0 = time.perf_counter()
-    refined = call(refine, client, store, rebalance) if prefect else _refine_plain(client, store, rebalance)
+    refined = call(refine, client, store, rebalance, rid) if prefect else _refine_plain(client, store, rebalance, rid)
     timings["refine"] = time.perf_counter() - t0
     call(export, client, store, timings, refined, sk["forwards"])
     return {"timings": timings, "refine": refined}
 
 
-def _refine_plain(client, store, rebalance):
-    stats = refine_on_cluster(client, store, store.spec(), rebalance_tiles=rebalance)
+def _refine_plain(client, store, rebalance, render_id=None):
+    stats = refine_on_cluster(client, store, store.spec(), rebalance_tiles=rebalance, render_id=render_id)
     return stats.to_dict() | {"cache": stats.cache, "tiles_per_step": stats.tiles_per_step}
 
 

@@ -12,6 +12,15 @@ from supergen.upscale import to_uint8
 from .model import holder
 
 
+def warm_worker(store, render_id: str) -> float:
+    """Load the model and this render's conditioning into the worker (seconds taken), so tile tasks
+    never pay for it; the flow runs this on every worker while the sketch runs."""
+    spec = store.spec()
+    t0 = time.perf_counter()
+    holder().conditioning(render_id, spec)
+    return time.perf_counter() - t0
+
+
 def sketch_stage(store) -> dict:
     """Sketch at native size (skipped when the store already has it)."""
     spec = store.spec()
