@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import torch
 from distributed import Client
 
 from supergen.backends import model_info
@@ -176,9 +177,7 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
     if manifest is not None:
         rec = manifest["record"]
         tiles_per_step, forwards = list(rec.get("tiles_per_step", [])), rec.get("refine_forwards", 0)
-        c = rec.get("cache", {})
-        report.skip_map, report.thresholds = c.get("skip_map", []), c.get("thresholds", [])
-        report.reasons = c.get("reasons", {})
+        report.restore(rec.get("cache", {}))
 
     held: list = []  # every future since the last checkpoint: the lineage Dask replays if a worker dies
 
@@ -234,10 +233,9 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
                 decisions = [d] * n
             else:
                 decisions = [decide(o, i, plan.refine_steps, cfg) for o, _ in obs]
-            report.skip_map.append([0 if d.compute else 1 for d in decisions])
-            report.thresholds.append([o.threshold for o, _ in obs])
-            for d in decisions:
-                report.reasons[d.reason] = report.reasons.get(d.reason, 0) + 1
+            report.begin(n)
+            for m, (d, (o, _)) in enumerate(zip(decisions, obs)):
+                report.record(m, d, o.threshold)
         computing = [d is None or d.compute for d in decisions]
 
         # 3. denoise: computing tiles rebalanced over workers when skips leave some idle
@@ -260,7 +258,7 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
         slot = None
         if due:
             shape = tuple(start_shape[:-2]) + grid.tile
-            arrays = {"latent": (shape, _f32())}
+            arrays = {"latent": (shape, torch.float32)}
             if cache_on:
                 arrays.update(_cache_arrays(shape, grid.tile))
             slot = store.begin_checkpoint(n, arrays)
@@ -275,11 +273,9 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
             for a in A:  # wait without pulling tile data to the client; re-raise the first tile failure
                 if a.exception() is not None:
                     a.result()
-            store.commit_checkpoint(i, slot, grid.windows, cs, canvas,
-                                    ["latent"] + (sorted(_cache_arrays((1,), (1, 1))) if cache_on else []),
+            store.commit_checkpoint(i, slot, grid.windows, cs, canvas, sorted(arrays),
                                     {"tiles_per_step": tiles_per_step, "refine_forwards": forwards,
-                                     "cache": {"skip_map": report.skip_map, "thresholds": report.thresholds,
-                                               "reasons": report.reasons}})
+                                     "cache": report.progress()})
         busy: dict[str, float] = {str(w): 0.0 for w in workers}
         for mt in metas:
             busy[mt.worker] = busy.get(mt.worker, 0.0) + mt.seconds
@@ -306,15 +302,7 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
     return stats
 
 
-def _f32():
-    import torch
-
-    return torch.float32
-
-
 def _cache_arrays(shape, tile):
-    import torch
-
     from supergen.cache.state import SCALARS, TENSORS
 
     out = {f"cache/{k}": (tuple(shape), torch.float32) for k in TENSORS}

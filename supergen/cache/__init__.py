@@ -30,6 +30,25 @@ class CacheReport:
     thresholds: list[list[float]] = field(default_factory=list)  # [step][tile] threshold in force
     reasons: dict[str, int] = field(default_factory=dict)
 
+    def record(self, n: int, decision: Decision, threshold: float) -> None:
+        """Tile n's decision at the latest step (`begin` opened its row)."""
+        self.skip_map[-1][n] = 0 if decision.compute else 1
+        self.thresholds[-1][n] = threshold
+        self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
+
+    def begin(self, n_tiles: int) -> None:
+        self.skip_map.append([0] * n_tiles)
+        self.thresholds.append([0.0] * n_tiles)
+
+    def progress(self) -> dict:
+        """The report so far, JSON-able, for a checkpoint's record."""
+        return {"skip_map": self.skip_map, "thresholds": self.thresholds, "reasons": self.reasons}
+
+    def restore(self, progress: dict) -> None:
+        self.skip_map = [list(r) for r in progress.get("skip_map", [])]
+        self.thresholds = [list(r) for r in progress.get("thresholds", [])]
+        self.reasons = dict(progress.get("reasons", {}))
+
     @property
     def computed(self) -> int:
         return sum(len(r) - sum(r) for r in self.skip_map)
@@ -56,19 +75,15 @@ class TileCache:
 
     def snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Canvas maps and the report so far, for a checkpoint."""
-        r = self.report
-        return dict(self.state.maps), {"skip_map": r.skip_map, "thresholds": r.thresholds, "reasons": r.reasons}
+        return dict(self.state.maps), self.report.progress()
 
     def restore(self, maps: dict[str, torch.Tensor], report: dict) -> None:
         self.state.maps = dict(maps)
-        self.report.skip_map = [list(r) for r in report.get("skip_map", [])]
-        self.report.thresholds = [list(r) for r in report.get("thresholds", [])]
-        self.report.reasons = dict(report.get("reasons", {}))
+        self.report.restore(report)
 
     def begin_step(self, i: int, grid: Grid, x: torch.Tensor) -> None:
         self.i, self.grid, self.cores = i, grid, cores(grid)
-        self.report.skip_map.append([0] * len(grid))
-        self.report.thresholds.append([0.0] * len(grid))
+        self.report.begin(len(grid))
         self._uniform = None
         self._writes = []
         if self.cfg.policy != "none":
@@ -87,9 +102,7 @@ class TileCache:
         d = self._uniform or decide(obs, self.i, self.steps, self.cfg)
         out, ts = cached_tile_step(ts, x_tile, d, predict)
         self._writes.append((win, core, ts))  # applied in end_step: every tile reads the step-start state
-        self.report.skip_map[-1][n] = 0 if d.compute else 1
-        self.report.thresholds[-1][n] = obs.threshold
-        self.report.reasons[d.reason] = self.report.reasons.get(d.reason, 0) + 1
+        self.report.record(n, d, obs.threshold)
         return out
 
     def end_step(self) -> None:
