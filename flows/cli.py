@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(tcp://host:8786), or 'local' to start one here (one worker per GPU, "
                                      "else --workers CPU workers); default: in this process")
     r.add_argument("--workers", type=int, default=2, help="CPU workers of --cluster local [default: 2]")
+    r.add_argument("--balance", choices=["locality", "tiles", "branches"], default="branches",
+                   help="tile placement on --cluster: locality only, + moving computing tiles to idle workers, "
+                        "+ splitting CFG branches over workers [default: branches]")
     _add_storage_options(r)
 
     d = sub.add_parser("serve", help="publish the render flow as a Prefect deployment and run its runs")
@@ -130,9 +133,10 @@ def _render_on_cluster(args, spec, url: str) -> int:
         with make_cluster(args.workers) as cluster:
             announce(cluster)
             out = render_flow(spec=spec.to_dict(), store_url=url, cluster=cluster.scheduler_address,
-                              storage_options=opts or None)
+                              storage_options=opts or None, balance=args.balance)
     else:
-        out = render_flow(spec=spec.to_dict(), store_url=url, cluster=args.cluster, storage_options=opts or None)
+        out = render_flow(spec=spec.to_dict(), store_url=url, cluster=args.cluster, storage_options=opts or None,
+                          balance=args.balance)
     print(f"{out}/video.mp4")
     return 0
 

@@ -4,6 +4,7 @@ Per refinement step i (keys read well on the Dask dashboard; the suffix is the r
 
     gather-s{i}-t{m}-{rid}   assemble window m from the pieces its cells' owners sent   (locality worker)
     denoise-s{i}-t{m}-{rid}  predict or reuse window m                                  (rebalanced worker)
+    branch-s{i}-t{m}-b{b}-{rid}  CFG branch b of window m, when balancing sends it elsewhere (a light worker)
     advance-s{i}-t{k}-{rid}  merge + scheduler step on core k, cut next-step pieces     (core k's worker)
     pieces-s{i}-t{k}-to{m}-{rid}  the part of core k that window m needs: runs where it lives, so only
                                   strips that change owner move, worker to worker
@@ -27,7 +28,7 @@ from distributed import Client
 from supergen.backends import model_info
 from supergen.cache import CacheConfig, CacheReport
 from supergen.cache.policy import decide, region_thresholds, welford_std
-from supergen.placement import cells_by_worker, initial_assignment, place_by_locality, rebalance
+from supergen.placement import cells_by_worker, initial_assignment, place_by_locality, rebalance, split_branches
 from supergen.refine import RefinePlan
 from supergen.tiling import Window, cores, intersections
 from supergen.tilework import canvas_observation
@@ -54,7 +55,8 @@ class RefineStats:
     tasks: int = 0
     forwards: int = 0
     wall_s: float = 0.0
-    rebalanced: bool = True
+    balance: str = "branches"
+    branches_moved: int = 0  # CFG branches run away from their tile's worker
     cache: dict = field(default_factory=dict)
     tiles_per_step: list[int] = field(default_factory=list)
 
@@ -66,7 +68,8 @@ class RefineStats:
         return {"workers": self.workers, "steps": len(self.steps), "tasks": self.tasks, "forwards": self.forwards,
                 "wall_s": round(self.wall_s, 3), "bytes_moved": moved, "allgather_bytes": allg,
                 "bytes_moved_vs_allgather": round(moved / allg, 4) if allg else None,
-                "busy_s": round(busy, 3), "idle_s": round(idle, 3), "rebalanced": self.rebalanced}
+                "busy_s": round(busy, 3), "idle_s": round(idle, 3), "balance": self.balance,
+                "branches_moved": self.branches_moved}
 
     def to_dict(self) -> dict:
         return {**self.summary(), "per_step": [asdict(s) for s in self.steps]}
@@ -147,7 +150,10 @@ def task_step_tile(key: str) -> tuple[int | None, int | None]:
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
 
 
-def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render_id: str | None = None,
+BALANCE = ("locality", "tiles", "branches")
+
+
+def _refine(client: Client, store, spec, *, balance: str = "branches", render_id: str | None = None,
             on_step: Callable[[StepStats], None] | None = None, workers: list | None = None) -> RefineStats:
     rid = render_id or uuid.uuid4().hex[:8]
     info = model_info(spec.model)
@@ -159,7 +165,10 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
     names = check_workers(client, spec)
     workers = names if workers is None else [w for w in names if w in set(workers)]
     client.register_plugin(ModelHolder())
-    stats = RefineStats([str(w) for w in workers], rebalanced=rebalance_tiles)
+    if balance not in BALANCE:
+        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
+    stats = RefineStats([str(w) for w in workers], balance=balance)
+    branches = 2 if spec.guidance > 1.0 else 1  # CFG model calls per tile-step (Conditioning.branches)
     report = CacheReport(cfg.policy, cfg.threshold, cfg.alpha)
     start_shape = store.group["start/latent"].shape
     if info.stochastic_step:
@@ -183,9 +192,9 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
 
     pins = pin_kwargs(client)
 
-    def submit(fn, *args, key, worker):
+    def submit(fn, *args, key, worker, priority=0):
         stats.tasks += 1
-        fut = client.submit(fn, *args, key=key, pure=False, **pins[worker])
+        fut = client.submit(fn, *args, key=key, pure=False, priority=priority, **pins[worker])
         held.append(fut)
         return fut
 
@@ -239,14 +248,34 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
         computing = [d is None or d.compute for d in decisions]
 
         # 3. denoise: computing tiles rebalanced over workers when skips leave some idle
-        c_workers = rebalance(g_workers, computing, cells, workers) if (rebalance_tiles and cache_on) else g_workers
+        c_workers = rebalance(g_workers, computing, cells, workers) if (balance != "locality" and cache_on) else g_workers
         win_bytes = grid.tile[0] * grid.tile[1] * cell_bytes
         moved += sum(win_bytes for a, b in zip(g_workers, c_workers) if a != b)
-        D = [submit(T.denoise_tile, rid, spec_d, plan, i, m, G[m], decisions[m],
+        # ... and the last imbalance evened out in CFG branches (half-tiles): a split tile runs every branch
+        # as its own task (its worker's too, so neither waits for the other) ahead of whole tiles
+        moved_branches = split_branches(c_workers, computing, workers, branches) if balance == "branches" else []
+        stats.branches_moved += len(moved_branches)
+        away = {m: {b: w for m2, b, w in moved_branches if m2 == m} for m, _, _ in moved_branches}
+        B: dict[int, list] = {}  # split window -> its branch futures
+        side = []  # (branch future, its worker)
+        for m in sorted(away):
+            x_in = submit(T.window_input, G[m], key=f"input-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m],
+                          priority=1)
+            for b in range(branches):
+                w = away[m].get(b, c_workers[m])
+                fut = submit(T.branch_tile, rid, spec_d, plan, i, m, grid.windows[m], x_in, b,
+                             key=f"branch-s{i:03d}-t{m:02d}-b{b}-{rid}", worker=w, priority=1)
+                B.setdefault(m, []).append(fut)
+                side.append((fut, w))
+                if w != c_workers[m]:
+                    moved += pred_bytes * ((w != g_workers[m]) + 1)  # the window's latent out, a prediction back
+        D = [submit(T.denoise_tile, rid, spec_d, plan, i, m, G[m], decisions[m], *B.get(m, []),
                     key=f"denoise-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m]) for m in range(n)]
         metas = client.gather([submit(T.denoise_meta, d, key=f"meta-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m])
-                               for m, d in enumerate(D)])
+                               for m, d in enumerate(D)]
+                              + [submit(T.denoise_meta, bf, key=f"meta-{bf.key}", worker=w) for bf, w in side])
         forwards += sum(mt.calls for mt in metas)
+        metas, side_metas = metas[:n], metas[n:]
         taus = [None] * n
         if cfg.policy == "region" and (i + 1) % cfg.update_every == 0:
             taus = region_thresholds([welford_std(*mt.welford) for mt in metas], cfg.threshold, cfg.alpha)
@@ -277,7 +306,7 @@ def _refine(client: Client, store, spec, *, rebalance_tiles: bool = True, render
                                     {"tiles_per_step": tiles_per_step, "refine_forwards": forwards,
                                      "cache": report.progress()})
         busy: dict[str, float] = {str(w): 0.0 for w in workers}
-        for mt in metas:
+        for mt in metas + side_metas:
             busy[mt.worker] = busy.get(mt.worker, 0.0) + mt.seconds
         longest = max(busy.values(), default=0.0)
         st = StepStats(i, n, sum(computing), moved, 2 * (len(workers) - 1) * canvas_elems * 2, busy,

@@ -21,46 +21,50 @@ from .refine import refine_on_cluster, worker_names
 STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10])
 
 
-def _on_worker(client, fn, *args):
-    """Run a stage on the first worker (where the model is resident) and wait for it."""
+def _on_worker(client, fn, *args, workers: list | None = None):
+    """Run a stage on the first worker (of `workers`, else of the cluster) and wait for it."""
     from tasks.model import ModelHolder
 
     client.register_plugin(ModelHolder())
-    return client.submit(fn, *args, workers=[worker_names(client)[0]], pure=False).result()
+    return client.submit(fn, *args, workers=[(workers or worker_names(client))[0]], pure=False).result()
 
 
 @task(name="sketch", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def sketch(client, store) -> dict:
-    return _on_worker(client, stages.sketch_stage, store)
+def sketch(client, store, workers: list | None = None) -> dict:
+    return _on_worker(client, stages.sketch_stage, store, workers=workers)
 
 
 @task(name="upscale and re-noise", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def upscale(client, store) -> dict:
-    return _on_worker(client, stages.upscale_stage, store)
+def upscale(client, store, workers: list | None = None) -> dict:
+    return _on_worker(client, stages.upscale_stage, store, workers=workers)
 
 
 @task(name="refine (tiled, on the cluster)", cache_policy=NO_CACHE)
-def refine(client, store, rebalance: bool = True, render_id: str | None = None) -> dict:
+def refine(client, store, balance: str = "branches", render_id: str | None = None,
+           workers: list | None = None) -> dict:
     spec = store.spec()
     art = create_progress_artifact(0.0, key=None, description=f"refinement of {store.url}")
 
     def on_step(st):
         update_progress_artifact(art, 100.0 * (st.step + 1) / spec.refine_steps)
 
-    stats = refine_on_cluster(client, store, spec, rebalance_tiles=rebalance, on_step=on_step, render_id=render_id)
+    stats = refine_on_cluster(client, store, spec, balance=balance, on_step=on_step, render_id=render_id,
+                              workers=workers)
     return stats.to_dict() | {"cache": stats.cache, "tiles_per_step": stats.tiles_per_step}
 
 
 @task(name="decode and export", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def export(client, store, timings: dict, refined: dict, sketch_forwards: int) -> dict:
+def export(client, store, timings: dict, refined: dict, sketch_forwards: int, workers: list | None = None) -> dict:
     forwards = {"sketch": sketch_forwards, "refine": refined["forwards"]}
     cache = refined["cache"] if refined["cache"].get("policy") != "none" else None
-    return _on_worker(client, stages.export_stage, store, timings, refined["tiles_per_step"], forwards, cache)
+    return _on_worker(client, stages.export_stage, store, timings, refined["tiles_per_step"], forwards, cache,
+                      workers=workers)
 
 
-def run_stages(client, store, rebalance: bool = True, prefect: bool = True) -> dict:
-    """The four stages in order; with `prefect=False` the same code without the Prefect engine. While
-    the sketch runs on one worker, every other worker loads the model and the render's conditioning."""
+def run_stages(client, store, balance: str = "branches", prefect: bool = True, workers: list | None = None) -> dict:
+    """The four stages in order, on `workers` (names; default: every worker of the cluster); with
+    `prefect=False` the same code without the Prefect engine. While the sketch runs on the first worker,
+    every other worker loads the model and the render's conditioning."""
     import uuid
 
     from tasks.model import ModelHolder
@@ -69,31 +73,37 @@ def run_stages(client, store, rebalance: bool = True, prefect: bool = True) -> d
     timings = {}
     rid = uuid.uuid4().hex[:8]
     client.register_plugin(ModelHolder())
+    names = workers or worker_names(client)
     warming = [client.submit(stages.warm_worker, store, rid, workers=[w], pure=False, key=f"warm-{w}-{rid}")
-               for w in worker_names(client)[1:]]
+               for w in names[1:]]
     t0 = time.perf_counter()
-    sk = call(sketch, client, store)
+    sk = call(sketch, client, store, names)
     timings["sketch"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    call(upscale, client, store)
+    call(upscale, client, store, names)
     timings["upscale"] = time.perf_counter() - t0
     client.gather(warming)  # a worker that cannot load the model fails here, before any tile is submitted
     t0 = time.perf_counter()
-    refined = call(refine, client, store, rebalance, rid) if prefect else _refine_plain(client, store, rebalance, rid)
+    refined = (call(refine, client, store, balance, rid, names) if prefect
+               else _refine_plain(client, store, balance, rid, names))
     timings["refine"] = time.perf_counter() - t0
-    call(export, client, store, timings, refined, sk["forwards"])
+    call(export, client, store, timings, refined, sk["forwards"], names)
     return {"timings": timings, "refine": refined}
 
 
-def _refine_plain(client, store, rebalance, render_id=None):
-    stats = refine_on_cluster(client, store, store.spec(), rebalance_tiles=rebalance, render_id=render_id)
+def _refine_plain(client, store, balance, render_id=None, workers=None):
+    stats = refine_on_cluster(client, store, store.spec(), balance=balance, render_id=render_id, workers=workers)
     return stats.to_dict() | {"cache": stats.cache, "tiles_per_step": stats.tiles_per_step}
 
 
 @flow(name="supergen-render", log_prints=True)
 def render(spec: dict, store_url: str, cluster: str, storage_options: dict | None = None,
-           overwrite: bool = False, rebalance: bool = True) -> str:
-    """Render `spec` into the store at `store_url` on the Dask cluster at `cluster` (a scheduler address)."""
+           overwrite: bool = False, balance: str = "branches") -> str:
+    """Render `spec` into the store at `store_url` on the Dask cluster at `cluster` (a scheduler address).
+
+    `balance` places tile work: "locality" (each window where most of its cells are), "tiles" (plus moving
+    computing tiles to workers the cache left idle) or "branches" (plus splitting CFG branches over workers
+    to even out what whole tiles cannot, e.g. 9 tiles on 4 GPUs)."""
     from storage import RenderStore
     from supergen import RenderSpec
     from supergen.executor import prepare
@@ -110,7 +120,7 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
         return store.url
     client = connect(cluster)
     try:
-        out = run_stages(client, store, rebalance)
+        out = run_stages(client, store, balance)
     finally:
         client.close()
     s = out["refine"]

@@ -58,7 +58,7 @@ class RenderSpec:
     shift_every: int = 1  # shift the tile grid before every s-th refinement step; 0: never shift
     shift_loop: int = 16  # shift quantum = tile // shift_loop per axis (the paper's loop_step)
     boundary: str = "wrap"  # "wrap": windows wrap around the canvas (paper's torus); "clamp": stay inside
-    vae_tile: int | None = None  # VAE tiling tile size in pixels (stride = 3/4 of it); preset: 2x native
+    vae_tile: int | None = None  # VAE tiling tile size in pixels (stride = 3/4 of it); preset: the model's, else 2x native
     fps: int | None = None
     cache: str = "none"  # tile cache policy: none | region | uniform
     cache_threshold: float | None = None  # tau; preset per model family
@@ -281,7 +281,7 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
     return spec.replace(
         width=width, height=height, sketch_width=sw, sketch_height=sh, frames=frames, steps=steps,
         refine_steps=k, guidance=spec.guidance if spec.guidance is not None else p["guidance"],
-        tile=tuple(tile), vae_tile=spec.vae_tile or 2 * max(info.native_size),
+        tile=tuple(tile), vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
         fps=spec.fps or p["fps"],
         cache_threshold=spec.cache_threshold if spec.cache_threshold is not None else p["cache_threshold"],
         cache_alpha=spec.cache_alpha if spec.cache_alpha is not None else p["cache_alpha"],

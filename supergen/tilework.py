@@ -5,7 +5,7 @@ One refinement step `i` becomes three small functions per tile, each needing onl
 * `gather`  (window m): assemble the window's latent, scheduler and cache state from the pieces the
   previous step's owners sent, and observe it for the cache decision;
 * `denoise` (window m): predict the window (or reuse input + cached residual), update the cache state of
-  the cells the window owns (its core);
+  the cells the window owns (its core); a CFG branch may come ready-made from `branch` run elsewhere;
 * `advance` (core k): merge the predictions of the windows covering the core (in window order, exactly as
   `tiling.merge`), take the scheduler step on the core, and cut the result into the pieces each next-step
   window needs.
@@ -129,14 +129,28 @@ class Denoised:
     calls: int = 0  # transformer calls made
 
 
+def branch(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, win: Window, x: torch.Tensor,
+           b: int) -> torch.Tensor:
+    """CFG branch `b` of window `win`'s prediction (a finer unit of work than the tile, for balancing)."""
+    image = None if cond.image_latent is None else crop(cond.image_latent, win).to(backend.device)
+    return backend.predict_branch(x.to(backend.device), plan.steps, plan.start + i, cond, b, image).cpu()
+
+
 def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: Gathered,
-            decision: Decision | None, canvas) -> Denoised:
+            decision: Decision | None, canvas, given: dict[int, torch.Tensor] | None = None) -> Denoised:
+    """Window g's prediction (computed, or reused from the cache); `given` holds CFG branch outputs
+    already computed elsewhere by `branch`, combined exactly as `Backend.predict` combines its own."""
     index = plan.start + i
     x = g.maps["x"].to(backend.device)
     image = None if cond.image_latent is None else crop(cond.image_latent, g.window).to(backend.device)
+    given = given or {}
 
     def predict():
-        return predict_tile(backend, cond, plan.steps, index, x, image).cpu()
+        if not given:
+            return predict_tile(backend, cond, plan.steps, index, x, image).cpu()
+        outs = [given[b].to(backend.device) if b in given
+                else backend.predict_branch(x, plan.steps, index, cond, b, image) for b in range(cond.branches)]
+        return cond.guide(outs).cpu()
 
     if decision is None:
         return Denoised(g.window, predict(), {}, (0.0, 0.0), True)
@@ -156,12 +170,14 @@ def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_co
     """
     canvas = grid.canvas
     core = cores(grid)[k]
-    w = tile_weight(grid)
+    dev = backend.device  # merge where the step runs (on a GPU worker, not its one CPU thread)
+    w = tile_weight(grid).to(dev)
     exact = bool((w == 1).all())
-    acc = torch.zeros_like(x_core, dtype=torch.float32)
-    wsum = torch.zeros(core.height, core.width, dtype=torch.float32)
+    acc = torch.zeros(x_core.shape, dtype=torch.float32, device=dev)
+    wsum = torch.zeros(core.height, core.width, dtype=torch.float32, device=dev)
     for n, pred in sorted(preds, key=lambda t: t[0]):  # window order, as tiling.merge adds them
         win = grid.windows[n]
+        pred = pred.to(dev)
         for rect in intersections(win, core, canvas):
             ys, xs = local(rect, win, canvas)
             yd, xd = local(rect, core, canvas)
@@ -172,8 +188,7 @@ def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_co
                 wsum[yd, xd] += w[ys, xs]
     prediction = acc if exact else acc / wsum
     sched = {k2.split("/", 1)[1]: v for k2, v in sched_core.items()}
-    x_next, sched = backend.step(plan.steps, plan.start + i, prediction.to(backend.device),
-                                 x_core.to(backend.device), sched, seed=seed)
+    x_next, sched = backend.step(plan.steps, plan.start + i, prediction, x_core.to(dev), sched, seed=seed)
     out = {"x": x_next.cpu(), **{f"sched/{k2}": v.cpu() for k2, v in sched.items()}, **cache_core}
     if tau is not None:
         out["cache/tau"] = torch.full_like(out["cache/tau"], tau)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from supergen.refine import RefinePlan
 from supergen.spec import RenderSpec
 from supergen.tiling import Window, local
-from supergen.tilework import Denoised, Gathered, Piece, advance, cut, denoise, gather
+from supergen.tilework import Denoised, Gathered, Piece, advance, branch, cut, denoise, gather
 
 from .model import holder
 
@@ -66,21 +66,56 @@ class DenoiseMeta:
     calls: int
 
 
-def denoise_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, m: int, g: Gathered, decision) -> Denoised:
+@dataclass
+class Branch:
+    """One CFG branch of a window's prediction, computed away from the window's worker."""
+
+    branch: int
+    prediction: object  # torch.Tensor, window-local, float32
+    seconds: float
+    worker: str
+    calls: int
+    computed: bool = True
+    welford: tuple[float, float] = (0.0, 0.0)
+
+
+def _timed(render, spec_d, fn):
+    """Run fn(backend, conditioning) with the worker's resident model: (result, seconds, worker, calls)."""
+    spec = RenderSpec.from_dict(spec_d)
+    h = holder()
+    be = h.backend(spec)
+    cond = h.conditioning(render, spec)
+    t0, calls0 = time.perf_counter(), be.forwards
+    out = fn(be, cond)
+    return out, time.perf_counter() - t0, _worker_name(), be.forwards - calls0
+
+
+def window_input(g: Gathered):
+    """The window's latent alone (what a branch computed elsewhere needs; the cache state stays)."""
+    return g.maps["x"]
+
+
+def branch_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, m: int, win: Window, x, b: int) -> Branch:
     def run():
-        spec = RenderSpec.from_dict(spec_d)
-        h = holder()
-        be = h.backend(spec)
-        cond = h.conditioning(render, spec)
-        t0, calls0 = time.perf_counter(), be.forwards
-        d = denoise(be, cond, plan, i, g, decision, tuple(plan.canvas))
-        d.seconds, d.worker, d.calls = time.perf_counter() - t0, _worker_name(), be.forwards - calls0
+        pred, sec, worker, calls = _timed(render, spec_d, lambda be, cond: branch(be, cond, plan, i, win, x, b))
+        return Branch(b, pred, sec, worker, calls)
+
+    return _guard(run, render, i, m, f"CFG branch {b}")
+
+
+def denoise_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, m: int, g: Gathered, decision,
+                 *branches: Branch) -> Denoised:
+    def run():
+        given = {br.branch: br.prediction for br in branches}
+        d, sec, worker, calls = _timed(
+            render, spec_d, lambda be, cond: denoise(be, cond, plan, i, g, decision, tuple(plan.canvas), given))
+        d.seconds, d.worker, d.calls = sec, worker, calls
         return d
 
     return _guard(run, render, i, m, "denoising")
 
 
-def denoise_meta(d: Denoised) -> DenoiseMeta:
+def denoise_meta(d: Denoised | Branch) -> DenoiseMeta:
     return DenoiseMeta(d.seconds, d.computed, d.welford, d.worker, d.calls)
 
 

@@ -40,3 +40,29 @@ def test_rebalance_prefers_tiles_with_cells_on_the_target():
     assign, computing = [0, 0, 0, 1], [True, True, True, False]
     cells = [{0: 10}, {0: 6, 1: 4}, {0: 10}, {1: 10}]
     assert P.rebalance(assign, computing, cells, [0, 1]) == [0, 1, 0, 1]
+
+
+def test_branch_splitting_balances_nine_tiles_on_four_workers():
+    """The 4K case: 9 tiles on 4 GPUs is 3 tile-times on the busiest (75%); splitting one CFG tile gives
+    2.5 (90%), the best possible in half-tiles."""
+    workers = ["a", "b", "c", "d"]
+    assign = P.initial_assignment(9, workers)
+    moved = P.split_branches(assign, [True] * 9, workers)
+    assert moved == [(2, 1, "b")]
+    assert P.branch_makespan(assign, [True] * 9, workers) == 6
+    assert P.branch_makespan(assign, [True] * 9, workers, moved) == 5
+    assert P.split_branches(P.initial_assignment(8, workers), [True] * 8, workers) == []  # already even
+    assert P.split_branches(assign, [True] * 9, workers, branches=1) == []  # no CFG: nothing to split
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 6), st.data())
+def test_branch_splitting_is_optimal_after_tile_balancing(n, w, data):
+    workers = list(range(w))
+    assign = data.draw(st.lists(st.sampled_from(workers), min_size=n, max_size=n))
+    computing = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    balanced = P.rebalance(assign, computing, [{a: 1} for a in assign], workers)
+    moved = P.split_branches(balanced, computing, workers)
+    assert P.branch_makespan(balanced, computing, workers, moved) == -(-2 * sum(computing) // w)  # the optimum
+    assert all(computing[k] and b == 1 and wk != balanced[k] for k, b, wk in moved)  # computing tiles, moved away
+    assert len({k for k, _, _ in moved}) == len(moved)  # each tile splits at most once

@@ -8,11 +8,12 @@ from supergen.cache import CacheConfig, TileCache
 from supergen.cache.policy import decide, region_thresholds, welford_std
 from supergen.refine import RefinePlan, refine_step
 from supergen.tiling import cores, crop, local, paste
-from supergen.tilework import Piece, advance, canvas_observation, cut, denoise, empty_cache, gather
+from supergen.tilework import Piece, advance, branch, canvas_observation, cut, denoise, empty_cache, gather
 
 
-def run_tilework(be, cond, plan, x0, cfg, seed=0):
-    """The distributed executor's data flow, run sequentially: only pieces cross tile boundaries."""
+def run_tilework(be, cond, plan, x0, cfg, seed=0, split=False):
+    """The distributed executor's data flow, run sequentially: only pieces cross tile boundaries. With
+    `split`, odd windows get their negative-prompt branch computed apart (as on another worker)."""
     grid = plan.grid(0)
     start = {"x": x0}
     if cfg.policy != "none":
@@ -30,7 +31,9 @@ def run_tilework(be, cond, plan, x0, cfg, seed=0):
             decisions = [decide(g.observation, i, plan.refine_steps, cfg) for g in gs]
         else:
             decisions = [None] * len(gs)
-        dn = [denoise(be, cond, plan, i, g, d, grid.canvas) for g, d in zip(gs, decisions)]
+        given = [{1: branch(be, cond, plan, i, g.window, g.maps["x"].clone(), 1)} if split and m % 2 else None
+                 for m, g in enumerate(gs)]
+        dn = [denoise(be, cond, plan, i, g, d, grid.canvas, gv) for g, d, gv in zip(gs, decisions, given)]
         taus = [None] * len(gs)
         if cfg.policy == "region" and (i + 1) % cfg.update_every == 0:
             taus = region_thresholds([welford_std(*d.welford) for d in dn], cfg.threshold, cfg.alpha)
@@ -53,9 +56,9 @@ def run_tilework(be, cond, plan, x0, cfg, seed=0):
     return x
 
 
-@pytest.mark.parametrize("canvas", [(16, 16), (14, 20)])
+@pytest.mark.parametrize("canvas,split", [((16, 16), False), ((14, 20), False), ((14, 20), True)])
 @pytest.mark.parametrize("policy,tau", [("none", 0.0), ("region", 5.0), ("uniform", 5.0)])
-def test_tilework_equals_refine_step(canvas, policy, tau):
+def test_tilework_equals_refine_step(canvas, split, policy, tau):
     be = load_backend("tiny")
     plan = RefinePlan(12, 10, canvas, (8, 8), "wrap", 1, 4)
     cond = be.encode_conditioning("a red circle", "", 5.0, None, (canvas[1] * 8, canvas[0] * 8), 5)
@@ -64,7 +67,26 @@ def test_tilework_equals_refine_step(canvas, policy, tau):
     cache, x, state = TileCache(cfg, plan.refine_steps), x0.clone(), {}
     for i in range(plan.refine_steps):
         x, state, _ = refine_step(be, cond, plan, i, x, state, cache=cache)
-    got = run_tilework(be, cond, plan, x0, cfg)
+    got = run_tilework(be, cond, plan, x0, cfg, split=split)
     assert torch.equal(got, x)
     if policy != "none":
         assert sum(map(sum, cache.report.skip_map)) > 0
+
+
+def test_a_branch_computed_elsewhere_is_used_and_exact():
+    """`denoise` with the negative-prompt branch handed in makes one model call instead of two and gives
+    the same prediction; a wrong branch handed in changes it (so the handed-in branch is really used)."""
+    be = load_backend("tiny")
+    plan = RefinePlan(6, 4, (8, 8), (8, 8), "wrap", 1, 4)
+    cond = be.encode_conditioning("a red circle", "", 5.0, None, (64, 64), 5)
+    x = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    g = gather(plan.grid(0).windows[0], cores(plan.grid(0))[0], [Piece(plan.grid(0).windows[0], {"x": x})],
+               (8, 8), cache_on=False)
+    calls = be.forwards
+    whole = denoise(be, cond, plan, 0, g, None, (8, 8)).prediction
+    assert be.forwards - calls == 2
+    neg = branch(be, cond, plan, 0, g.window, x, 1)
+    calls = be.forwards
+    split = denoise(be, cond, plan, 0, g, None, (8, 8), {1: neg}).prediction
+    assert be.forwards - calls == 1 and torch.equal(split, whole)
+    assert not torch.equal(denoise(be, cond, plan, 0, g, None, (8, 8), {1: torch.zeros_like(neg)}).prediction, whole)

@@ -61,6 +61,18 @@ class Conditioning:
     def do_cfg(self) -> bool:
         return self.negative_text is not None and self.guidance > 1.0
 
+    @property
+    def branches(self) -> int:
+        """Model calls per tile-step: 2 with CFG (branch 0 the prompt, branch 1 the negative prompt), else 1."""
+        return 2 if self.do_cfg else 1
+
+    def guide(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Combine the branch outputs: uncond + g * (cond - uncond), the one place CFG arithmetic lives."""
+        if len(outputs) == 1:
+            return outputs[0]
+        cond, uncond = outputs
+        return uncond + self.guidance * (cond - uncond)
+
 
 def text_conditioning(pipe, prompt: str, negative_prompt: str, guidance: float, max_sequence_length: int,
                       device, dtype) -> Conditioning:
@@ -114,7 +126,20 @@ class Backend(Protocol):
                 image_latent: torch.Tensor | None = None) -> torch.Tensor:
         """CFG-combined model output for one tile (B, C, F, h, w), float32, in the space `step` expects."""
 
+    def predict_branch(self, x: torch.Tensor, steps: int, index: int, cond: Conditioning, branch: int,
+                       image_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """One CFG branch's model output for one tile, float32 (see `Conditioning.branches`)."""
+
     def step(self, steps: int, index: int, prediction: torch.Tensor, x: torch.Tensor,
              state: dict[str, torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One scheduler step on the canvas. `state` holds canvas-aligned scheduler history (a multistep
         solver's previous x0); `seed` keys any noise a stochastic solver draws."""
+
+
+class GuidedPredict:
+    """`predict` as the guided sum of per-branch calls. Every backend computes the branches as separate
+    model calls, so a branch run on another worker gives exactly the numbers it would have given here:
+    splitting CFG over GPUs never changes the video."""
+
+    def predict(self, x, steps, index, cond: Conditioning, image_latent=None):
+        return cond.guide([self.predict_branch(x, steps, index, cond, b, image_latent) for b in range(cond.branches)])

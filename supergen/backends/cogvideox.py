@@ -1,10 +1,11 @@
 """CogVideoX 1.0 / 1.5 (T2V and I2V) through diffusers.
 
 Conventions hidden here: the transformer takes BFCHW (the sampler sees BCFHW); latents are scaled by the
-VAE's `scaling_factor`; the scheduler is DDIM or DPM (v-prediction, zero terminal SNR); CFG is one batched
-call `[uncond, cond]`; RoPE is built for the tile's own shape (the paper's origin-anchored RoPE); CogVideoX
-1.5 pads the latent clip at the front to a multiple of `patch_size_t` (the pad frame lives on the canvas and
-is dropped at decode); the 1.0 I2V model has learned positional embeddings, so only its native tile works.
+VAE's `scaling_factor`; the scheduler is DDIM or DPM (v-prediction, zero terminal SNR); CFG is two calls,
+not the pipeline's one batched call, so a branch can run on another GPU and give the same numbers; RoPE is
+built for the tile's own shape (the paper's origin-anchored RoPE); CogVideoX 1.5 pads the latent clip at the
+front to a multiple of `patch_size_t` (the pad frame lives on the canvas and is dropped at decode); the 1.0
+I2V model has learned positional embeddings, so only its native tile works.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import torch
 
 from .. import noise
 from ..errors import BackendError
-from .base import Conditioning, ModelInfo, preprocess_image, stock_latents, text_conditioning
+from .base import Conditioning, GuidedPredict, ModelInfo, preprocess_image, stock_latents, text_conditioning
 from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
 
-PRESETS = dict(scale=2, frames=41, steps=50, guidance=6.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
+# vae_tile: CogVideoX's VAE decodes a 1024-px tile of a 4K clip in over 110 GiB (measured on an H200, see
+# docs/benchmarks.md); 512-px tiles cover the same area with the same work in a fraction of the memory
+PRESETS = dict(scale=2, frames=41, steps=50, guidance=6.0, fps=8, cache_threshold=0.20, cache_alpha=0.5,
+               vae_tile=512)
 
 
-class CogVideoXBackend:
+class CogVideoXBackend(GuidedPredict):
     @staticmethod
     def info_from_configs(c: dict) -> ModelInfo:
         index, tr, vae = c["index"], c["transformer"], c["vae"]
@@ -160,26 +164,20 @@ class CogVideoXBackend:
 
     # -- the per-tile call -----------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, x, steps, index, cond: Conditioning, image_latent=None):
+    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None):
         t = self.timesteps(steps)[index].to(self.device)
         b, _, f, h, w = x.shape
         inp = x.permute(0, 2, 1, 3, 4)  # BCFHW -> BFCHW
         if image_latent is not None:
             inp = torch.cat([inp, image_latent.permute(0, 2, 1, 3, 4)], dim=2)
-        text = cond.text["encoder_hidden_states"]
-        if cond.do_cfg:
-            inp = torch.cat([inp, inp])
-            text = torch.cat([cond.negative_text["encoder_hidden_states"], text])
+        text = (cond.text if branch == 0 else cond.negative_text)["encoder_hidden_states"]
         rope = None
         if self.pipe.transformer.config.use_rotary_positional_embeddings:
             s = self.info.vae_spatial
             rope = self.pipe._prepare_rotary_positional_embeddings(h * s, w * s, f, self.device)
         self.forwards += 1
-        with self.pipe.transformer.cache_context("cond_uncond"):
+        with self.pipe.transformer.cache_context("cond" if branch == 0 else "uncond"):
             out = self.pipe.transformer(hidden_states=inp.to(self.device, self.dtype), encoder_hidden_states=text,
-                                        timestep=t.expand(inp.shape[0]), image_rotary_emb=rope,
+                                        timestep=t.expand(b), image_rotary_emb=rope,
                                         return_dict=False, **cond.extra)[0].float()
-        if cond.do_cfg:
-            uncond, c = out.chunk(2)
-            out = uncond + cond.guidance * (c - uncond)
         return out.permute(0, 2, 1, 3, 4)  # -> BCFHW

@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 
 from ..errors import BackendError
-from .base import Conditioning, ModelInfo, preprocess_image, stock_latents, text_conditioning
+from .base import Conditioning, GuidedPredict, ModelInfo, preprocess_image, stock_latents, text_conditioning
 from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
 
 PRESETS = dict(scale=2, frames=81, steps=50, guidance=5.0, fps=16, cache_threshold=0.20, cache_alpha=0.5)
 
 
-class WanBackend:
+class WanBackend(GuidedPredict):
     @staticmethod
     def info_from_configs(c: dict) -> ModelInfo:
         index, tr, vae = c["index"], c.get("transformer") or c.get("transformer_2"), c["vae"]
@@ -135,12 +135,10 @@ class WanBackend:
 
     # -- the per-tile call -----------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, x, steps, index, cond: Conditioning, image_latent=None):
+    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None):
         t = self.timesteps(steps)[index].to(self.device)
-        if self.boundary is None or t >= self.boundary:
-            model, g = self.pipe.transformer, cond.guidance  # Wan 2.1, or 2.2's high-noise expert
-        else:
-            model, g = self.pipe.transformer_2, cond.guidance  # 2.2's low-noise expert
+        # Wan 2.1, or 2.2's high-noise expert above the boundary; 2.2's low-noise expert below it
+        model = self.pipe.transformer if self.boundary is None or t >= self.boundary else self.pipe.transformer_2
         inp = x if image_latent is None else torch.cat([x, image_latent], dim=1)
         inp = inp.to(self.device, self.dtype)
         b, _, f, h, w = inp.shape
@@ -149,14 +147,7 @@ class WanBackend:
             timestep = t.expand(b, f * (h // ph) * (w // pw))  # one timestep per token (TI2V-5B)
         else:
             timestep = t.expand(b)
-
-        def run(text, name):
-            self.forwards += 1
-            with model.cache_context(name):
-                return model(hidden_states=inp, timestep=timestep, return_dict=False, **text, **cond.extra)[0]
-
-        out = run(cond.text, "cond").float()
-        if cond.do_cfg:
-            uncond = run(cond.negative_text, "uncond").float()
-            out = uncond + g * (out - uncond)
-        return out
+        text = cond.text if branch == 0 else cond.negative_text
+        self.forwards += 1
+        with model.cache_context("cond" if branch == 0 else "uncond"):
+            return model(hidden_states=inp, timestep=timestep, return_dict=False, **text, **cond.extra)[0].float()
