@@ -28,10 +28,8 @@ def pin_resource(name) -> str:
 def make_cluster(n_workers: int | None = None, processes: bool = True, dashboard_address: str = "127.0.0.1:0"):
     """A local cluster bound to loopback: one worker per GPU, or `n_workers` (default 2) CPU workers."""
     if gpu_count() > 0:
-        from dask_cuda import LocalCUDACluster
-
-        return LocalCUDACluster(host="127.0.0.1", threads_per_worker=1, dashboard_address=dashboard_address,
-                                n_workers=n_workers)
+        return _pinned_cuda_cluster()(host="127.0.0.1", threads_per_worker=1, dashboard_address=dashboard_address,
+                                      n_workers=n_workers)
     from distributed import Nanny, Scheduler, SpecCluster, Worker
 
     # A LocalCluster with string worker names and one pin resource each, so tile tasks stay pinned to a
@@ -42,6 +40,25 @@ def make_cluster(n_workers: int | None = None, processes: bool = True, dashboard
                for i in range(n_workers or 2)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": dashboard_address}}
     return SpecCluster(scheduler=scheduler, workers=workers, name="supergen-local")
+
+
+def _pinned_cuda_cluster():
+    """LocalCUDACluster whose workers are named gpu-<device> and carry their pin resource, like the CPU
+    cluster and infra/start_gpu_workers.sh (dask-cuda names workers by device number and gives them none).
+    Built on first use: dask-cuda is only installed where there are GPUs."""
+    from dask_cuda import LocalCUDACluster
+
+    class PinnedCUDACluster(LocalCUDACluster):
+        def new_worker_spec(self):
+            spec = super().new_worker_spec()  # {device: worker spec}; the key stays the device number
+            for device, worker in spec.items():
+                name = f"gpu-{device}"
+                opts = worker["options"]
+                opts["name"] = name
+                opts["resources"] = {**(opts.get("resources") or {}), pin_resource(name): 1}
+            return spec
+
+    return PinnedCUDACluster
 
 
 def connect(address: str, timeout: float = 10.0):

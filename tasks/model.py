@@ -1,7 +1,8 @@
 """The worker-side model holder: each worker loads a model once and keeps it across tasks and renders.
 
-Registered on a cluster as a Dask WorkerPlugin (`client.register_plugin(ModelHolder())`, idempotent by
-name); tasks reach it through the worker (`holder()`), never through a module global or an argument.
+Registered on a cluster as a Dask WorkerPlugin (`client.register_plugin(ModelHolder())`; registering it
+again is a no-op, so every stage may); tasks reach it through the worker (`holder()`), never through a
+module global or an argument.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ NAME = "supergen-models"
 
 class ModelHolder(WorkerPlugin):
     name = NAME
+    idempotent = True  # registering it again keeps the loaded one (else Dask tears it down and reloads)
 
     def __init__(self, max_models: int = 1, max_renders: int = 4):
         self.max_models, self.max_renders = max_models, max_renders
@@ -26,8 +28,11 @@ class ModelHolder(WorkerPlugin):
         self.loads = 0
 
     def teardown(self, worker):
+        import gc
+
         self.backends.clear()
         self.conds.clear()
+        gc.collect()  # pipelines hold reference cycles: free their GPU memory now, not at some later collection
         try:
             import torch
 
