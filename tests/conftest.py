@@ -1,5 +1,10 @@
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 
 import pytest
 
@@ -39,3 +44,83 @@ def image_path(tmp_path_factory):
     p = tmp_path_factory.mktemp("img") / "cond.png"
     Image.fromarray(img).save(p)
     return str(p)
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _stop(procs, kill=False):
+    for p in procs[::-1]:
+        p.kill() if kill else p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on loopback with its own home, booting in the background from the
+    moment an orchestration test asks for the cluster; `prefect_api` waits for it."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home"))}
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield api, env
+    _stop([proc], kill=True)  # a throwaway database: no need to wait for a graceful shutdown
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server):
+    """The session's Prefect API, healthy, set for this process (flows run here report to it); returns
+    the environment subprocesses (serve, run_deployment) need to reach it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    api, env = prefect_server
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(api + "/health", timeout=2):
+                break
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError(f"prefect server at {api} did not come up") from None
+            time.sleep(0.3)
+    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield env
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(prefect_server):
+    """The session's Dask cluster, started the way infra/ starts one: a `dask scheduler` process and three
+    `dask worker` processes (string names, one pin resource each) on loopback. Every orchestration test
+    shares it (the model loads once per worker); returns the scheduler address."""
+    from distributed import Client
+
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--dashboard-address", "127.0.0.1:0"], **quiet)]
+    for i in range(3):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", addr, "--name", f"cpu-{i}", "--nthreads", "1",
+             "--host", "127.0.0.1", "--resources", f"pin-cpu-{i}=1", "--no-dashboard"], **quiet))
+    try:
+        deadline = time.time() + 90
+        with Client(addr, timeout=60, set_as_default=False) as c:
+            while len(c.scheduler_info(n_workers=-1)["workers"]) < 3:
+                if time.time() > deadline:
+                    raise RuntimeError("the test cluster's workers did not start")
+                time.sleep(0.2)
+        yield addr
+    finally:
+        _stop(procs)

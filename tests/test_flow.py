@@ -1,8 +1,8 @@
-"""The Prefect flow on a real (ephemeral, loopback) Prefect API and a real Dask cluster it attaches to by
-address, started the way a deployment starts one: `dask scheduler` and `dask worker` processes."""
+"""The Prefect flow on a real Prefect server (loopback) and a real Dask cluster it attaches to by address,
+started the way a deployment starts one: `dask scheduler` and `dask worker` processes (both shared by the
+session's orchestration tests, see conftest)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,55 +18,10 @@ SPEC = dict(prompt="a red circle moving", width=128, height=128, frames=5, steps
             cache="region", cache_threshold=5.0, cache_warmup=1, checkpoint_every=2, seed=3)
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60), \
-            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
-
-
-def _port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-@pytest.fixture(scope="module")
-def cli_cluster():
-    """A scheduler and two workers started from the command line on loopback, as infra/ does."""
-    port = _port()
-    addr = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    procs = [subprocess.Popen(dask + ["--host", "127.0.0.1", "--port", str(port), "--dashboard-address",
-                                      "127.0.0.1:0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    for i in range(2):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", addr, "--name", f"cpu-{i}", "--nthreads", "1",
-             "--host", "127.0.0.1", "--resources", f"pin-cpu-{i}=1", "--no-dashboard"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    from distributed import Client
-
-    deadline = time.time() + 60
-    with Client(addr, timeout=30, set_as_default=False) as c:
-        while len(c.scheduler_info(n_workers=-1)["workers"]) < 2 and time.time() < deadline:
-            time.sleep(0.3)
-    yield addr
-    for p in procs[::-1]:
-        p.terminate()
-    for p in procs:
-        p.wait(20)
-
-
-def test_flow_renders_into_the_store_with_artifacts(prefect_api, cli_cluster, tmp_path):
+def test_flow_renders_into_the_store_with_artifacts(prefect_api, dask_cluster, tmp_path):
     from flows.render import render
 
-    url = render(spec=SPEC, store_url=str(tmp_path / "s"), cluster=cli_cluster)
+    url = render(spec=SPEC, store_url=str(tmp_path / "s"), cluster=dask_cluster)
     store = RenderStore.open(url)
     assert store.complete
     ref = supergen.render(RenderSpec(**SPEC))
@@ -88,7 +43,7 @@ def test_flow_renders_into_the_store_with_artifacts(prefect_api, cli_cluster, tm
     texts = " ".join(str(a.data) for a in arts if a.type == "markdown")
     assert "bytes moved between workers" in texts and "contact_sheet.png" in texts
     # running the flow again on the complete store is a no-op (retries and re-runs are idempotent)
-    assert render(spec=SPEC, store_url=str(tmp_path / "s"), cluster=cli_cluster) == url
+    assert render(spec=SPEC, store_url=str(tmp_path / "s"), cluster=dask_cluster) == url
 
 
 def test_deployment_schedule_is_data():
@@ -107,48 +62,29 @@ def test_deployment_schedule_is_data():
         deployment("x", SPEC, "u", "c", cron="* * * * *", interval=5)
 
 
-def test_serve_runs_a_deployment_on_a_local_prefect_server(cli_cluster, tmp_path):
-    """`prefect server start` on loopback, `supergen serve` publishing the deployment, one run triggered
-    through it: the store it produced is complete."""
-    port = _port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "home"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    served = None
-    try:
-        import urllib.request
+def test_serve_runs_a_deployment_on_a_local_prefect_server(prefect_api, dask_cluster, tmp_path):
+    """`supergen serve` publishing the deployment to a `prefect server start` on loopback, one run
+    triggered through it: the store it produced is complete."""
+    from prefect.deployments import run_deployment
 
-        deadline = time.time() + 90
-        while time.time() < deadline:
+    env = {**prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # pick the run up within a second
+    args = [sys.executable, "-m", "flows.cli", "serve", "--name", "t", "--cluster", dask_cluster,
+            "--store", str(tmp_path / "runs" / "{flow_run_id}")]
+    for k, v in SPEC.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    served = subprocess.Popen(args, env=env, cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:  # until `serve` has published the deployment
             try:
-                with urllib.request.urlopen(api + "/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        args = [sys.executable, "-m", "flows.cli", "serve", "--name", "t", "--cluster", cli_cluster,
-                "--store", str(tmp_path / "runs" / "{flow_run_id}")]
-        for k, v in SPEC.items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
-        served = subprocess.Popen(args, env=env, cwd=os.getcwd(), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        code = (
-            "import asyncio, sys\n"
-            "from prefect.deployments import run_deployment\n"
-            "for _ in range(120):\n"
-            "    try:\n"
-            "        r = run_deployment('supergen-render/t', timeout=240); break\n"
-            "    except Exception as e:\n"
-            "        import time; time.sleep(1)\n"
-            "print(r.id, r.state.type.value)\n"
-        )
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        run_id, state = out.stdout.split()[-2:]
-        assert state == "COMPLETED", out.stdout + out.stderr
-        assert RenderStore.open(str(tmp_path / "runs" / run_id)).complete
+                run = run_deployment("supergen-render/t", timeout=240, poll_interval=0.5, as_subflow=False)
+                break
+            except Exception:
+                if time.time() > deadline or served.poll() is not None:
+                    raise
+                time.sleep(0.25)
+        assert run.state.is_completed(), run.state
+        assert RenderStore.open(str(tmp_path / "runs" / str(run.id))).complete
     finally:
-        for p in (served, server):
-            if p is not None:
-                p.terminate()
-                p.wait(30)
+        served.terminate()
+        served.wait(30)
