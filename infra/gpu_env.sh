@@ -1,0 +1,10 @@
+# Sourced by the GPU scripts: install the wheel bundle (infra/build_bundle.sh) into /tmp/site once per
+# machine and set the environment every benchmark runs in.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -f /tmp/site/.supergen-bundle ] || [ .whl -nt /tmp/site/.supergen-bundle ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  touch /tmp/site/.supergen-bundle
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+       PREFECT_HOME=$(mktemp -d) PREFECT_LOGGING_LEVEL=WARNING HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
