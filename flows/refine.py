@@ -46,6 +46,7 @@ class StepStats:
     busy_s: dict[str, float]  # seconds of tile forwards per worker
     idle_s: dict[str, float]  # the busiest worker's time minus each worker's
     wall_s: float
+    calls: dict[str, int] = field(default_factory=dict)  # model calls per worker (the balance, noise-free)
 
 
 @dataclass
@@ -306,11 +307,13 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
                                     {"tiles_per_step": tiles_per_step, "refine_forwards": forwards,
                                      "cache": report.progress()})
         busy: dict[str, float] = {str(w): 0.0 for w in workers}
+        calls: dict[str, int] = {str(w): 0 for w in workers}
         for mt in metas + side_metas:
             busy[mt.worker] = busy.get(mt.worker, 0.0) + mt.seconds
+            calls[mt.worker] = calls.get(mt.worker, 0) + mt.calls
         longest = max(busy.values(), default=0.0)
         st = StepStats(i, n, sum(computing), moved, 2 * (len(workers) - 1) * canvas_elems * 2, busy,
-                       {w: round(longest - b, 4) for w, b in busy.items()}, time.perf_counter() - t0)
+                       {w: round(longest - b, 4) for w, b in busy.items()}, time.perf_counter() - t0, calls)
         stats.steps.append(st)
         if on_step is not None:
             on_step(st)
