@@ -6,6 +6,8 @@ Per refinement step i (keys read well on the Dask dashboard; the suffix is the r
     denoise-s{i}-t{m}-{rid}  predict or reuse window m                                  (rebalanced worker)
     branch-s{i}-t{m}-b{b}-{rid}  CFG branch b of window m, when balancing sends it elsewhere (a light worker)
     advance-s{i}-t{k}-{rid}  merge + scheduler step on core k, cut next-step pieces     (core k's worker)
+    strips-s{i}-t{m}-to{k}-{rid}  the part of window m's prediction on core k, cut where m was denoised
+                                  (only when core k advances on another worker)
     pieces-s{i}-t{k}-to{m}-{rid}  the part of core k that window m needs: runs where it lives, so only
                                   strips that change owner move, worker to worker
 
@@ -58,6 +60,7 @@ class RefineStats:
     wall_s: float = 0.0
     balance: str = "branches"
     branches_moved: int = 0  # CFG branches run away from their tile's worker
+    strips_moved: int = 0  # prediction strips sent to the worker advancing an overlapped core
     cache: dict = field(default_factory=dict)
     tiles_per_step: list[int] = field(default_factory=list)
 
@@ -70,7 +73,7 @@ class RefineStats:
                 "wall_s": round(self.wall_s, 3), "bytes_moved": moved, "allgather_bytes": allg,
                 "bytes_moved_vs_allgather": round(moved / allg, 4) if allg else None,
                 "busy_s": round(busy, 3), "idle_s": round(idle, 3), "balance": self.balance,
-                "branches_moved": self.branches_moved}
+                "branches_moved": self.branches_moved, "strips_moved": self.strips_moved}
 
     def to_dict(self) -> dict:
         return {**self.summary(), "per_step": [asdict(s) for s in self.steps]}
@@ -177,7 +180,8 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
                          "split over workers and still match the reference; render in process, or give the "
                          "model a deterministic scheduler (CogVideoXDDIMScheduler, as the SuperGen authors did)")
     cell_bytes = _bytes_per_cell(start_shape[1], start_shape[2], cache_on, 0)
-    pred_bytes = plan.tile[0] * plan.tile[1] * start_shape[1] * start_shape[2] * 4
+    pred_cell_bytes = start_shape[1] * start_shape[2] * 4  # one cell of a float32 prediction
+    pred_bytes = plan.tile[0] * plan.tile[1] * pred_cell_bytes
     canvas_elems = start_shape[1] * start_shape[2] * canvas[0] * canvas[1]
 
     manifest = store.checkpoint_manifest()
@@ -294,9 +298,18 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
             slot = store.begin_checkpoint(n, arrays)
         A = []
         for k, core in enumerate(cs):
-            deps = [D[m] for m, win in enumerate(grid.windows) if intersections(win, core, canvas)]
-            overlap = [c_workers[m] for m, win in enumerate(grid.windows) if intersections(win, core, canvas)]
-            moved += sum(pred_bytes for w in overlap if w != c_workers[k])
+            deps = []  # overlapping windows' predictions: whole where local, else only their strips on core k
+            for m, win in enumerate(grid.windows):
+                rects = intersections(win, core, canvas)
+                if not rects:
+                    continue
+                if c_workers[m] == c_workers[k]:
+                    deps.append(D[m])
+                else:
+                    deps.append(submit(T.prediction_strips, D[m], m, core, canvas,
+                                       key=f"strips-s{i:03d}-t{m:02d}-to{k:02d}-{rid}", worker=c_workers[m]))
+                    moved += sum(r.height * r.width for r in rects) * pred_cell_bytes
+                    stats.strips_moved += 1
             A.append(submit(T.advance_tile, rid, spec_d, plan, i, k, G[k], taus[k], slot, store, *deps,
                             key=f"advance-s{i:03d}-t{k:02d}-{rid}", worker=c_workers[k]))
         if due:

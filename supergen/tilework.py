@@ -8,7 +8,8 @@ One refinement step `i` becomes three small functions per tile, each needing onl
   the cells the window owns (its core); a CFG branch may come ready-made from `branch` run elsewhere;
 * `advance` (core k): merge the predictions of the windows covering the core (in window order, exactly as
   `tiling.merge`), take the scheduler step on the core, and cut the result into the pieces each next-step
-  window needs.
+  window needs. A window computed on another worker sends only the strips of its prediction that overlap
+  the core (`prediction_pieces`), not the whole window.
 
 Between steps only those pieces travel; a piece that stays on its worker costs nothing. Run in order,
 these functions give bit-for-bit the canvas of `refine.refine_step` (the in-process reference).
@@ -161,12 +162,22 @@ def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: G
     return Denoised(g.window, out, core, (ts.at_core_center("w_n"), ts.at_core_center("w_m2")), decision.compute)
 
 
+def prediction_pieces(pred: torch.Tensor, win: Window, core: Window, canvas) -> list[Piece]:
+    """The parts of window `win`'s (window-local) prediction that lie on `core`, in canvas rectangles."""
+    out = []
+    for rect in intersections(win, core, canvas):
+        ys, xs = local(rect, win, canvas)
+        out.append(Piece(rect, {"pred": pred[..., ys, xs]}))
+    return out
+
+
 def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_core: torch.Tensor,
-            sched_core: Maps, cache_core: Maps, preds: list[tuple[int, torch.Tensor]], seed: int,
+            sched_core: Maps, cache_core: Maps, preds: list[tuple[int, list[Piece]]], seed: int,
             tau: float | None = None) -> Maps:
     """Merge, step and return the core-local maps of core k after refinement step i.
 
-    `preds` are (window index, window-local prediction) of every window overlapping core k, any order.
+    `preds` are (window index, `prediction_pieces` of it on core k) for every window overlapping core k, any
+    order.
     """
     canvas = grid.canvas
     core = cores(grid)[k]
@@ -175,16 +186,16 @@ def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_co
     exact = bool((w == 1).all())
     acc = torch.zeros(x_core.shape, dtype=torch.float32, device=dev)
     wsum = torch.zeros(core.height, core.width, dtype=torch.float32, device=dev)
-    for n, pred in sorted(preds, key=lambda t: t[0]):  # window order, as tiling.merge adds them
+    for n, pieces in sorted(preds, key=lambda t: t[0]):  # window order, as tiling.merge adds them
         win = grid.windows[n]
-        pred = pred.to(dev)
-        for rect in intersections(win, core, canvas):
-            ys, xs = local(rect, win, canvas)
-            yd, xd = local(rect, core, canvas)
+        for p in pieces:
+            ys, xs = local(p.rect, win, canvas)
+            yd, xd = local(p.rect, core, canvas)
+            part = p.maps["pred"].to(dev).float()
             if exact:
-                acc[..., yd, xd] = pred[..., ys, xs].float()
+                acc[..., yd, xd] = part
             else:
-                acc[..., yd, xd] += pred[..., ys, xs].float() * w[ys, xs]
+                acc[..., yd, xd] += part * w[ys, xs]
                 wsum[yd, xd] += w[ys, xs]
     prediction = acc if exact else acc / wsum
     sched = {k2.split("/", 1)[1]: v for k2, v in sched_core.items()}

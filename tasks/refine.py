@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from supergen.refine import RefinePlan
 from supergen.spec import RenderSpec
 from supergen.tiling import Window, local
-from supergen.tilework import Denoised, Gathered, Piece, advance, branch, cut, denoise, gather
+from supergen.tilework import Denoised, Gathered, Piece, advance, branch, cut, denoise, gather, prediction_pieces
 
 from .model import holder
 
@@ -123,9 +123,23 @@ def observation(g: Gathered):
     return g.observation, g.sums
 
 
+@dataclass
+class Strips:
+    """The parts of window `window`'s prediction that one core needs (cut where the window was denoised)."""
+
+    window: int
+    pieces: list[Piece]
+
+
+def prediction_strips(d: Denoised, m: int, core: Window, canvas) -> Strips:
+    """Runs on the worker that denoised window m: only the strips of its prediction on `core` travel."""
+    return Strips(m, prediction_pieces(d.prediction, d.window, core, canvas))
+
+
 def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g: Gathered, tau, ckpt, store,
-                 *denoised: Denoised) -> dict[int, list[Piece]]:
-    """Merge + scheduler step on core k, optional checkpoint chunk, then the pieces for step i + 1."""
+                 *inputs: Denoised | Strips) -> dict[int, list[Piece]]:
+    """Merge + scheduler step on core k, optional checkpoint chunk, then the pieces for step i + 1. `inputs`
+    are the overlapping windows' predictions: whole when denoised on this worker, else their strips."""
 
     def run():
         spec = RenderSpec.from_dict(spec_d)
@@ -135,8 +149,10 @@ def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g:
         ys, xs = local(core, g.window, canvas)
         x_core = g.maps["x"][..., ys, xs]
         sched = {n: v[..., ys, xs] for n, v in g.maps.items() if n.startswith("sched/")}
-        own = next(d for d in denoised if d.window == g.window)
-        preds = [(grid.windows.index(d.window), d.prediction) for d in denoised]
+        own = next(d for d in inputs if isinstance(d, Denoised) and d.window == g.window)
+        preds = [(d.window, d.pieces) if isinstance(d, Strips) else
+                 (grid.windows.index(d.window), prediction_pieces(d.prediction, d.window, core, canvas))
+                 for d in inputs]
         maps = advance(be, plan, i, grid, k, x_core, sched, own.cache_core, preds, spec.seed, tau)
         if ckpt is not None:
             store.write_checkpoint_tile(ckpt, k, g.window, core, _store_names(maps), canvas)

@@ -195,3 +195,16 @@ def test_the_model_stays_loaded_when_stages_register_the_holder_again(client, tm
     before = client.run(state)
     client.register_plugin(ModelHolder())
     assert client.run(state) == before and all(loads >= 1 for _, loads in before.values())
+
+
+def test_overlapping_windows_send_only_strips_and_match(client, tmp_path):
+    """An uneven canvas (14 x 20 latent cells, 8-cell tiles): windows overlap neighbouring cores, so cores
+    advancing on another worker receive strips of those predictions; the video still equals the reference."""
+    spec = prepare(RenderSpec(**{**SPEC, "width": 160, "height": 112, "cache": "none", "steps": 5,
+                                 "refine_steps": 3}))
+    ref = supergen.render(spec)
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    names = sorted((w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()), key=str)
+    out = run_stages(client, store, prefect=False, workers=names[:2])
+    torch.testing.assert_close(RenderStore.open(str(tmp_path / "s")).load_stage("final"), ref.latent, **TOL)
+    assert out["refine"]["strips_moved"] > 0

@@ -8,7 +8,8 @@ from supergen.cache import CacheConfig, TileCache
 from supergen.cache.policy import decide, region_thresholds, welford_std
 from supergen.refine import RefinePlan, refine_step
 from supergen.tiling import cores, crop, local, paste
-from supergen.tilework import Piece, advance, branch, canvas_observation, cut, denoise, empty_cache, gather
+from supergen.tilework import (Piece, advance, branch, canvas_observation, cut, denoise, empty_cache, gather,
+                               prediction_pieces)
 
 
 def run_tilework(be, cond, plan, x0, cfg, seed=0, split=False):
@@ -44,7 +45,7 @@ def run_tilework(be, cond, plan, x0, cfg, seed=0, split=False):
             ys, xs = local(core, g.window, grid.canvas)
             x_core = g.maps["x"][..., ys, xs]
             sched = {kk: v[..., ys, xs] for kk, v in g.maps.items() if kk.startswith("sched/")}
-            preds = [(n, d.prediction) for n, d in enumerate(dn)]
+            preds = [(n, prediction_pieces(d.prediction, grid.windows[n], core, grid.canvas)) for n, d in enumerate(dn)]
             maps = advance(be, plan, i, grid, k, x_core, sched, dn[k].cache_core, preds, seed, taus[k])
             for m, pieces in cut(core, maps, nxt, grid.canvas).items():
                 inbox[m] += pieces
