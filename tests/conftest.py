@@ -56,7 +56,8 @@ def free_port() -> int:
 
 def _stop(procs, kill=False):
     for p in procs[::-1]:
-        p.kill() if kill else p.terminate()
+        if p.poll() is None:
+            p.kill() if kill else p.terminate()
     for p in procs:
         try:
             p.wait(20)
@@ -98,11 +99,17 @@ def prefect_api(prefect_server):
 
 
 @pytest.fixture(scope="session")
-def dask_cluster(prefect_server):
+def dask_cluster(prefect_server, tmp_path_factory):
     """The session's Dask cluster, started the way infra/ starts one: a `dask scheduler` process and three
     `dask worker` processes (string names, one pin resource each) on loopback. Every orchestration test
-    shares it (the model loads once per worker); returns the scheduler address."""
+    shares it; the workers load the embedded model in parallel here, once. Returns the scheduler address."""
     from distributed import Client
+
+    from storage import RenderStore
+    from supergen import RenderSpec
+    from supergen.executor import prepare
+    from tasks.model import ModelHolder
+    from tasks.stages import warm_worker
 
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
@@ -121,6 +128,13 @@ def dask_cluster(prefect_server):
                 if time.time() > deadline:
                     raise RuntimeError("the test cluster's workers did not start")
                 time.sleep(0.2)
+            store = RenderStore.create(str(tmp_path_factory.mktemp("warm") / "s"), prepare(RenderSpec(prompt="warm")))
+            c.register_plugin(ModelHolder())
+            c.gather([c.submit(warm_worker, store, "warm", workers=[f"cpu-{i}"], pure=False) for i in range(3)])
         yield addr
+        with Client(addr, timeout=10, set_as_default=False) as c:
+            c.shutdown()  # the scheduler closes the nannies and their worker processes...
+        time.sleep(1)
+        _stop(procs, kill=True)  # ...and the CLI processes would linger for seconds more
     finally:
         _stop(procs)
