@@ -163,12 +163,9 @@ def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: G
 
 
 def prediction_pieces(pred: torch.Tensor, win: Window, core: Window, canvas) -> list[Piece]:
-    """The parts of window `win`'s (window-local) prediction that lie on `core`, in canvas rectangles."""
-    out = []
-    for rect in intersections(win, core, canvas):
-        ys, xs = local(rect, win, canvas)
-        out.append(Piece(rect, {"pred": pred[..., ys, xs]}))
-    return out
+    """The parts of window `win`'s (window-local) prediction that lie on `core`, in canvas rectangles: copies,
+    so a strip sent to another worker carries its own cells, not the whole window's storage."""
+    return cut(win, {"pred": pred}, [core], canvas).get(0, [])
 
 
 def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_core: torch.Tensor,

@@ -91,3 +91,20 @@ def test_a_branch_computed_elsewhere_is_used_and_exact():
     split = denoise(be, cond, plan, 0, g, None, (8, 8), {1: neg}).prediction
     assert be.forwards - calls == 1 and torch.equal(split, whole)
     assert not torch.equal(denoise(be, cond, plan, 0, g, None, (8, 8), {1: torch.zeros_like(neg)}).prediction, whole)
+
+
+def test_a_prediction_strip_serialises_to_its_own_size():
+    """Strips travel to the worker advancing a neighbouring core; a view would carry the whole window's
+    storage through pickling, so the strip must cost its own bytes, not the window's."""
+    from distributed.protocol import serialize_bytes
+
+    from supergen.tiling import Window
+    from tasks.refine import Strips
+
+    pred = torch.randn(1, 16, 3, 96, 170)
+    win, core = Window(0, 0, 96, 170), Window(0, 161, 96, 170)  # overlap: a 96 x 9 strip
+    pieces = prediction_pieces(pred, win, core, (96, 340))
+    assert [(p.rect.height, p.rect.width) for p in pieces] == [(96, 9)]
+    assert torch.equal(pieces[0].maps["pred"], pred[..., :, 161:])
+    strip_bytes = 96 * 9 * 16 * 3 * 4
+    assert len(serialize_bytes(Strips(0, pieces))) < 2 * strip_bytes < pred.numel() * 4
