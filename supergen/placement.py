@@ -77,6 +77,15 @@ def rebalance(assign: Sequence[Worker], computing: Sequence[bool], cells: Sequen
         out[k] = light
 
 
+def _branch_load(assign, computing, workers, branches: int) -> dict:
+    """Model calls per worker when every computing tile runs all its branches where it is assigned."""
+    load = {w: 0 for w in workers}
+    for w, c in zip(assign, computing):
+        if c:
+            load[w] += branches
+    return load
+
+
 def split_branches(assign: Sequence[Worker], computing: Sequence[bool], workers: Sequence[Worker],
                    branches: int = 2) -> list[tuple[int, int, Worker]]:
     """(tile, branch, worker) for each branch to run away from its tile's worker, so that the branch calls
@@ -85,10 +94,7 @@ def split_branches(assign: Sequence[Worker], computing: Sequence[bool], workers:
     if branches < 2:
         return []
     rank = {w: i for i, w in enumerate(workers)}
-    load = {w: 0 for w in workers}
-    for w, c in zip(assign, computing):
-        if c:
-            load[w] += branches
+    load = _branch_load(assign, computing, workers, branches)
     moved: list[tuple[int, int, Worker]] = []
     split: set[int] = set()
     while True:
@@ -107,10 +113,7 @@ def split_branches(assign: Sequence[Worker], computing: Sequence[bool], workers:
 def branch_makespan(assign: Sequence[Worker], computing: Sequence[bool], workers: Sequence[Worker],
                     moved: Sequence[tuple[int, int, Worker]] = (), branches: int = 2) -> int:
     """Branch calls on the busiest worker once `moved` branches run elsewhere."""
-    load = {w: 0 for w in workers}
-    for w, c in zip(assign, computing):
-        if c:
-            load[w] += branches
+    load = _branch_load(assign, computing, workers, branches)
     for k, _, w in moved:
         load[assign[k]] -= 1
         load[w] += 1

@@ -24,7 +24,7 @@ import torch
 from .backends.base import Backend, Conditioning
 from .cache.policy import Decision, Observation
 from .cache.state import SCALARS, TENSORS, TileState, cached_tile_step, observe
-from .refine import RefinePlan, predict_tile
+from .refine import RefinePlan
 from .tiling import Grid, Window, cores, crop, intersections, local, tile_weight
 
 Maps = dict[str, torch.Tensor]  # "x", "sched/<name>", "cache/<name>": tensors over one region
@@ -146,9 +146,7 @@ def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: G
     image = None if cond.image_latent is None else crop(cond.image_latent, g.window).to(backend.device)
     given = given or {}
 
-    def predict():
-        if not given:
-            return predict_tile(backend, cond, plan.steps, index, x, image).cpu()
+    def predict():  # Backend.predict's own arithmetic, with the branches computed elsewhere filled in
         outs = [given[b].to(backend.device) if b in given
                 else backend.predict_branch(x, plan.steps, index, cond, b, image) for b in range(cond.branches)]
         return cond.guide(outs).cpu()

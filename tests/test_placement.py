@@ -24,12 +24,20 @@ def test_locality_follows_the_shift():
     assert 0 < moved < 0.25 * canvas[0] * canvas[1]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 20), st.integers(1, 6), st.data())
-def test_rebalance_minimises_the_makespan_and_keeps_skips(n, w, data):
+@st.composite
+def steps(draw):
+    """A step to place: (workers, each tile's worker, which tiles compute), 1-20 tiles on 1-6 workers."""
+    n, w = draw(st.integers(1, 20)), draw(st.integers(1, 6))
     workers = list(range(w))
-    assign = data.draw(st.lists(st.sampled_from(workers), min_size=n, max_size=n))
-    computing = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    return (workers, draw(st.lists(st.sampled_from(workers), min_size=n, max_size=n)),
+            draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps())
+def test_rebalance_minimises_the_makespan_and_keeps_skips(step):
+    workers, assign, computing = step
+    w = len(workers)
     cells = [{a: 10} for a in assign]
     out = P.rebalance(assign, computing, cells, workers)
     assert P.makespan(out, computing, workers) == -(-sum(computing) // w)  # the optimum
@@ -56,11 +64,10 @@ def test_branch_splitting_balances_nine_tiles_on_four_workers():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 20), st.integers(1, 6), st.data())
-def test_branch_splitting_is_optimal_after_tile_balancing(n, w, data):
-    workers = list(range(w))
-    assign = data.draw(st.lists(st.sampled_from(workers), min_size=n, max_size=n))
-    computing = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+@given(steps())
+def test_branch_splitting_is_optimal_after_tile_balancing(step):
+    workers, assign, computing = step
+    w = len(workers)
     balanced = P.rebalance(assign, computing, [{a: 1} for a in assign], workers)
     moved = P.split_branches(balanced, computing, workers)
     assert P.branch_makespan(balanced, computing, workers, moved) == -(-2 * sum(computing) // w)  # the optimum
