@@ -228,8 +228,6 @@ def main():
     args = ap.parse_args()
     from common import environment, write_result
 
-    from storage import RenderStore
-
     gpus = torch.cuda.device_count()
     configs = [(int(g), b) for g, b in (c.split(":") for c in args.configs.split(","))]
     workers = gpus or 2  # the CPU check: two CPU workers stand in for GPUs

@@ -186,7 +186,6 @@ def test_the_model_stays_loaded_when_stages_register_the_holder_again(client, tm
     """Every stage registers the ModelHolder; a second registration must keep the loaded model (Dask tears
     a re-registered plugin down unless it is idempotent: a reload per stage, GPU memory leaked)."""
     from tasks.model import NAME, ModelHolder
-
     from tasks.stages import warm_worker
 
     store = RenderStore.create(str(tmp_path / "s"), prepare(RenderSpec(**SPEC)))
