@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
+from tasks.preload import pin_resource
+
 
 def gpu_count() -> int:
     if os.environ.get("SUPERGEN_FORCE_CPU") == "1":
@@ -16,13 +18,6 @@ def gpu_count() -> int:
         return int(get_n_gpus())
     except Exception:
         return 0
-
-
-def pin_resource(name) -> str:
-    """The per-worker resource that pins tile tasks to a worker across restarts. (A `workers=[name]`
-    restriction is resolved to the worker's address at submission, so a recomputed task would wait
-    forever for the dead address.) Start CLI workers with `--name N --resources pin-N=1`."""
-    return f"pin-{name}"
 
 
 def make_cluster(n_workers: int | None = None, processes: bool = True, dashboard_address: str = "127.0.0.1:0"):

@@ -10,10 +10,12 @@ Per refinement step i (keys read well on the Dask dashboard; the suffix is the r
                                   (only when core k advances on another worker)
     pieces-s{i}-t{k}-to{m}-{rid}  the part of core k that window m needs: runs where it lives, so only
                                   strips that change owner move, worker to worker
+    thresholds-s{i}-{rid}    the region cache's new per-tile thresholds, on the steps that update them
 
 The client only sees small metadata (cache observations, task timings); latents never pass through it.
-The driver waits for each step's metadata (cache decisions and thresholds need it), so steps are
-submitted one at a time; tile forwards take seconds on real models, the round trip milliseconds.
+With the region cache the driver waits once per step, for the observations its skip decisions need, and
+reads the previous step's task metadata in the same round trip. Without it, nothing in a step depends on
+the client, so the driver keeps one step in flight: the workers find step i + 1 queued when step i ends.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from distributed import Client
 
 from supergen.backends import model_info
 from supergen.cache import CacheConfig, CacheReport
-from supergen.cache.policy import decide, region_thresholds, welford_std
+from supergen.cache.policy import decide
 from supergen.placement import cells_by_worker, initial_assignment, place_by_locality, rebalance, split_branches
 from supergen.refine import RefinePlan
 from supergen.tiling import Window, cores, intersections
 from supergen.tilework import canvas_observation
 from tasks import refine as T
 from tasks.model import ModelHolder
+from tasks.preload import pin_resource
 
 
 @dataclass
@@ -88,8 +91,6 @@ def worker_names(client: Client) -> list:
 def pin_kwargs(client: Client) -> dict:
     """submit() arguments that pin a task to each worker: its pin resource when it has one (survives
     restarts), else a hard name restriction."""
-    from .cluster import pin_resource
-
     out = {}
     for w in client.scheduler_info(n_workers=-1)["workers"].values():
         res = pin_resource(w["name"])
@@ -122,6 +123,17 @@ def _bytes_per_cell(channels: int, frames: int, cache_on: bool, sched_maps: int)
     if cache_on:
         per += 6 * channels * frames * 4 + 3 * 4 + 5 * 8
     return per
+
+
+@dataclass
+class _Submitted:
+    """A refinement step in flight: what the driver knows of it before its metadata comes back."""
+
+    step: int
+    tiles: int
+    computed: int
+    moved: int
+    metas: list  # futures of DenoiseMeta: the step's tiles, then its CFG branches run apart
 
 
 class TileFailure(RuntimeError):
@@ -204,10 +216,40 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
         return fut
 
     t_all = time.perf_counter()
+    t_last = [t_all]  # when the driver last saw a step finish
+    pending: list[_Submitted] = []  # steps submitted whose metadata the driver has not read yet
+
+    def finish(sub: _Submitted, metas: list) -> None:
+        """Account a step once its denoise metadata is in (the forwards, per-worker time, the callback)."""
+        nonlocal forwards
+        forwards += sum(mt.calls for mt in metas)
+        busy: dict[str, float] = {str(w): 0.0 for w in workers}
+        calls: dict[str, int] = {str(w): 0 for w in workers}
+        for mt in metas:
+            busy[mt.worker] = busy.get(mt.worker, 0.0) + mt.seconds
+            calls[mt.worker] = calls.get(mt.worker, 0) + mt.calls
+        longest = max(busy.values(), default=0.0)
+        now = time.perf_counter()
+        st = StepStats(sub.step, sub.tiles, sub.computed, sub.moved, 2 * (len(workers) - 1) * canvas_elems * 2, busy,
+                       {w: round(longest - b, 4) for w, b in busy.items()}, now - t_last[0], calls)
+        t_last[0] = now
+        stats.steps.append(st)
+        if on_step is not None:
+            on_step(st)
+
+    def read(futures: list) -> list:
+        """Gather `futures` together with the metadata of every pending step (one round trip), finishing those."""
+        got = client.gather(futures + [f for sub in pending for f in sub.metas])
+        out, rest = got[:len(futures)], got[len(futures):]
+        for sub in pending:
+            finish(sub, rest[:len(sub.metas)])
+            rest = rest[len(sub.metas):]
+        pending.clear()
+        return out
+
     prev = None  # (cores, workers, advance futures) of the previous step
     from_store = True  # the first step reads the start latent (or the checkpoint) from the store
     for i in range(first, plan.refine_steps):
-        t0 = time.perf_counter()
         grid = plan.grid(i)
         cs, n = cores(grid), len(grid)
         moved = 0
@@ -230,18 +272,19 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
                 lst = []
                 for k, core in enumerate(p_cores):
                     if intersections(core, win, canvas):
-                        lst.append(submit(T.pick, p_adv[k], m, key=f"pieces-s{i - 1:03d}-t{k:02d}-to{m:02d}-{rid}",
-                                          worker=p_workers[k]))
+                        leaves = p_workers[k] != g_workers[m]
+                        lst.append(submit(T.pick, p_adv[k], m, leaves,
+                                          key=f"pieces-s{i - 1:03d}-t{k:02d}-to{m:02d}-{rid}", worker=p_workers[k]))
                 sources.append(lst)
                 moved += sum(v for w, v in cells[m].items() if w != g_workers[m]) * cell_bytes
         G = [submit(T.gather_tile, rid, spec_d, i, m, win, cs[m], canvas, *sources[m],
                     key=f"gather-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m]) for m, win in enumerate(grid.windows)]
 
-        # 2. cache decisions on the client, from small observations only
+        # 2. cache decisions on the client, from small observations only (the one wait of a cached step)
         decisions = [None] * n
         if cache_on:
-            obs = client.gather([submit(T.observation, g, key=f"observe-s{i:03d}-t{m:02d}-{rid}",
-                                        worker=g_workers[m]) for m, g in enumerate(G)])
+            obs = read([submit(T.observation, g, key=f"observe-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m])
+                        for m, g in enumerate(G)])
             if cfg.policy == "uniform":
                 d = decide(canvas_observation([s for _, s in obs]), i, plan.refine_steps, cfg)
                 decisions = [d] * n
@@ -276,14 +319,13 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
                     moved += pred_bytes * ((w != g_workers[m]) + 1)  # the window's latent out, a prediction back
         D = [submit(T.denoise_tile, rid, spec_d, plan, i, m, G[m], decisions[m], *B.get(m, []),
                     key=f"denoise-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m]) for m in range(n)]
-        metas = client.gather([submit(T.denoise_meta, d, key=f"meta-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m])
-                               for m, d in enumerate(D)]
-                              + [submit(T.denoise_meta, bf, key=f"meta-{bf.key}", worker=w) for bf, w in side])
-        forwards += sum(mt.calls for mt in metas)
-        metas, side_metas = metas[:n], metas[n:]
-        taus = [None] * n
+        metas = ([submit(T.denoise_meta, d, key=f"meta-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m])
+                  for m, d in enumerate(D)]
+                 + [submit(T.denoise_meta, bf, key=f"meta-{bf.key}", worker=w) for bf, w in side])
+        taus = None  # region thresholds from this step's outputs, computed where they are, read by advance
         if cfg.policy == "region" and (i + 1) % cfg.update_every == 0:
-            taus = region_thresholds([welford_std(*mt.welford) for mt in metas], cfg.threshold, cfg.alpha)
+            taus = submit(T.thresholds, cfg.threshold, cfg.alpha, *metas[:n], key=f"thresholds-s{i:03d}-{rid}",
+                          worker=workers[0])
 
         # 4. advance every core where its window was denoised; checkpoint chunks written by their owners
         tiles_per_step.append(n)
@@ -310,30 +352,26 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
                                        key=f"strips-s{i:03d}-t{m:02d}-to{k:02d}-{rid}", worker=c_workers[m]))
                     moved += sum(r.height * r.width for r in rects) * pred_cell_bytes
                     stats.strips_moved += 1
-            A.append(submit(T.advance_tile, rid, spec_d, plan, i, k, G[k], taus[k], slot, store, *deps,
+            A.append(submit(T.advance_tile, rid, spec_d, plan, i, k, G[k], taus, slot, store, *deps,
                             key=f"advance-s{i:03d}-t{k:02d}-{rid}", worker=c_workers[k]))
+        pending.append(_Submitted(i, n, sum(computing), moved, metas))
         if due:
+            read([])  # this step's forwards go into the checkpoint record
             for a in A:  # wait without pulling tile data to the client; re-raise the first tile failure
                 if a.exception() is not None:
                     a.result()
             store.commit_checkpoint(i, slot, grid.windows, cs, canvas, sorted(arrays),
                                     {"tiles_per_step": tiles_per_step, "refine_forwards": forwards,
                                      "cache": report.progress()})
-        busy: dict[str, float] = {str(w): 0.0 for w in workers}
-        calls: dict[str, int] = {str(w): 0 for w in workers}
-        for mt in metas + side_metas:
-            busy[mt.worker] = busy.get(mt.worker, 0.0) + mt.seconds
-            calls[mt.worker] = calls.get(mt.worker, 0) + mt.calls
-        longest = max(busy.values(), default=0.0)
-        st = StepStats(i, n, sum(computing), moved, 2 * (len(workers) - 1) * canvas_elems * 2, busy,
-                       {w: round(longest - b, 4) for w, b in busy.items()}, time.perf_counter() - t0, calls)
-        stats.steps.append(st)
-        if on_step is not None:
-            on_step(st)
+        elif len(pending) > 1:  # nothing waited this step: keep one step in flight, read the one before
+            current = pending.pop()
+            read([])
+            pending.append(current)
         prev = (cs, c_workers, A)
         from_store = bool(due) and not last  # checkpoints cut lineage: the next step reads the store
         if from_store:
             held = []  # release it: a lost worker now costs at most the steps since this checkpoint
+    read([])
 
     # 5. the refined canvas, assembled once on one worker and written to the store
     full = Window(0, 0, *canvas)

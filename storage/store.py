@@ -265,6 +265,7 @@ class RenderStore:
         for name, core_data in maps.items():
             arr = self.group[f"checkpoints/slot{slot}/{name}"]
             chunk = np.zeros(arr.shape[1:], dtype=arr.dtype)
+            core_data = core_data.detach().cpu()  # tile state may live on a worker's GPU
             chunk[..., ys, xs] = core_data.float().numpy() if core_data.dtype == torch.bfloat16 else core_data.numpy()
             arr[k] = chunk
 

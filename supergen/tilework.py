@@ -11,8 +11,10 @@ One refinement step `i` becomes three small functions per tile, each needing onl
   window needs. A window computed on another worker sends only the strips of its prediction that overlap
   the core (`prediction_pieces`), not the whole window.
 
-Between steps only those pieces travel; a piece that stays on its worker costs nothing. Run in order,
-these functions give bit-for-bit the canvas of `refine.refine_step` (the in-process reference).
+Between steps only those pieces travel; a piece that stays on its worker costs nothing: tile data lives
+on the worker's device (a GPU worker never copies it to host and back between steps), and only what leaves
+the worker is copied to host (`to_host`). Run in order, these functions give bit-for-bit the canvas of
+`refine.refine_step` (the in-process reference).
 """
 
 from __future__ import annotations
@@ -49,19 +51,21 @@ def empty_cache(like_x: torch.Tensor, threshold: float) -> Maps:
     hw = like_x.shape[-2:]
     m = {f"cache/{k}": torch.zeros_like(like_x, dtype=torch.float32) for k in TENSORS}
     for k in SCALARS:
-        m[f"cache/{k}"] = torch.zeros(hw, dtype=torch.int32 if k in ("run", "real", "seen") else torch.float64)
+        m[f"cache/{k}"] = torch.zeros(hw, dtype=torch.int32 if k in ("run", "real", "seen") else torch.float64,
+                                      device=like_x.device)
     m["cache/tau"].fill_(threshold)
     return m
 
 
-def assemble(win: Window, pieces: list[Piece], canvas: tuple[int, int]) -> Maps:
-    """The window-local tensors of `win` from pieces that tile it."""
+def assemble(win: Window, pieces: list[Piece], canvas: tuple[int, int], device=None) -> Maps:
+    """The window-local tensors of `win` from pieces that tile it, on `device` (default: the pieces')."""
     out: Maps = {}
     for p in pieces:
         ys, xs = local(p.rect, win, canvas)
         for k, v in p.maps.items():
             if k not in out:
-                out[k] = v.new_zeros(v.shape[:-2] + (win.height, win.width))
+                out[k] = torch.zeros(v.shape[:-2] + (win.height, win.width), dtype=v.dtype,
+                                     device=v.device if device is None else device)
             out[k][..., ys, xs] = v
     return out
 
@@ -76,6 +80,11 @@ def cut(core: Window, maps: Maps, windows: list[Window], canvas: tuple[int, int]
     return out
 
 
+def to_host(pieces: list[Piece]) -> list[Piece]:
+    """Host copies of pieces about to leave their worker (a no-op for pieces already on the CPU)."""
+    return [Piece(p.rect, {k: v.cpu() for k, v in p.maps.items()}) for p in pieces]
+
+
 def _tile_state(maps: Maps, win: Window, core: Window, canvas) -> TileState:
     ys, xs = local(core, win, canvas)
     return TileState({k.split("/", 1)[1]: v for k, v in maps.items() if k.startswith("cache/")},
@@ -83,8 +92,8 @@ def _tile_state(maps: Maps, win: Window, core: Window, canvas) -> TileState:
 
 
 def gather(win: Window, core: Window, pieces: list[Piece], canvas, cache_on: bool,
-           threshold: float = 0.0) -> Gathered:
-    maps = assemble(win, pieces, canvas)
+           threshold: float = 0.0, device=None) -> Gathered:
+    maps = assemble(win, pieces, canvas, device)
     if cache_on and "cache/x_last" not in maps:  # the first refinement step: an empty cache
         maps.update(empty_cache(maps["x"], threshold))
     if not cache_on:
@@ -134,7 +143,7 @@ def branch(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, win: 
            b: int) -> torch.Tensor:
     """CFG branch `b` of window `win`'s prediction (a finer unit of work than the tile, for balancing)."""
     image = None if cond.image_latent is None else crop(cond.image_latent, win).to(backend.device)
-    return backend.predict_branch(x.to(backend.device), plan.steps, plan.start + i, cond, b, image).cpu()
+    return backend.predict_branch(x.to(backend.device), plan.steps, plan.start + i, cond, b, image)
 
 
 def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: Gathered,
@@ -149,12 +158,12 @@ def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: G
     def predict():  # Backend.predict's own arithmetic, with the branches computed elsewhere filled in
         outs = [given[b].to(backend.device) if b in given
                 else backend.predict_branch(x, plan.steps, index, cond, b, image) for b in range(cond.branches)]
-        return cond.guide(outs).cpu()
+        return cond.guide(outs)
 
     if decision is None:
         return Denoised(g.window, predict(), {}, (0.0, 0.0), True)
     ts = _tile_state(g.maps, g.window, g.core, canvas)
-    out, ts = cached_tile_step(ts, x.cpu(), decision, predict)
+    out, ts = cached_tile_step(ts, x, decision, predict)
     dy, dx, h, w = ts.core
     core = {f"cache/{k}": v[..., dy : dy + h, dx : dx + w].clone() for k, v in ts.maps.items()}
     return Denoised(g.window, out, core, (ts.at_core_center("w_n"), ts.at_core_center("w_m2")), decision.compute)
@@ -195,7 +204,7 @@ def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_co
     prediction = acc if exact else acc / wsum
     sched = {k2.split("/", 1)[1]: v for k2, v in sched_core.items()}
     x_next, sched = backend.step(plan.steps, plan.start + i, prediction, x_core.to(dev), sched, seed=seed)
-    out = {"x": x_next.cpu(), **{f"sched/{k2}": v.cpu() for k2, v in sched.items()}, **cache_core}
+    out = {"x": x_next, **{f"sched/{k2}": v for k2, v in sched.items()}, **cache_core}
     if tau is not None:
         out["cache/tau"] = torch.full_like(out["cache/tau"], tau)
     return out

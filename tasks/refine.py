@@ -1,15 +1,21 @@
 """Per-tile refinement tasks run on cluster workers. Each takes ids, geometry and its inputs (pieces or the
-store), calls one `supergen.tilework` function and returns a small result; no algorithm lives here."""
+store), calls one `supergen.tilework` function and returns a small result; no algorithm lives here.
+
+Tile data stays on the worker's device between tasks; the tasks whose output leaves the worker (strips for
+another worker's core, pieces for another worker's window, CFG branch inputs and outputs) hand over host
+copies, so any transport carries them and the receiver moves them to its own device."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+from supergen.cache.policy import region_thresholds, welford_std
 from supergen.refine import RefinePlan
 from supergen.spec import RenderSpec
 from supergen.tiling import Window, local
-from supergen.tilework import Denoised, Gathered, Piece, advance, branch, cut, denoise, gather, prediction_pieces
+from supergen.tilework import (Denoised, Gathered, Piece, advance, branch, cut, denoise, gather, prediction_pieces,
+                               to_host)
 
 from .model import holder
 
@@ -53,8 +59,12 @@ def start_pieces(store, source: str, win: Window) -> list[Piece]:
 def gather_tile(render: str, spec_d: dict, i: int, m: int, win: Window, core: Window, canvas, *piece_lists) -> Gathered:
     pieces = [p for lst in piece_lists for p in lst]
     spec = RenderSpec.from_dict(spec_d)
-    return _guard(lambda: gather(win, core, pieces, canvas, spec.cache != "none", spec.cache_threshold),
-                  render, i, m, "gathering")
+
+    def run():
+        device = holder().backend(spec).device
+        return gather(win, core, pieces, canvas, spec.cache != "none", spec.cache_threshold, device)
+
+    return _guard(run, render, i, m, "gathering")
 
 
 @dataclass
@@ -71,7 +81,7 @@ class Branch:
     """One CFG branch of a window's prediction, computed away from the window's worker."""
 
     branch: int
-    prediction: object  # torch.Tensor, window-local, float32
+    prediction: object  # torch.Tensor, window-local, float32, on the host
     seconds: float
     worker: str
     calls: int
@@ -91,14 +101,15 @@ def _timed(render, spec_d, fn):
 
 
 def window_input(g: Gathered):
-    """The window's latent alone (what a branch computed elsewhere needs; the cache state stays)."""
-    return g.maps["x"]
+    """The window's latent alone, on the host (what a branch computed elsewhere needs; the cache state
+    stays)."""
+    return g.maps["x"].cpu()
 
 
 def branch_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, m: int, win: Window, x, b: int) -> Branch:
     def run():
         pred, sec, worker, calls = _timed(render, spec_d, lambda be, cond: branch(be, cond, plan, i, win, x, b))
-        return Branch(b, pred, sec, worker, calls)
+        return Branch(b, pred.cpu(), sec, worker, calls)
 
     return _guard(run, render, i, m, f"CFG branch {b}")
 
@@ -133,13 +144,20 @@ class Strips:
 
 def prediction_strips(d: Denoised, m: int, core: Window, canvas) -> Strips:
     """Runs on the worker that denoised window m: only the strips of its prediction on `core` travel."""
-    return Strips(m, prediction_pieces(d.prediction, d.window, core, canvas))
+    return Strips(m, to_host(prediction_pieces(d.prediction, d.window, core, canvas)))
 
 
-def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g: Gathered, tau, ckpt, store,
+def thresholds(threshold: float, alpha: float, *metas: DenoiseMeta) -> list[float]:
+    """Every tile's region-cache threshold from the step's outputs (runs on a worker, so the driver never
+    waits for it)."""
+    return region_thresholds([welford_std(*mt.welford) for mt in metas], threshold, alpha)
+
+
+def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g: Gathered, taus, ckpt, store,
                  *inputs: Denoised | Strips) -> dict[int, list[Piece]]:
     """Merge + scheduler step on core k, optional checkpoint chunk, then the pieces for step i + 1. `inputs`
-    are the overlapping windows' predictions: whole when denoised on this worker, else their strips."""
+    are the overlapping windows' predictions: whole when denoised on this worker, else their strips; `taus`
+    the new thresholds of every tile, when they change this step."""
 
     def run():
         spec = RenderSpec.from_dict(spec_d)
@@ -153,7 +171,8 @@ def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g:
         preds = [(d.window, d.pieces) if isinstance(d, Strips) else
                  (grid.windows.index(d.window), prediction_pieces(d.prediction, d.window, core, canvas))
                  for d in inputs]
-        maps = advance(be, plan, i, grid, k, x_core, sched, own.cache_core, preds, spec.seed, tau)
+        maps = advance(be, plan, i, grid, k, x_core, sched, own.cache_core, preds, spec.seed,
+                       None if taus is None else taus[k])
         if ckpt is not None:
             store.write_checkpoint_tile(ckpt, k, g.window, core, _store_names(maps), canvas)
         nxt = plan.grid(i + 1).windows if i + 1 < plan.refine_steps else [Window(0, 0, *canvas)]
@@ -162,9 +181,11 @@ def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g:
     return _guard(run, render, i, k, "stepping")
 
 
-def pick(pieces: dict[int, list[Piece]], m: int) -> list[Piece]:
-    """The pieces one next-step window needs: runs where the owner's output lives, so only they move."""
-    return pieces.get(m, [])
+def pick(pieces: dict[int, list[Piece]], m: int, leaves: bool = False) -> list[Piece]:
+    """The pieces one next-step window needs: runs where the owner's output lives, so only they move
+    (as host copies when they leave the worker)."""
+    out = pieces.get(m, [])
+    return to_host(out) if leaves else out
 
 
 def _store_names(maps):
@@ -177,7 +198,7 @@ def write_final(store, canvas, *piece_lists) -> None:
 
     from supergen.tiling import paste
 
-    pieces = [p for lst in piece_lists for p in lst]
+    pieces = to_host([p for lst in piece_lists for p in lst])
     like = pieces[0].maps["x"]
     x = torch.zeros(like.shape[:-2] + tuple(canvas), dtype=like.dtype)
     for p in pieces:

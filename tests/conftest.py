@@ -65,26 +65,82 @@ def _stop(procs, kill=False):
             p.kill()
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """A real `prefect server start` on loopback with its own home, booting in the background from the
-    moment an orchestration test asks for the cluster; `prefect_api` waits for it."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home"))}
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield api, env
-    _stop([proc], kill=True)  # a throwaway database: no need to wait for a graceful shutdown
+class _Boot:
+    """The orchestration tests' Prefect server and Dask cluster processes. They start as soon as collection
+    shows a test needs them, so their start-up (the server's database migrations, the workers' imports)
+    overlaps the tests that run first; the fixtures below wait for them."""
+
+    def __init__(self):
+        self.procs: list = []
+        self.prefect = None  # (api url, environment for subprocesses)
+        self.dask = None  # scheduler address
+
+    def start_prefect(self):
+        if self.prefect is None:
+            port = free_port()
+            api = f"http://127.0.0.1:{port}/api"
+            env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": tempfile.mkdtemp(prefix="prefect-home-")}
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.prefect = api, env
+        return self.prefect
+
+    def start_dask(self):
+        """A `dask scheduler` and one `dask worker --nworkers 3` command, as infra/ starts them: the workers
+        cpu-0..2 fork from a nanny that imported the model stack once (tasks.preload), which also gives each
+        its pin resource."""
+        if self.dask is None:
+            port = free_port()
+            self.dask = f"tcp://127.0.0.1:{port}"
+            quiet = dict(env={**os.environ, "PYTHONPATH": os.getcwd()}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--dashboard-address", "127.0.0.1:0"], **quiet))
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", self.dask, "--nworkers", "3", "--name", "cpu",
+                 "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--preload-nanny", "tasks.preload",
+                 "--preload", "tasks.preload"], **quiet))
+        return self.dask
+
+    def stop(self):
+        if self.dask is not None:
+            try:
+                from distributed import Client
+
+                with Client(self.dask, timeout=5, set_as_default=False) as c:
+                    c.shutdown()  # the scheduler closes the nannies and their worker processes...
+                time.sleep(0.5)
+            except Exception:
+                pass
+        _stop(self.procs, kill=True)  # ...the CLI processes would linger; the server's database is a throwaway
+        self.procs, self.prefect, self.dask = [], None, None
+
+
+_boot = _Boot()
+
+
+def pytest_collection_finish(session):
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "prefect_api" in needed:
+        _boot.start_prefect()
+    if "dask_cluster" in needed:
+        _boot.start_dask()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _boot.stop()
 
 
 @pytest.fixture(scope="session")
-def prefect_api(prefect_server):
-    """The session's Prefect API, healthy, set for this process (flows run here report to it); returns
-    the environment subprocesses (serve, run_deployment) need to reach it."""
+def prefect_api():
+    """The session's Prefect API (a real `prefect server start` on loopback with its own home), healthy and
+    set for this process (flows run here report to it); returns the environment subprocesses (serve,
+    run_deployment) need to reach it."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    api, env = prefect_server
+    api, env = _boot.start_prefect()
     deadline = time.time() + 120
     while True:
         try:
@@ -93,16 +149,15 @@ def prefect_api(prefect_server):
         except OSError:
             if time.time() > deadline:
                 raise RuntimeError(f"prefect server at {api} did not come up") from None
-            time.sleep(0.3)
+            time.sleep(0.2)
     with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield env
 
 
 @pytest.fixture(scope="session")
-def dask_cluster(prefect_server, tmp_path_factory):
-    """The session's Dask cluster, started the way infra/ starts one: a `dask scheduler` process and three
-    `dask worker` processes (string names, one pin resource each) on loopback. Every orchestration test
-    shares it; the workers load the embedded model in parallel here, once. Returns the scheduler address."""
+def dask_cluster(tmp_path_factory):
+    """The session's Dask cluster (see _Boot.start_dask), shared by every orchestration test; the workers
+    load the embedded model here, in parallel. Returns the scheduler address."""
     from distributed import Client
 
     from storage import RenderStore
@@ -111,30 +166,14 @@ def dask_cluster(prefect_server, tmp_path_factory):
     from tasks.model import ModelHolder
     from tasks.stages import warm_worker
 
-    port = free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", str(port), "--dashboard-address", "127.0.0.1:0"], **quiet)]
-    for i in range(3):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", addr, "--name", f"cpu-{i}", "--nthreads", "1",
-             "--host", "127.0.0.1", "--resources", f"pin-cpu-{i}=1", "--no-dashboard"], **quiet))
-    try:
-        deadline = time.time() + 90
-        with Client(addr, timeout=60, set_as_default=False) as c:
-            while len(c.scheduler_info(n_workers=-1)["workers"]) < 3:
-                if time.time() > deadline:
-                    raise RuntimeError("the test cluster's workers did not start")
-                time.sleep(0.2)
-            store = RenderStore.create(str(tmp_path_factory.mktemp("warm") / "s"), prepare(RenderSpec(prompt="warm")))
-            c.register_plugin(ModelHolder())
-            c.gather([c.submit(warm_worker, store, "warm", workers=[f"cpu-{i}"], pure=False) for i in range(3)])
-        yield addr
-        with Client(addr, timeout=10, set_as_default=False) as c:
-            c.shutdown()  # the scheduler closes the nannies and their worker processes...
-        time.sleep(1)
-        _stop(procs, kill=True)  # ...and the CLI processes would linger for seconds more
-    finally:
-        _stop(procs)
+    addr = _boot.start_dask()
+    deadline = time.time() + 90
+    with Client(addr, timeout=60, set_as_default=False) as c:
+        while len(c.scheduler_info(n_workers=-1)["workers"]) < 3:
+            if time.time() > deadline:
+                raise RuntimeError("the test cluster's workers did not start")
+            time.sleep(0.1)
+        store = RenderStore.create(str(tmp_path_factory.mktemp("warm") / "s"), prepare(RenderSpec(prompt="warm")))
+        c.register_plugin(ModelHolder())
+        c.gather([c.submit(warm_worker, store, "warm", workers=[f"cpu-{i}"], pure=False) for i in range(3)])
+    return addr

@@ -82,3 +82,18 @@ def test_vae_encode_shape_is_checked(tiny_dir):
     be = load_backend(tiny_dir("wan-t2v"))
     z = be.encode(torch.zeros(1, 3, 5, 256, 256), vae_tile=128)
     assert z.shape == (1, 16, 2, 32, 32)
+
+
+def test_embedded_configs_file_matches_the_built_models():
+    """model_info of the embedded models reads tiny_configs.json (no diffusers import); it must say what
+    building them says (if this fails, run `tiny.write_configs()`)."""
+    from supergen.backends import tiny
+
+    assert tiny.built_configs() == {m: tiny.embedded_configs(m) for m in tiny.EMBEDDED}
+    import subprocess
+    import sys
+
+    probe = ("import sys; from supergen.backends import model_info; model_info('tiny'); "
+             "print('diffusers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -139,7 +139,7 @@ def test_dashboard_is_served_on_loopback(capsys):
 def test_unreachable_scheduler_fails_fast():
     t0 = time.time()
     with pytest.raises(ConnectionError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
-        connect("tcp://127.0.0.1:9", timeout=2)
+        connect("tcp://127.0.0.1:9", timeout=1)
     assert time.time() - t0 < 15
 
 

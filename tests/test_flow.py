@@ -62,29 +62,36 @@ def test_deployment_schedule_is_data():
         deployment("x", SPEC, "u", "c", cron="* * * * *", interval=5)
 
 
-def test_serve_runs_a_deployment_on_a_local_prefect_server(prefect_api, dask_cluster, tmp_path):
-    """`supergen serve` publishing the deployment to a `prefect server start` on loopback, one run
-    triggered through it: the store it produced is complete."""
-    from prefect.deployments import run_deployment
-
+@pytest.fixture(scope="module", autouse=True)
+def served(prefect_api, dask_cluster, tmp_path_factory):
+    """`supergen serve` publishing the render deployment to the session's Prefect server, started with the
+    module so its start-up overlaps the tests before the one that triggers a run through it."""
+    runs = tmp_path_factory.mktemp("runs")
     env = {**prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # pick the run up within a second
     args = [sys.executable, "-m", "flows.cli", "serve", "--name", "t", "--cluster", dask_cluster,
-            "--store", str(tmp_path / "runs" / "{flow_run_id}")]
-    for k, v in SPEC.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    served = subprocess.Popen(args, env=env, cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while True:  # until `serve` has published the deployment
-            try:
-                run = run_deployment("supergen-render/t", timeout=240, poll_interval=0.5, as_subflow=False)
-                break
-            except Exception:
-                if time.time() > deadline or served.poll() is not None:
-                    raise
-                time.sleep(0.25)
-        assert run.state.is_completed(), run.state
-        assert RenderStore.open(str(tmp_path / "runs" / str(run.id))).complete
-    finally:
-        served.terminate()
-        served.wait(30)
+            "--store", str(runs / "{flow_run_id}")]
+    for k, v in {**SPEC, "steps": 4, "refine_steps": 2, "checkpoint_every": 1}.items():  # what is served, not
+        args += [f"--{k.replace('_', '-')}", str(v)]                                     # the render, is tested
+    proc = subprocess.Popen(args, env=env, cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield proc, runs
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_serve_runs_a_deployment_on_a_local_prefect_server(served):
+    """One run triggered through the deployment `supergen serve` published on a `prefect server start` on
+    loopback: the store it produced is complete."""
+    from prefect.deployments import run_deployment
+
+    proc, runs = served
+    deadline = time.time() + 120
+    while True:  # until `serve` has published the deployment
+        try:
+            run = run_deployment("supergen-render/t", timeout=240, poll_interval=0.25, as_subflow=False)
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.25)
+    assert run.state.is_completed(), run.state
+    assert RenderStore.open(str(runs / str(run.id))).complete

@@ -15,9 +15,9 @@ __all__ = ["Backend", "Conditioning", "ModelInfo", "model_info", "load_backend",
 
 def _configs(model: str) -> dict:
     if model in tiny.EMBEDDED:
-        # The embedded models' configs are fixed by code; build them once per process and keep them.
+        # The embedded models' configs are fixed by code and kept as JSON beside it
         if model not in _EMBEDDED_CONFIGS:
-            _EMBEDDED_CONFIGS[model] = tiny.configs(tiny.build(tiny.EMBEDDED[model]))
+            _EMBEDDED_CONFIGS[model] = tiny.embedded_configs(model)
         return _EMBEDDED_CONFIGS[model]
     return read_configs(model)
 

@@ -128,6 +128,33 @@ def save(kind: str, path: str, seed: int = 0) -> str:
     return path
 
 
+CONFIGS_FILE = os.path.join(os.path.dirname(__file__), "tiny_configs.json")
+
+
+def embedded_configs(model: str) -> dict:
+    """The configs of an embedded model, read from CONFIGS_FILE: checking a spec against them must not cost
+    a process the seconds of importing diffusers' model classes (a flow's driver never needs them).
+    A test keeps the file equal to the built pipelines; `write_configs()` rewrites it."""
+    with open(CONFIGS_FILE) as f:
+        return json.load(f)[model]
+
+
+def built_configs() -> dict:
+    """{embedded model: configs} of freshly built pipelines, as JSON stores them (what CONFIGS_FILE holds),
+    less diffusers' bookkeeping keys (`_use_default_values` is a set, in no stable order)."""
+    def public(c):
+        return {k: v for k, v in c.items() if not k.startswith("_") or k == "_class_name"}
+
+    return json.loads(json.dumps({m: {part: public(c) for part, c in configs(build(k)).items()}
+                                  for m, k in EMBEDDED.items()}))
+
+
+def write_configs() -> None:
+    with open(CONFIGS_FILE, "w") as f:
+        json.dump(built_configs(), f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
 def configs(pipe) -> dict:
     """The same dict `loading.read_configs` returns for a folder, taken from a live pipeline."""
     index = {"_class_name": type(pipe).__name__, **{k: v for k, v in pipe.config.items() if not k.startswith("_")}}
@@ -137,3 +164,4 @@ def configs(pipe) -> dict:
         if module is not None:
             out[comp] = dict(module.config)
     return out
+
