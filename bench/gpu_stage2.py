@@ -3,7 +3,9 @@ no cache) at 2K or 4K, 41 frames, on one host's GPUs:
 
 * the Prefect+Dask flow's refine stage on 1, 2, 4 GPUs (one LocalCUDACluster worker per GPU; the workers
   restricted per run) with each placement rule, and the in-process executor on one GPU: per-step times,
-  scaling, the flow's overhead, idle time per worker, and whether every run gives the same latent;
+  scaling, the flow's overhead, idle time per worker, and whether every run gives the same latent; a
+  task-stream profile of each flow run says where a worker's time goes (tile forwards, the bookkeeping
+  tasks around them, transfers, idle);
 * peak GPU memory per worker;
 * the time of every stage (sketch, upscale/re-encode, refine, decode) at that size.
 
@@ -112,6 +114,8 @@ def flow_runs(specs: dict[str, dict], root: str, configs: list[tuple[int, str]],
 
 
 def _one_size(client, names, root, resolved, configs, export, out, save, with_in_process=True):
+    from distributed import get_task_stream
+
     from flows import render as F
     from storage import RenderStore
     from tasks import stages
@@ -137,10 +141,12 @@ def _one_size(client, names, root, resolved, configs, export, out, save, with_in
         client.gather([client.submit(stages.warm_worker, store, rid, workers=[w], pure=False) for w in use])
         client.run(_gpu_memory_reset)
         t0 = time.perf_counter()
-        refined = F.refine(client, store, balance, rid, use)
+        with get_task_stream(client) as stream:
+            refined = F.refine(client, store, balance, rid, use)
         wall = time.perf_counter() - t0
         peaks = client.run(_gpu_memory_peak)
         info = client.scheduler_info(n_workers=-1)["workers"]
+        named = [{**r, "worker": info.get(r.get("worker"), {}).get("name", r.get("worker"))} for r in stream.data]
         steps = refined["per_step"]
         run = {"gpus": gpus, "balance": balance, "refine_stage_s": round(wall, 3),
                "step_s": [round(s["wall_s"], 3) for s in steps],
@@ -148,7 +154,8 @@ def _one_size(client, names, root, resolved, configs, export, out, save, with_in
                "peak_memory_gib": {str(info[a]["name"]): v for a, v in peaks.items() if info[a]["name"] in use},
                **{k: refined[k] for k in ("tasks", "forwards", "bytes_moved", "allgather_bytes", "busy_s", "idle_s",
                                           "branches_moved")},
-               "idle_s_per_step": [s["idle_s"] for s in steps], "store": store.url}
+               "idle_s_per_step": [s["idle_s"] for s in steps], "store": store.url,
+               "task_profile": task_profile(named, len(steps))}
         out["runs"].append(run)
         save()
         print(json.dumps({k: v for k, v in run.items() if k != "idle_s_per_step"}), flush=True)
@@ -165,6 +172,37 @@ def _one_size(client, names, root, resolved, configs, export, out, save, with_in
             out["decode_export_s"] = round(time.perf_counter() - t0, 2)
         except Exception as e:  # keep what was measured
             out["decode_export_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def task_profile(records: list[dict], steps: int) -> dict:
+    """Per worker and refinement step: seconds computing each kind of task (the key's first word: denoise,
+    branch, gather, advance, pieces, strips, ...), seconds receiving inputs, and the seconds covered by no
+    task (where the GPU waits on the driver or on another worker)."""
+    by_worker: dict[str, dict] = {}
+    for r in records:
+        w = by_worker.setdefault(str(r.get("worker")), {"compute": {}, "transfer_s": 0.0, "spans": []})
+        kind = str(r["key"]).split("-", 1)[0]
+        for ss in r.get("startstops", []):
+            d = ss["stop"] - ss["start"]
+            if ss["action"] == "compute":
+                w["compute"][kind] = w["compute"].get(kind, 0.0) + d
+            elif ss["action"] == "transfer":
+                w["transfer_s"] += d
+            w["spans"].append((ss["start"], ss["stop"]))
+    out = {}
+    for name, w in by_worker.items():
+        spans = sorted(w["spans"])
+        covered, end = 0.0, None
+        for a, b in spans:  # union of the task intervals
+            if end is None or a > end:
+                covered, end = covered + (b - a), b
+            elif b > end:
+                covered, end = covered + (b - end), b
+        window = spans[-1][1] - spans[0][0] if spans else 0.0
+        out[name] = {"per_step_compute_s": {k: round(v / steps, 4) for k, v in sorted(w["compute"].items())},
+                     "per_step_transfer_s": round(w["transfer_s"] / steps, 4),
+                     "per_step_uncovered_s": round((window - covered) / steps, 4)}
+    return out
 
 
 def _compare(out, ref):
@@ -223,7 +261,8 @@ def main():
     ap.add_argument("--model-dir", default=os.path.join(tempfile.gettempdir(), "supergen-bench", "cogvideox15-5b"))
     ap.add_argument("--no-in-process", action="store_true", help="flow runs only")
     ap.add_argument("--scale", choices=["full", "tiny"], default="full")
-    ap.add_argument("--export", help="WxH whose decode/export stage runs and is timed [default: the first size]")
+    ap.add_argument("--export", help="WxH whose decode/export stage runs and is timed, or 'none' "
+                                     "[default: the first size]")
     ap.add_argument("--out", required=True, help="JSON path per size; {size} is replaced by WxH")
     args = ap.parse_args()
     from common import environment, write_result

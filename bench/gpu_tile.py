@@ -2,8 +2,10 @@
 FLOPs counted first (torch's FlopCounterMode, attention added analytically where it does not count it),
 then CUDA-event timing of single-branch forwards after a warm-up, the median; a tile-step with CFG is
 `branches` such forwards (supergen's backends run CFG branches as separate calls). MFU is against the bf16
-matmul peak measured on the same GPU in the same run. With --untiled, also one forward over the whole
-canvas at each given size: its time and peak memory, or where it runs out of memory.
+matmul peak measured on the same GPU in the same run. The forwards are timed under each --attention kernel
+order (`kernels`), and each fused attention kernel alone on the architecture's attention shape;
+MFU is reported for the fastest order. With --untiled, also one forward over the whole canvas at each given
+size (fastest order): its time and peak memory, or where it runs out of memory.
 
     python3 bench/gpu_tile.py --arch cogvideox1.5-t2v-5b --untiled 2560x1440x41 3840x2160x41 --out $OUT/x.json
     python3 bench/gpu_tile.py --arch wan2.1-t2v-1.3b --scale tiny --out /tmp/x.json      # CPU check
@@ -16,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -23,6 +26,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from archs import ARCHS, build, image_tokens, tile_inputs  # noqa: E402
+
+
+
+ORDERS = ("torch", "cudnn", "flash", "efficient")
+
+
+@contextmanager
+def kernels(order: str = "torch"):
+    """SDPA kernel priority for the calls inside: torch's own order, or one kernel first (torch skips a kernel
+    that cannot take a call, e.g. flash with a mask, and falls through the rest)."""
+    if order == "torch":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rest = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}[order]
+    with sdpa_kernel([first] + [b for b in rest if b != first], set_priority=True):
+        yield
 
 
 def timed(fn, device) -> float:
@@ -81,9 +104,38 @@ def count_flops(model, kwargs) -> dict:
             "attention_counted_by": "FlopCounterMode" if counted_attn else "analytic"}
 
 
-def forward_times(model, kwargs, device, n: int) -> list[float]:
-    with torch.no_grad():
+def forward_times(model, kwargs, device, n: int, order: str = "torch") -> list[float]:
+    with torch.no_grad(), kernels(order):
         return [timed(lambda: model(**kwargs), device) for _ in range(n)]
+
+
+def attention_kernels(arch, device, scale: str, iters: int = 5) -> dict:
+    """Each fused SDPA kernel alone on the architecture's main attention call at the native tile (joint
+    text+image attention for CogVideoX and HunyuanVideo, with HunyuanVideo's prompt mask; image
+    self-attention for Wan): seconds per call and TFLOP/s, or why the kernel cannot take it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = {**arch.config, **(arch.tiny if scale == "tiny" else {})}
+    heads, dim = cfg["num_attention_heads"], cfg["attention_head_dim"]
+    tokens = image_tokens(arch) if scale == "full" else 64
+    if arch.cls != "WanTransformer3DModel":
+        tokens += arch.text_tokens if scale == "full" else 8
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(1, heads, tokens, dim, generator=g).to(device, torch.bfloat16) for _ in range(3))
+    mask = (torch.ones(1, 1, 1, tokens, dtype=torch.bool, device=device)
+            if arch.cls == "HunyuanVideoTransformer3DModel" else None)
+    flops = 4 * heads * tokens * tokens * dim
+    out = {"shape": [1, heads, tokens, dim], "mask": mask is not None}
+    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
+        try:
+            with torch.no_grad(), sdpa_kernel([getattr(SDPBackend, name)]):
+                call = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
+                call()
+                t = statistics.median(timed(call, device) for _ in range(iters))
+            out[name.lower()] = {"s": round(t, 5), "tflops": round(flops / t / 1e12, 1)}
+        except RuntimeError as e:
+            out[name.lower()] = {"unsupported": str(e).splitlines()[0][:160]}
+    return out
 
 
 def untiled(model, arch, device, size, scale) -> dict:
@@ -113,6 +165,8 @@ def main():
     ap.add_argument("--forwards", type=int, default=4, help="timed single-branch forwards after the warm-up")
     ap.add_argument("--untiled", nargs="*", default=[], help="WxHxF canvases for one untiled forward each")
     ap.add_argument("--scale", choices=["full", "tiny"], default="full")
+    ap.add_argument("--attention", nargs="+", default=["torch", "cudnn"], choices=ORDERS,
+                    help="attention kernel orders to time the forwards under (MFU: the fastest)")
     args = ap.parse_args()
     from common import environment, write_result
 
@@ -131,20 +185,34 @@ def main():
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result.update(count_flops(model, kw))  # also the warm-up forward
-    times = forward_times(model, kw, device, args.forwards)
+    if device.type == "cuda":
+        result["sdpa_priority_order"] = [str(torch.nn.attention.SDPBackend(i)).split(".")[-1]
+                                         for i in torch._C._get_sdp_priority_order()]
+    result["attention_kernels"] = attention_kernels(arch, device, args.scale)
+    by_order = {}
+    for order in args.attention:
+        forward_times(model, kw, device, 1, order)  # warm-up under this order
+        by_order[order] = forward_times(model, kw, device, args.forwards, order)
+    best = min(by_order, key=lambda o: statistics.median(by_order[o]))
+    result["forward_s_by_attention"] = {o: {"forward_s": [round(t, 4) for t in ts],
+                                           "median_s": round(statistics.median(ts), 4)} for o, ts in by_order.items()}
+    times = by_order[best]
     med = statistics.median(times)
-    result.update(forward_s=[round(t, 4) for t in times], forward_median_s=round(med, 4),
+    result.update(attention=best, forward_s=[round(t, 4) for t in times], forward_median_s=round(med, 4),
                   tile_step_s=round(arch.branches * med, 4),
                   tflops_achieved=round(result["flops"] / med / 1e12, 1),
                   mfu_vs_measured_peak=round(result["flops"] / med / 1e12 / result["matmul_peak"]["tflops"], 3))
     if device.type == "cuda":
         result["tile_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del kw
-    result["untiled"] = [untiled(model, arch, device, tuple(int(v) for v in s.split("x")), args.scale)
-                         for s in args.untiled]
+    with kernels(best):
+        result["untiled"] = [untiled(model, arch, device, tuple(int(v) for v in s.split("x")), args.scale)
+                             for s in args.untiled]
     write_result(args.out, result)
-    print({k: result[k] for k in ("arch", "params", "image_tokens", "flops", "forward_median_s", "tile_step_s",
-                                  "tflops_achieved", "mfu_vs_measured_peak")}, result["untiled"], flush=True)
+    print({k: result[k] for k in ("arch", "params", "image_tokens", "flops", "attention", "forward_median_s",
+                                  "tile_step_s", "tflops_achieved", "mfu_vs_measured_peak")},
+          {o: v["median_s"] for o, v in result["forward_s_by_attention"].items()}, result["attention_kernels"],
+          result["untiled"], flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite (issue 6), writing JSON into OUTDIR; each part fits one 10-minute device call.
 #   bash infra/gpu_suite.sh OUTDIR [tiles|stage2|stage2-4k|stage2-2k|all]
-#   tiles      native tile-step cost and MFU of the four architectures, one per GPU in parallel (round-robin
-#              when there are fewer GPUs), plus CogVideoX-1.5-5B untiled at 2K and 4K (time, peak memory)
+#   tiles      native tile-step cost and MFU of the four architectures under torch's and cuDNN-first
+#              attention order, each fused attention kernel alone on the architecture's attention shape, one per GPU in parallel (round-robin when there are fewer GPUs, the slowest apart),
+#              plus CogVideoX-1.5-5B untiled at 2K and 4K (time, peak memory)
 #   stage2     CogVideoX-1.5-5B refinement at 3840x2160 then 2560x1440, 41 frames: in-process vs flow on
 #              1/2/4/8 GPUs (as many as there are), per-worker memory, stage times at 4K
 #   stage2-4k, stage2-2k   one size alone
+# EXPORT=none (env) skips the decode/export stage timing [default: at the first size]
 set -euo pipefail
 OUT=${1:?output directory}
 PART=${2:-all}
@@ -14,13 +16,13 @@ mkdir -p "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
 
 tiles() {
-  local archs=(hunyuanvideo-t2v-13b wan2.1-t2v-14b cogvideox1.5-t2v-5b wan2.1-t2v-1.3b) pids=()
+  local archs=(hunyuanvideo-t2v-13b wan2.1-t2v-14b wan2.1-t2v-1.3b cogvideox1.5-t2v-5b) pids=()
   for ((g = 0; g < NGPU && g < ${#archs[@]}; g++)); do
     (
       for ((a = g; a < ${#archs[@]}; a += NGPU)); do
         extra=()
         [ "${archs[a]}" = cogvideox1.5-t2v-5b ] && extra=(--untiled 2560x1440x41 3840x2160x41)
-        CUDA_VISIBLE_DEVICES=$g python3 bench/gpu_tile.py --arch "${archs[a]}" "${extra[@]}" \
+        CUDA_VISIBLE_DEVICES=$g python3 bench/gpu_tile.py --arch "${archs[a]}" --forwards 3 "${extra[@]}" \
           --out "$OUT/tile_${archs[a]}.json" > "$OUT/tile_${archs[a]}.log" 2>&1 || echo "FAILED ${archs[a]}"
         tail -n 2 "$OUT/tile_${archs[a]}.log"
       done
@@ -34,7 +36,10 @@ CONFIGS=1:locality
 ((NGPU >= 2)) && CONFIGS+=,2:tiles,2:branches
 ((NGPU >= 4)) && CONFIGS+=,4:tiles,4:branches
 ((NGPU >= 8)) && CONFIGS+=,8:tiles,8:branches
-stage2() { python3 bench/gpu_stage2.py --size "$@" --configs "$CONFIGS" --out "$OUT/stage2_{size}.json"; }
+stage2() {
+  python3 bench/gpu_stage2.py --size "$@" --configs "$CONFIGS" --export "${EXPORT:-$1}" \
+    --out "$OUT/stage2_{size}.json"
+}
 
 case "$PART" in
   tiles) tiles ;;
