@@ -14,6 +14,7 @@ size (fastest order): its time and peak memory, or where it runs out of memory.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -138,6 +139,37 @@ def attention_kernels(arch, device, scale: str, iters: int = 5) -> dict:
     return out
 
 
+def kernel_profile(model, kwargs, device, top: int = 12) -> dict:
+    """One forward under torch.profiler: device time by operator (the kernels each aten op launched; top
+    `top`) and by kind (attention, GEMM, the rest), so a missed MFU target can be traced to what costs it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad(), profile(activities=acts) as prof:
+        model(**kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = [(e.key, getattr(e, attr, 0) or 0) for e in prof.key_averages() if e.key.startswith("aten::")]
+    rows = [(k, t) for k, t in rows if t > 0]
+    total = sum(t for _, t in rows) or 1
+
+    def kind(name: str) -> str:
+        n = name.lower()
+        if "attention" in n:
+            return "attention"
+        if n in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"):
+            return "gemm"
+        return "other"
+
+    kinds: dict[str, float] = {}
+    for k, t in rows:
+        kinds[kind(k)] = kinds.get(kind(k), 0.0) + t
+    rows.sort(key=lambda r: -r[1])
+    return {"total_ms": round(total / 1e3, 2), "share_by_kind": {k: round(v / total, 3) for k, v in kinds.items()},
+            "top": [{"op": k[:120], "ms": round(t / 1e3, 2), "share": round(t / total, 3)} for k, t in rows[:top]]}
+
+
 def untiled(model, arch, device, size, scale) -> dict:
     """One forward over the whole canvas: seconds and peak memory, or the out-of-memory it hits."""
     out = {"size": "x".join(map(str, size)), "tokens": image_tokens(arch, size)}
@@ -165,6 +197,7 @@ def main():
     ap.add_argument("--forwards", type=int, default=4, help="timed single-branch forwards after the warm-up")
     ap.add_argument("--untiled", nargs="*", default=[], help="WxHxF canvases for one untiled forward each")
     ap.add_argument("--scale", choices=["full", "tiny"], default="full")
+    ap.add_argument("--profile", action="store_true", help="also one forward under torch.profiler: kernel times")
     ap.add_argument("--attention", nargs="+", default=["torch", "cudnn"], choices=ORDERS,
                     help="attention kernel orders to time the forwards under (MFU: the fastest)")
     args = ap.parse_args()
@@ -204,6 +237,10 @@ def main():
                   mfu_vs_measured_peak=round(result["flops"] / med / 1e12 / result["matmul_peak"]["tflops"], 3))
     if device.type == "cuda":
         result["tile_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.profile:
+        with kernels(best):
+            result["kernel_profile"] = kernel_profile(model, kw, device)
+        print(json.dumps(result["kernel_profile"]), flush=True)
     del kw
     with kernels(best):
         result["untiled"] = [untiled(model, arch, device, tuple(int(v) for v in s.split("x")), args.scale)

@@ -4,6 +4,7 @@
 #   tiles      native tile-step cost and MFU of the four architectures under torch's and cuDNN-first
 #              attention order, each fused attention kernel alone on the architecture's attention shape, one per GPU in parallel (round-robin when there are fewer GPUs, the slowest apart),
 #              plus CogVideoX-1.5-5B untiled at 2K and 4K (time, peak memory)
+#   profile    one profiled forward per architecture (device time by operator), torch's attention order
 #   stage2     CogVideoX-1.5-5B refinement at 3840x2160 then 2560x1440, 41 frames: in-process vs flow on
 #              1/2/4/8 GPUs (as many as there are), per-worker memory, stage times at 4K
 #   stage2-4k, stage2-2k   one size alone
@@ -15,14 +16,19 @@ source "$(dirname "$0")/gpu_env.sh"
 mkdir -p "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
 
-tiles() {
-  local archs=(hunyuanvideo-t2v-13b wan2.1-t2v-14b wan2.1-t2v-1.3b cogvideox1.5-t2v-5b) pids=()
+tiles() {  # tiles [extra gpu_tile.py args]: all four architectures, spread over the GPUs
+  local archs=(hunyuanvideo-t2v-13b wan2.1-t2v-14b wan2.1-t2v-1.3b cogvideox1.5-t2v-5b) pids=() args=("$@")
   for ((g = 0; g < NGPU && g < ${#archs[@]}; g++)); do
     (
       for ((a = g; a < ${#archs[@]}; a += NGPU)); do
         extra=()
-        [ "${archs[a]}" = cogvideox1.5-t2v-5b ] && extra=(--untiled 2560x1440x41 3840x2160x41)
-        CUDA_VISIBLE_DEVICES=$g python3 bench/gpu_tile.py --arch "${archs[a]}" --forwards 3 "${extra[@]}" \
+        if ((${#args[@]} == 0)); then
+          extra=(--forwards 3)
+          [ "${archs[a]}" = cogvideox1.5-t2v-5b ] && extra+=(--untiled 2560x1440x41 3840x2160x41)
+        else
+          extra=("${args[@]}")
+        fi
+        CUDA_VISIBLE_DEVICES=$g python3 bench/gpu_tile.py --arch "${archs[a]}" "${extra[@]}" \
           --out "$OUT/tile_${archs[a]}.json" > "$OUT/tile_${archs[a]}.log" 2>&1 || echo "FAILED ${archs[a]}"
         tail -n 2 "$OUT/tile_${archs[a]}.log"
       done
@@ -43,6 +49,7 @@ stage2() {
 
 case "$PART" in
   tiles) tiles ;;
+  profile) tiles --forwards 1 --attention torch --profile ;;
   stage2) stage2 3840x2160 2560x1440 ;;  # one cluster and one model build for both sizes
   stage2-4k) stage2 3840x2160 ;;
   stage2-2k) stage2 2560x1440 ;;

@@ -97,6 +97,10 @@ def _timed(render, spec_d, fn):
     cond = h.conditioning(render, spec)
     t0, calls0 = time.perf_counter(), be.forwards
     out = fn(be, cond)
+    if str(be.device).startswith("cuda"):  # kernels run asynchronously: time the work, not its launch
+        import torch
+
+        torch.cuda.synchronize(be.device)
     return out, time.perf_counter() - t0, _worker_name(), be.forwards - calls0
 
 
