@@ -237,14 +237,18 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
         if on_step is not None:
             on_step(st)
 
-    def read(futures: list) -> list:
-        """Gather `futures` together with the metadata of every pending step (one round trip), finishing those."""
-        got = client.gather(futures + [f for sub in pending for f in sub.metas])
+    def read(futures: list, keep: int = 0) -> list:
+        """Gather `futures` and, in the same round trip, the metadata of the pending steps but the newest
+        `keep`, finishing those."""
+        due = pending[:len(pending) - keep]
+        if not due and not futures:
+            return []
+        del pending[:len(due)]
+        got = client.gather(futures + [f for sub in due for f in sub.metas])
         out, rest = got[:len(futures)], got[len(futures):]
-        for sub in pending:
+        for sub in due:
             finish(sub, rest[:len(sub.metas)])
             rest = rest[len(sub.metas):]
-        pending.clear()
         return out
 
     prev = None  # (cores, workers, advance futures) of the previous step
@@ -363,10 +367,8 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
             store.commit_checkpoint(i, slot, grid.windows, cs, canvas, sorted(arrays),
                                     {"tiles_per_step": tiles_per_step, "refine_forwards": forwards,
                                      "cache": report.progress()})
-        elif len(pending) > 1:  # nothing waited this step: keep one step in flight, read the one before
-            current = pending.pop()
-            read([])
-            pending.append(current)
+        else:  # nothing waited on this step: it stays in flight while the driver reads the one before
+            read([], keep=1)
         prev = (cs, c_workers, A)
         from_store = bool(due) and not last  # checkpoints cut lineage: the next step reads the store
         if from_store:
