@@ -378,8 +378,8 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
     # 5. the refined canvas, assembled once on one worker and written to the store
     full = Window(0, 0, *canvas)
     p_cores, p_workers, p_adv = prev
-    parts = [submit(T.pick, p_adv[k], 0, key=f"pieces-final-t{k:02d}-{rid}", worker=p_workers[k])
-             for k in range(len(p_cores)) if intersections(p_cores[k], full, canvas)]
+    parts = [submit(T.pick, p_adv[k], 0, p_workers[k] != workers[0], key=f"pieces-final-t{k:02d}-{rid}",
+                    worker=p_workers[k]) for k in range(len(p_cores)) if intersections(p_cores[k], full, canvas)]
     submit(T.write_final, store, canvas, *parts, key=f"write-final-{rid}", worker=workers[0]).result()
     stats.wall_s, stats.forwards = time.perf_counter() - t_all, forwards
     stats.cache = report.to_dict()
@@ -388,9 +388,9 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
 
 
 def _cache_arrays(shape, tile):
-    from supergen.cache.state import SCALARS, TENSORS
+    from supergen.cache.state import SCALARS, TENSORS, scalar_dtype
 
     out = {f"cache/{k}": (tuple(shape), torch.float32) for k in TENSORS}
     for k in SCALARS:
-        out[f"cache/{k}"] = (tuple(tile), torch.int32 if k in ("run", "real", "seen") else torch.float64)
+        out[f"cache/{k}"] = (tuple(tile), scalar_dtype(k))
     return out

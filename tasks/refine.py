@@ -14,8 +14,8 @@ from supergen.cache.policy import region_thresholds, welford_std
 from supergen.refine import RefinePlan
 from supergen.spec import RenderSpec
 from supergen.tiling import Window, local
-from supergen.tilework import (Denoised, Gathered, Piece, advance, branch, cut, denoise, gather, prediction_pieces,
-                               to_host)
+from supergen.tilework import (Denoised, Gathered, Piece, advance, assemble, branch, cut, denoise, gather,
+                               prediction_pieces, to_host)
 
 from .model import holder
 
@@ -197,14 +197,6 @@ def _store_names(maps):
 
 
 def write_final(store, canvas, *piece_lists) -> None:
-    """Assemble the refined canvas from the last step's pieces and write final/latent."""
-    import torch
-
-    from supergen.tiling import paste
-
-    pieces = to_host([p for lst in piece_lists for p in lst])
-    like = pieces[0].maps["x"]
-    x = torch.zeros(like.shape[:-2] + tuple(canvas), dtype=like.dtype)
-    for p in pieces:
-        paste(x, p.rect, p.maps["x"])
-    store.save_stage("final", x)
+    """Assemble the refined canvas on the host from the last step's pieces and write final/latent."""
+    latents = [Piece(p.rect, {"x": p.maps["x"]}) for lst in piece_lists for p in lst]
+    store.save_stage("final", assemble(Window(0, 0, *canvas), latents, canvas, "cpu")["x"])
