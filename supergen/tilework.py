@@ -25,7 +25,7 @@ import torch
 
 from .backends.base import Backend, Conditioning
 from .cache.policy import Decision, Observation
-from .cache.state import SCALARS, TENSORS, TileState, cached_tile_step, observe
+from .cache.state import SCALARS, TENSORS, TileState, cached_tile_step, observe, scalar_dtype
 from .refine import RefinePlan
 from .tiling import Grid, Window, cores, crop, intersections, local, tile_weight
 
@@ -51,8 +51,7 @@ def empty_cache(like_x: torch.Tensor, threshold: float) -> Maps:
     hw = like_x.shape[-2:]
     m = {f"cache/{k}": torch.zeros_like(like_x, dtype=torch.float32) for k in TENSORS}
     for k in SCALARS:
-        m[f"cache/{k}"] = torch.zeros(hw, dtype=torch.int32 if k in ("run", "real", "seen") else torch.float64,
-                                      device=like_x.device)
+        m[f"cache/{k}"] = torch.zeros(hw, dtype=scalar_dtype(k), device=like_x.device)
     m["cache/tau"].fill_(threshold)
     return m
 

@@ -8,7 +8,7 @@ import supergen
 from supergen import RenderSpec
 from supergen.cache import CacheConfig
 from supergen.cache.policy import Decision, Observation, decide, region_thresholds
-from supergen.cache.state import SCALARS, TENSORS, TileState, cached_tile_step, observe
+from supergen.cache.state import SCALARS, TENSORS, TileState, cached_tile_step, observe, scalar_dtype
 
 # tiny model (random weights): per-step relative output change e is ~1.5, so tau=5 makes it skip
 BASE = dict(prompt="a red circle moving", width=128, height=128, frames=5, steps=14, refine_steps=12,
@@ -61,7 +61,7 @@ def test_region_and_uniform_differ_and_uniform_decides_per_step():
 def _tile_state(h=4, w=4):
     maps = {k: torch.zeros(1, 2, 1, h, w) for k in TENSORS}
     for k in SCALARS:
-        maps[k] = torch.zeros(h, w, dtype=torch.int32 if k in ("run", "real", "seen") else torch.float64)
+        maps[k] = torch.zeros(h, w, dtype=scalar_dtype(k))
     maps["tau"].fill_(10.0)
     return TileState(maps, (0, 0, h, w))
 

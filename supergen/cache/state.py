@@ -21,6 +21,11 @@ TENSORS = ("residual", "x_last", "x_r1", "x_r2", "o_r1", "o_r2")  # (B, C, F, H,
 SCALARS = ("acc", "run", "real", "seen", "w_n", "w_mean", "w_m2", "tau")
 
 
+def scalar_dtype(name: str) -> torch.dtype:
+    """Counters are int32; accumulated error, Welford statistics and thresholds float64."""
+    return torch.int32 if name in ("run", "real", "seen") else torch.float64
+
+
 @dataclass
 class TileState:
     """One window's crop of every state map (tensors (B, C, F, h, w), scalars (h, w))."""
@@ -95,7 +100,7 @@ class CanvasState:
             self.maps[name] = torch.zeros_like(like, dtype=torch.float32)
         hw = like.shape[-2:]
         for name in SCALARS:
-            dtype = torch.int32 if name in ("run", "real", "seen") else torch.float64
+            dtype = scalar_dtype(name)
             self.maps[name] = torch.zeros(hw, dtype=dtype, device=like.device)
         self.maps["tau"].fill_(self.cfg.threshold)
 
