@@ -164,4 +164,3 @@ def configs(pipe) -> dict:
         if module is not None:
             out[comp] = dict(module.config)
     return out
-
