@@ -24,13 +24,13 @@ _WORDS = ("a the of and in on with video red green blue yellow white black movin
           "over under sky sea city night day slowly fast").split()
 
 
-def t5_tokenizer():
-    """A T5/UMT5-style Unigram tokenizer: whole words first, then characters, so any ASCII text encodes."""
+def t5_tokenizer(words=_WORDS):
+    """A T5/UMT5-style Unigram tokenizer: whole `words` first, then characters, so any ASCII text encodes."""
     from transformers import T5Tokenizer
 
     chars = string.ascii_letters + string.digits + string.punctuation
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [("\u2581" + w, -3.0) for w in _WORDS]
+    vocab += [("\u2581" + w, -3.0) for w in words]
     vocab += [("\u2581" + c, -6.0) for c in chars]
     vocab += [(c, -7.0) for c in chars]
     return T5Tokenizer(vocab=vocab, extra_ids=0)

@@ -1,0 +1,70 @@
+"""`python -m supergen.train`: train, freeze and export the embedded world model.
+
+    python -m supergen.train vae    --ckpt C/vae-a --minutes 4 --lr 2e-3 --device cuda:0
+    python -m supergen.train freeze --candidates C/vae-a C/vae-b --out C/vae
+    python -m supergen.train vae    --ckpt C/vae --decoder-only --minutes 5 --device cuda:0
+    python -m supergen.train dit    --ckpt C/dit --vae C/vae --minutes 5 --device cuda:1
+    python -m supergen.train export --vae C/vae --dit C/dit --out supergen/models/world
+
+Every command resumes what its folder holds and stops after --minutes; `infra/train_world.sh` runs the
+whole recipe within one device call, as often as needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m supergen.train")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("vae")
+    v.add_argument("--ckpt", required=True)
+    v.add_argument("--minutes", type=float, default=5)
+    v.add_argument("--device", default="cuda")
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--batch", type=int, default=64)
+    v.add_argument("--decoder-only", action="store_true")
+    v.add_argument("--eval-clips", type=int, default=32)
+    v.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("freeze")
+    f.add_argument("--candidates", nargs="+", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--device", default="cuda")
+    f.add_argument("--clips", type=int, default=2048)
+    d = sub.add_parser("dit")
+    d.add_argument("--ckpt", required=True)
+    d.add_argument("--vae", required=True)
+    d.add_argument("--minutes", type=float, default=5)
+    d.add_argument("--device", default="cuda")
+    d.add_argument("--lr", type=float, default=5e-4)
+    d.add_argument("--batch", type=int, default=256)
+    d.add_argument("--clips", type=int, default=100_000)
+    d.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("export")
+    e.add_argument("--vae", required=True)
+    e.add_argument("--dit", required=True)
+    e.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+
+    if a.cmd == "vae":
+        from . import vae
+
+        vae.train(a.ckpt, a.minutes, a.device, lr=a.lr, batch=a.batch, decoder_only=a.decoder_only, seed=a.seed,
+                  eval_clips=a.eval_clips)
+    elif a.cmd == "freeze":
+        from . import vae
+
+        vae.freeze(a.candidates, a.out, a.device, clips=a.clips)
+    elif a.cmd == "dit":
+        from . import dit
+
+        dit.train(a.ckpt, a.vae, a.minutes, a.device, lr=a.lr, batch=a.batch, clips=a.clips, seed=a.seed)
+    else:
+        from .export import export
+
+        export(a.vae, a.dit, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The embedded world model's components: real diffusers/transformers classes at toy size.
+
+Wan 2.1's architecture throughout (UMT5 text encoder, `AutoencoderKLWan` with 8x spatial and 4x temporal
+compression, `WanTransformer3DModel`, flow-matching Euler), so the trained model runs through exactly the
+code path a user's Wan checkpoint does. The transformer patch is 1x1x1 (Wan's is 1x2x2): at 64x64 pixels
+the latent is only 8x8 cells, and one token per cell is what lets so small a model draw clean edges.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import world
+from ..backends import tiny
+
+NATIVE = (64, 64)  # (width, height) pixels
+FRAMES = 17
+FPS = 8
+TEXT_DIM = 64
+PRESETS = dict(scale=4, frames=FRAMES, steps=10, guidance=5.0, fps=FPS, cache_threshold=0.20, cache_alpha=0.5)
+
+VAE_CONFIG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                  temperal_downsample=[False, True, True])
+TRANSFORMER_CONFIG = dict(patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=48, in_channels=16,
+                          out_channels=16, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=768, num_layers=6,
+                          cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=256)
+
+
+def tokenizer():
+    """Word-level over the world's caption grammar (any other text still encodes, by characters)."""
+    return tiny.t5_tokenizer(words=tuple(dict.fromkeys(world.vocabulary() + list(tiny._WORDS))))
+
+
+def text_encoder(vocab_size: int, seed: int = 0):
+    """A UMT5 encoder, kept frozen at its seeded random initialisation.
+
+    Why frozen: the grammar is a few dozen words, each one token, and a fixed random encoder maps each
+    caption to a distinct, deterministic sequence; the transformer's text projection and cross-attention
+    learn to read it. Training it jointly would add a moving target for no capacity the task needs, and
+    frozen, its outputs are computed once per caption.
+    """
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=16, d_ff=128,
+                                           num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                                           relative_attention_max_distance=32, pad_token_id=0, eos_token_id=1,
+                                           decoder_start_token_id=0)).eval()
+
+
+def vae(seed: int = 0):
+    from diffusers import AutoencoderKLWan
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKLWan(**VAE_CONFIG)
+
+
+def transformer(seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WanTransformer3DModel(**TRANSFORMER_CONFIG)
+
+
+def scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=3.0)
+
+
+def pipeline(vae_module=None, transformer_module=None):
+    """A WanPipeline of the world model's components (fresh ones where none are given)."""
+    from diffusers import WanPipeline
+
+    tok = tokenizer()
+    return WanPipeline(tokenizer=tok, text_encoder=text_encoder(len(tok)), vae=vae_module or vae(),
+                       transformer=transformer_module or transformer(), scheduler=scheduler())
+
+
+def sidecar() -> dict:
+    """supergen.json of the world model: facts its configs cannot state."""
+    return {"native_size": list(NATIVE), "presets": PRESETS, "trained_on": "supergen.world"}
+
+
+@torch.no_grad()
+def caption_embeddings(pipe, captions: list[str], device, keep: int = 32) -> torch.Tensor:
+    """(B, keep, TEXT_DIM) prompt embeddings exactly as the pipeline computes them at inference
+    (`encode_prompt`: real tokens, then zeros up to 512), cut to the first `keep` positions. Everything
+    past them must be padding; a caption too long for `keep` is refused rather than silently cut."""
+    emb, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=512,
+                                device=device)
+    if emb[:, keep:].abs().amax() > 0:
+        raise ValueError(f"a caption is longer than {keep} tokens")
+    return emb[:, :keep].float()

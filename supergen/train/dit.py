@@ -1,0 +1,97 @@
+"""Training the world model's `WanTransformer3DModel` with the flow-matching objective.
+
+The data are latents of world clips under the frozen encoder, normalised by the statistics `vae.freeze`
+measured, with prompt embeddings computed by the pipeline's own `encode_prompt` (so training sees exactly
+what inference feeds the model, padding included). A tenth of the captions are dropped to the empty
+prompt's embedding, the default negative prompt, which is what classifier-free guidance contrasts with.
+Noise levels follow the inference schedule's shift: sigma = 3u / (1 + 2u), u logit-normal. An exponential
+moving average of the weights is what ships.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, components, data, vae as vae_training
+from .session import Session, lr_at
+
+TEXT_KEEP = 32  # prompt positions kept per clip; the rest of the 512 are zeros
+
+
+@torch.no_grad()
+def dataset(encoder, stats: dict, pipe, n: int, s: Session, chunk: int = 256):
+    """n clips as (normalised latents fp16, prompt embeddings fp16)."""
+    mean = torch.tensor(stats["latents_mean"], device=s.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(stats["latents_std"], device=s.device).view(1, -1, 1, 1, 1)
+    lat, emb, cache = [], [], {}
+    for _ in range(0, n, chunk):
+        x, captions = data.clips(s.rng, chunk, components.NATIVE[0], components.FRAMES, s.device)
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
+            z = encoder.encode(x).latent_dist.mode().float()
+        lat.append(((z - mean) / std).half())
+        new = [c for c in dict.fromkeys(captions) if c not in cache]
+        if new:
+            for c, e in zip(new, components.caption_embeddings(pipe, new, s.device, TEXT_KEEP)):
+                cache[c] = e.half()
+        emb.append(torch.stack([cache[c] for c in captions]))
+    return torch.cat(lat), torch.cat(emb)
+
+
+def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr: float = 5e-4, batch: int = 256,
+          clips: int = 100_000, drop: float = 0.1, ema_decay: float = 0.999, seed: int = 0) -> None:
+    s = Session(folder, minutes, device, dict(lr=lr, batch=batch, clips=clips, drop=drop, ema_decay=ema_decay,
+                                              transformer=components.TRANSFORMER_CONFIG), seed)
+    stats = checkpoint.read_state(vae_folder)["latent_stats"]
+    encoder = vae_training.load(vae_folder, s.device).eval()
+    model = components.transformer()
+    saved = checkpoint.load_tensors(folder, "model")
+    if saved is not None:
+        model.load_state_dict(saved)
+    ema = copy.deepcopy(model)
+    saved_ema = checkpoint.load_tensors(folder, "ema")
+    if saved_ema is not None:
+        ema.load_state_dict({k: v.float() for k, v in saved_ema.items()})
+    model.to(s.device).train()
+    ema.to(s.device).eval().requires_grad_(False)
+    pipe = components.pipeline(encoder, model)
+    pipe.text_encoder.to(s.device)
+    latents, prompts = dataset(encoder, stats, pipe, clips, s)
+    null = components.caption_embeddings(pipe, [""], s.device, TEXT_KEEP).half()
+    s.run["dataset_seconds"] = round(s.elapsed, 1)
+    print(f"dataset {tuple(latents.shape)} in {s.elapsed:.0f}s", flush=True)
+    del encoder
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    first = s.step
+    pad = torch.zeros(batch, 512 - TEXT_KEEP, components.TEXT_DIM, device=s.device)
+    while s.running():
+        idx = torch.randint(0, latents.shape[0], (batch,), device=s.device)
+        x0 = latents[idx].float()
+        e = prompts[idx]
+        e = torch.where(torch.rand(batch, 1, 1, device=s.device) < drop, null.expand_as(e), e)
+        e = torch.cat([e.float(), pad], dim=1)
+        u = torch.sigmoid(torch.randn(batch, device=s.device))
+        sigma = 3 * u / (1 + 2 * u)
+        noise = torch.randn_like(x0)
+        sv = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - sv) * x0 + sv * noise
+        for g in opt.param_groups:
+            g["lr"] = lr_at(s.step - first, lr, warmup=100 if first else 500)
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
+            pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(ema_decay, (1 + s.step) / (10 + s.step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        s.record(loss.item())
+        if s.due():
+            s.save({"model": model.state_dict(), "ema": {k: v.half() for k, v in ema.state_dict().items()}})
+    s.save({"model": model.state_dict(), "ema": {k: v.half() for k, v in ema.state_dict().items()}})

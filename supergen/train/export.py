@@ -1,0 +1,27 @@
+"""Assemble trained checkpoints into the diffusers folder that ships as the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from . import checkpoint, components
+
+
+def export(vae_folder: str, dit_folder: str, out: str) -> str:
+    """save_pretrained a WanPipeline of the trained VAE (its latent statistics in its config, as Wan's
+    own VAE states them) and the transformer's moving average, in float16 (the backend casts to the
+    render's dtype; the VAE runs in float32), with supergen.json and the training record."""
+    stats = checkpoint.read_state(vae_folder)["latent_stats"]
+    vae = components.vae()
+    vae.load_state_dict(checkpoint.load_tensors(vae_folder, "model"))
+    vae.register_to_config(latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
+    tr = components.transformer()
+    tr.load_state_dict({k: v.float() for k, v in checkpoint.load_tensors(dit_folder, "ema").items()})
+    pipe = components.pipeline(vae.to(torch.float16), tr.to(torch.float16))
+    pipe.save_pretrained(out, safe_serialization=True)
+    with open(os.path.join(out, "supergen.json"), "w") as f:
+        json.dump(components.sidecar(), f, indent=1)
+    return out

@@ -1,0 +1,81 @@
+"""What both trainers share: a time budget, the run log, seeding and periodic checkpoints."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import random
+import time
+
+import torch
+
+from . import checkpoint
+
+
+class Session:
+    """One training run of at most `minutes`, resuming whatever `folder` already holds.
+
+    `state.json` keeps every run's record (device, versions, start, seconds, steps, the loss curve), so the
+    folder's log is the whole history across resumed runs.
+    """
+
+    def __init__(self, folder: str, minutes: float, device: str, config: dict, seed: int):
+        self.folder, self.device = folder, torch.device(device)
+        self.t0, self.budget = time.perf_counter(), minutes * 60
+        self.state = checkpoint.read_state(folder) or {"step": 0, "seconds": 0.0, "runs": [], "config": config}
+        self.step = self.state["step"]
+        self.run = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else
+                    platform.processor() or "cpu",
+                    "versions": _versions(), "first_step": self.step, "losses": [], "evals": []}
+        self.state["runs"].append(self.run)
+        # a resumed run draws new data: seed from (seed, run number)
+        self.rng = random.Random(seed * 1000 + len(self.state["runs"]))
+        torch.manual_seed(seed * 1000 + len(self.state["runs"]))
+        self._acc, self._n, self._last_save = 0.0, 0, time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def running(self) -> bool:
+        return self.elapsed < self.budget
+
+    def record(self, loss: float, every: int = 50) -> None:
+        self.step += 1
+        self._acc, self._n = self._acc + loss, self._n + 1
+        if self.step % every == 0:
+            mean = self._acc / self._n
+            self.run["losses"].append([self.step, round(mean, 6), round(self.elapsed, 1)])
+            print(f"step {self.step} loss {mean:.5f} {self.elapsed:.0f}s", flush=True)
+            self._acc, self._n = 0.0, 0
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"loss is {mean} at step {self.step}")
+
+    def due(self, every_s: float = 120.0) -> bool:
+        return time.perf_counter() - self._last_save > every_s
+
+    def save(self, tensors: dict[str, dict[str, torch.Tensor]], **extra) -> None:
+        for prefix, t in tensors.items():
+            checkpoint.save_tensors(self.folder, prefix, t)
+        self.run.update(last_step=self.step, seconds=round(self.elapsed, 1), **extra)
+        self.state.update(step=self.step, seconds=round(sum(r.get("seconds", 0) for r in self.state["runs"]), 1))
+        checkpoint.write_state(self.folder, self.state)
+        self._last_save = time.perf_counter()
+
+
+def lr_at(step: int, peak: float, warmup: int = 300) -> float:
+    return peak * min(1.0, (step + 1) / warmup)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
