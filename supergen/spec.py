@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DTYPES = ("float32", "bfloat16", "float16")
 BOUNDARIES = ("wrap", "clamp")
 CACHE_POLICIES = ("none", "region", "uniform")
-EMBEDDED_MODELS = ("tiny", "tiny-i2v")
+EMBEDDED_MODELS = ("world", "tiny", "tiny-i2v")  # world: trained, the default; tiny*: random weights, for tests
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
@@ -49,7 +49,7 @@ class RenderSpec:
     refine_steps: int | None = None  # k: the last k of the N steps run tiled at full size (paper: 45/50)
     guidance: float | None = None  # CFG scale; 1 disables CFG
     seed: int = 0
-    model: str = "tiny"  # "tiny" (embedded, no download), a hub id, or a local diffusers folder
+    model: str = "world"  # "world" (embedded, trained), "tiny" (random), a hub id, or a local diffusers folder
     dtype: str = "float32"  # transformer/text-encoder dtype; the VAE and the canvas stay float32
     device: str = "cpu"
     sketch_width: int | None = None  # preset: the target's aspect ratio at (at most) the native area
@@ -189,7 +189,7 @@ def _check_fields(s: RenderSpec) -> None:
 
 def _check_model(model: str) -> None:
     if not isinstance(model, str) or not model:
-        raise SpecError("model", "must be 'tiny', a hub id like 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
+        raise SpecError("model", "must be 'world', a hub id like 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
     if model in EMBEDDED_MODELS:
         return
     if os.path.isdir(model):

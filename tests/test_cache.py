@@ -11,7 +11,7 @@ from supergen.cache.policy import Decision, Observation, decide, region_threshol
 from supergen.cache.state import SCALARS, TENSORS, TileState, cached_tile_step, observe, scalar_dtype
 
 # tiny model (random weights): per-step relative output change e is ~1.5, so tau=5 makes it skip
-BASE = dict(prompt="a red circle moving", width=128, height=128, frames=5, steps=14, refine_steps=12,
+BASE = dict(prompt="a red circle moving", model="tiny", width=128, height=128, frames=5, steps=14, refine_steps=12,
             cache_warmup=2)
 
 
@@ -143,7 +143,7 @@ def test_compare_command(tmp_path, capsys):
 
     from flows.cli import main
 
-    args = ["--prompt", "a red circle", "--width", "128", "--height", "128", "--frames", "5", "--steps", "8",
+    args = ["--prompt", "a red circle", "--model", "tiny", "--width", "128", "--height", "128", "--frames", "5", "--steps", "8",
             "--refine-steps", "6", "--cache-warmup", "1", "--quiet"]
     assert main(["render", *args, "--out", str(tmp_path / "a")]) == 0
     assert main(["render", *args, "--out", str(tmp_path / "b"), "--cache", "region", "--cache-threshold", "5"]) == 0

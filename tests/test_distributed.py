@@ -21,7 +21,7 @@ from supergen.executor import prepare
 
 # 128 x 112 pixels: a 14 x 16 latent under 8-cell tiles, so window rows overlap neighbouring cores and
 # cores advancing on another worker receive prediction strips
-SPEC = dict(prompt="a red circle moving", width=128, height=112, frames=5, steps=7, refine_steps=5,
+SPEC = dict(prompt="a red circle moving", model="tiny", width=128, height=112, frames=5, steps=7, refine_steps=5,
             cache="region", cache_threshold=5.0, cache_warmup=1, checkpoint_every=2)
 # Exact equality is what we observe (every tile sees the same data and ops); the stated tolerance covers
 # BLAS thread-count differences between worker processes and the reference.

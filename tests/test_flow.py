@@ -14,7 +14,7 @@ import supergen
 from storage import RenderStore
 from supergen import RenderSpec
 
-SPEC = dict(prompt="a red circle moving", width=128, height=128, frames=5, steps=6, refine_steps=4,
+SPEC = dict(prompt="a red circle moving", model="tiny", width=128, height=128, frames=5, steps=6, refine_steps=4,
             cache="region", cache_threshold=5.0, cache_warmup=1, checkpoint_every=2, seed=3)
 
 

@@ -111,7 +111,7 @@ def test_per_cell_backend_tiled_equals_untiled(boundary, every, loop, canvas):
 
 
 def test_same_seed_same_video_different_seed_different_video():
-    spec = RenderSpec(prompt="a blue square", width=128, height=128, frames=5, steps=4, refine_steps=3, seed=7)
+    spec = RenderSpec(prompt="a blue square", model="tiny", width=128, height=128, frames=5, steps=4, refine_steps=3, seed=7)
     a, b = supergen.render(spec), supergen.render(spec)
     assert torch.equal(a.video, b.video) and torch.equal(a.latent, b.latent)
     c = supergen.render(spec.replace(seed=8))
@@ -120,7 +120,7 @@ def test_same_seed_same_video_different_seed_different_video():
 
 
 def test_refinement_changes_the_upscaled_sketch_and_shifts_tiles():
-    spec = RenderSpec(prompt="a blue square", width=128, height=128, frames=5, steps=4, refine_steps=2)
+    spec = RenderSpec(prompt="a blue square", model="tiny", width=128, height=128, frames=5, steps=4, refine_steps=2)
     r = supergen.render(spec)
     assert r.tiles_per_step == [4, 4] and r.forwards == {"sketch": 8, "refine": 2 * 4 * 2}
     assert r.video.shape == (5, 128, 128, 3) and r.sketch_video.shape == (5, 64, 64, 3)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from .. import models
 from . import tiny
 from .base import Backend, Conditioning, ModelInfo
 from .loading import backend_class, load_pipeline, read_configs
@@ -19,7 +20,7 @@ def _configs(model: str) -> dict:
         if model not in _EMBEDDED_CONFIGS:
             _EMBEDDED_CONFIGS[model] = tiny.embedded_configs(model)
         return _EMBEDDED_CONFIGS[model]
-    return read_configs(model)
+    return read_configs(models.folder(model) or model)
 
 
 _EMBEDDED_CONFIGS: dict[str, dict] = {}
@@ -35,7 +36,7 @@ def load_backend(model: str, device: str = "cpu", dtype: str = "float32") -> Bac
         pipe = tiny.build(tiny.EMBEDDED[model])
     else:
         c = _configs(model)
-        pipe = load_pipeline(model, c["index"]["_class_name"])
+        pipe = load_pipeline(models.folder(model) or model, c["index"]["_class_name"])
         pipe.set_progress_bar_config(disable=True)
     return backend_for_pipeline(pipe, device, dtype, sidecar=None if model not in tiny.EMBEDDED else tiny.sidecar(),
                                 configs=_configs(model))

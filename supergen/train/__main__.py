@@ -25,8 +25,11 @@ def main(argv=None) -> None:
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--batch", type=int, default=64)
     v.add_argument("--decoder-only", action="store_true")
+    v.add_argument("--frames", type=int, default=17)
+    v.add_argument("--init", help="warm start from this checkpoint folder's weights when --ckpt holds none")
     v.add_argument("--eval-clips", type=int, default=32)
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--steps", type=int, help="stop after this many steps in all (as well as --minutes)")
     f = sub.add_parser("freeze")
     f.add_argument("--candidates", nargs="+", required=True)
     f.add_argument("--out", required=True)
@@ -41,6 +44,7 @@ def main(argv=None) -> None:
     d.add_argument("--batch", type=int, default=256)
     d.add_argument("--clips", type=int, default=100_000)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=int, help="stop after this many steps in all (as well as --minutes)")
     e = sub.add_parser("export")
     e.add_argument("--vae", required=True)
     e.add_argument("--dit", required=True)
@@ -50,8 +54,8 @@ def main(argv=None) -> None:
     if a.cmd == "vae":
         from . import vae
 
-        vae.train(a.ckpt, a.minutes, a.device, lr=a.lr, batch=a.batch, decoder_only=a.decoder_only, seed=a.seed,
-                  eval_clips=a.eval_clips)
+        vae.train(a.ckpt, a.minutes, a.device, lr=a.lr, batch=a.batch, frames=a.frames,
+                  decoder_only=a.decoder_only, seed=a.seed, eval_clips=a.eval_clips, max_steps=a.steps, init=a.init)
     elif a.cmd == "freeze":
         from . import vae
 
@@ -59,7 +63,8 @@ def main(argv=None) -> None:
     elif a.cmd == "dit":
         from . import dit
 
-        dit.train(a.ckpt, a.vae, a.minutes, a.device, lr=a.lr, batch=a.batch, clips=a.clips, seed=a.seed)
+        dit.train(a.ckpt, a.vae, a.minutes, a.device, lr=a.lr, batch=a.batch, clips=a.clips, seed=a.seed,
+                  max_steps=a.steps)
     else:
         from .export import export
 

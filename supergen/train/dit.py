@@ -26,7 +26,7 @@ def dataset(encoder, stats: dict, pipe, n: int, s: Session, chunk: int = 256):
     """n clips as (normalised latents fp16, prompt embeddings fp16)."""
     mean = torch.tensor(stats["latents_mean"], device=s.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(stats["latents_std"], device=s.device).view(1, -1, 1, 1, 1)
-    lat, emb, cache = [], [], {}
+    lat, emb, cache, chunk = [], [], {}, min(chunk, n)
     for _ in range(0, n, chunk):
         x, captions = data.clips(s.rng, chunk, components.NATIVE[0], components.FRAMES, s.device)
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
@@ -41,9 +41,10 @@ def dataset(encoder, stats: dict, pipe, n: int, s: Session, chunk: int = 256):
 
 
 def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr: float = 5e-4, batch: int = 256,
-          clips: int = 100_000, drop: float = 0.1, ema_decay: float = 0.999, seed: int = 0) -> None:
+          clips: int = 100_000, drop: float = 0.1, ema_decay: float = 0.999, seed: int = 0,
+          max_steps: int | None = None) -> None:
     s = Session(folder, minutes, device, dict(lr=lr, batch=batch, clips=clips, drop=drop, ema_decay=ema_decay,
-                                              transformer=components.TRANSFORMER_CONFIG), seed)
+                                              transformer=components.TRANSFORMER_CONFIG), seed, max_steps)
     stats = checkpoint.read_state(vae_folder)["latent_stats"]
     encoder = vae_training.load(vae_folder, s.device).eval()
     model = components.transformer()

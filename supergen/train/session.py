@@ -14,15 +14,17 @@ from . import checkpoint
 
 
 class Session:
-    """One training run of at most `minutes`, resuming whatever `folder` already holds.
+    """One training run of at most `minutes` (and `max_steps` in all, if given), resuming whatever `folder`
+    already holds.
 
     `state.json` keeps every run's record (device, versions, start, seconds, steps, the loss curve), so the
     folder's log is the whole history across resumed runs.
     """
 
-    def __init__(self, folder: str, minutes: float, device: str, config: dict, seed: int):
+    def __init__(self, folder: str, minutes: float, device: str, config: dict, seed: int,
+                 max_steps: int | None = None):
         self.folder, self.device = folder, torch.device(device)
-        self.t0, self.budget = time.perf_counter(), minutes * 60
+        self.t0, self.budget, self.max_steps = time.perf_counter(), minutes * 60, max_steps
         self.state = checkpoint.read_state(folder) or {"step": 0, "seconds": 0.0, "runs": [], "config": config}
         self.step = self.state["step"]
         self.run = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -40,7 +42,7 @@ class Session:
         return time.perf_counter() - self.t0
 
     def running(self) -> bool:
-        return self.elapsed < self.budget
+        return self.elapsed < self.budget and (self.max_steps is None or self.step < self.max_steps)
 
     def record(self, loss: float, every: int = 50) -> None:
         self.step += 1
