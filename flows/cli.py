@@ -1,9 +1,10 @@
-"""The `supergen` command: render, resume, inspect and compare renders in render stores."""
+"""The `supergen` command: render, resume, inspect, compare and judge renders in render stores."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from supergen.cli import add_render_options, spec_from_args
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b", help="render store")
     c.add_argument("--frames", action="store_true", help="also print per-frame values")
     _add_storage_options(c)
+
+    q = sub.add_parser("quality", help="offline quality checks of a finished render: tile seams, grid periodicity, "
+                                       "flicker, sketch fidelity, detail gain, world-caption adherence")
+    q.add_argument("store", help="render store")
+    q.add_argument("--reference", help="render store of a reference render of the same size, for PSNR/SSIM")
+    q.add_argument("--out", help="local folder for quality.json and quality.png [default: into the store]")
+    _add_storage_options(q)
     return parser
 
 
@@ -181,6 +189,69 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _complete_store(url: str, opts: dict):
+    from storage import RenderStore, StoreError
+
+    store = RenderStore.open(url, opts)
+    if not store.complete:
+        raise StoreError(f"{store.url} is not a complete render")
+    return store
+
+
+def _sketch_frames(store):
+    """The sketch, lossless from `sketch/frames`; stores written before that array fall back to the
+    lossy sketch.mp4 (its codec error then counts against sketch fidelity)."""
+    from supergen.outputs import read_mp4_bytes
+
+    frames = store.sketch_frames()
+    if frames is not None:
+        return frames, "sketch/frames"
+    return read_mp4_bytes(store.read_file("sketch.mp4")), "sketch.mp4 (lossy)"
+
+
+def _save_quality(args, store, report: str, png: bytes) -> None:
+    """quality.json and quality.png into --out, else into the store; a store that refuses writes (read-only
+    bucket, permissions) is reported, not fatal: the report is on stdout already."""
+    from storage import StoreError
+
+    files = {"quality.json": report.encode(), "quality.png": png}
+    if args.out:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+            for name, data in files.items():
+                with open(os.path.join(args.out, name), "wb") as f:
+                    f.write(data)
+        except OSError as e:
+            raise SupergenError(f"cannot write to --out {args.out}: {e}") from None
+        return
+    try:
+        for name, data in files.items():
+            store.write_file(name, data)
+    except StoreError as e:
+        print(f"supergen quality: could not save quality.json/quality.png into the store ({e}); "
+              "pass --out DIR to keep them", file=sys.stderr)
+
+
+def cmd_quality(args) -> int:
+    from supergen import quality
+    from supergen.outputs import png_bytes
+
+    opts = storage_options(args)
+    store = _complete_store(args.store, opts)
+    spec = json.loads(store.read_file("render.json"))["spec"]
+    video = store.video_frames()
+    sketch, source = _sketch_frames(store)
+    reference = _complete_store(args.reference, opts).video_frames() if args.reference else None
+    final = store.group["final/latent"] if store.has_array("final/latent") else None
+    vae = spec["width"] // final.shape[-1] if final is not None else 8  # pixels per latent cell
+    report = {"store": store.url, "sketch_source": source,
+              **quality.assess(video, sketch, spec, reference=reference, vae_spatial=vae)}
+    text = json.dumps(report, indent=1)
+    print(text)
+    _save_quality(args, store, text, png_bytes(quality.panel(video, sketch, spec, vae_spatial=vae)))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .deploy import serve
 
@@ -190,7 +261,8 @@ def cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "render": cmd_render, "resume": cmd_resume, "inspect": cmd_inspect, "compare": cmd_compare}
+COMMANDS = {"serve": cmd_serve, "render": cmd_render, "resume": cmd_resume, "inspect": cmd_inspect,
+            "compare": cmd_compare, "quality": cmd_quality}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ Layout (docs/store.md has shapes, chunking and dtypes):
                                     one chunk per tile, so concurrent tile writers never share a chunk
     final/latent                    the refined latent
     video/frames                    uint8 (frame, y, x, rgb), chunked by frame blocks and spatial tiles
+    sketch/frames                   uint8 (frame, y, x, rgb) of the decoded sketch, lossless (for quality checks)
     video.mp4 sketch.mp4 contact_sheet.png cache_skips.png render.json
     COMPLETE                        written last: only its presence makes a render complete
 
@@ -359,6 +360,10 @@ class RenderStore:
         from zarr.codecs import ZstdCodec
 
         self._write_array("video/frames", frames, chunk, ["frame", "y", "x", "rgb"], compressors=[ZstdCodec(level=1)])
+        # lossless, so quality checks compare the output with the sketch itself, not with sketch.mp4's codec
+        sketch = result.sketch_video.numpy()
+        self._write_array("sketch/frames", sketch, (min(len(sketch), spec.fps),) + sketch.shape[1:],
+                          ["frame", "y", "x", "rgb"], compressors=[ZstdCodec(level=1)])
         self.write_file("video.mp4", outputs.mp4_bytes(result.video, spec.fps))
         self.write_file("sketch.mp4", outputs.mp4_bytes(result.sketch_video, spec.fps))
         self.write_file("contact_sheet.png", outputs.png_bytes(outputs.contact_sheet(result.sketch_video,
@@ -372,6 +377,10 @@ class RenderStore:
     def video_frames(self, frames: slice = slice(None), y: slice = slice(None), x: slice = slice(None)):
         """A region of the output frames without reading the rest (chunked by frame blocks and tiles)."""
         return self.group["video/frames"][frames, y, x, :]
+
+    def sketch_frames(self) -> np.ndarray | None:
+        """The decoded sketch (frame, y, x, rgb) uint8, None for stores written before it was kept."""
+        return self._read_array("sketch/frames")
 
     # -- inspection ----------------------------------------------------------------------------------
     def inspect(self) -> dict:

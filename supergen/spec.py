@@ -189,7 +189,7 @@ def _check_fields(s: RenderSpec) -> None:
 
 def _check_model(model: str) -> None:
     if not isinstance(model, str) or not model:
-        raise SpecError("model", "must be 'world', a hub id like 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
+        raise SpecError("model", "must be an embedded model ('world', 'tiny', 'tiny-i2v'), a hub id like 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
     if model in EMBEDDED_MODELS:
         return
     if os.path.isdir(model):
@@ -209,18 +209,24 @@ def _check_model(model: str) -> None:
 
 
 def default_sketch_size(width: int, height: int, native: tuple[int, int], multiple: int) -> tuple[int, int]:
-    """Largest (w, h) with the target's aspect ratio, area <= the native area, multiples of `multiple`.
+    """(w, h), multiples of `multiple`, no larger than the target, of area <= the native area: the largest
+    whose aspect ratio is within 5% of the target's, else the closest in aspect ratio.
 
     For the paper's sizes (2560x1440 or 3840x2160 from a 1280x720 model) this is exactly the native size;
-    for other aspect ratios it keeps the target's shape, so the bicubic upscale never stretches.
+    for other aspect ratios it keeps the target's shape, so the bicubic upscale never stretches much (on
+    a small model's coarse size grid, flooring both sides independently could distort it by 20%).
     """
-    nat_w, nat_h = native
-    aspect = width / height
-    h = math.sqrt(nat_w * nat_h / aspect)
-    w = h * aspect
-    sh = max(multiple, min(height, int(h // multiple) * multiple))
-    sw = max(multiple, min(width, int(w // multiple) * multiple))
-    return sw, sh
+    aspect, area = width / height, native[0] * native[1]
+    best = None
+    for sh in range(multiple, height + 1, multiple):
+        for sw in {max(multiple, int(sh * aspect // multiple) * multiple), -(-sh * aspect // multiple) * multiple}:
+            sw = int(sw)
+            if sw > width or sw * sh > area:
+                continue
+            err = abs(math.log(sw / sh / aspect))
+            key = (0, -sw * sh, err) if err <= 0.05 else (1, err, -sw * sh)
+            best = min(best, (key, (sw, sh))) if best else (key, (sw, sh))
+    return best[1] if best else (multiple, multiple)
 
 
 def _nearest_multiples(v: int, m: int) -> str:
@@ -240,15 +246,16 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         if v % m:
             raise SpecError(name, f"must be a multiple of {m} for {info.family} (VAE {info.vae_spatial} x patch), "
                                   f"got {v}; try {_nearest_multiples(v, m)}")
+    s_h, s_w = math.lcm(m_h, info.sketch_multiple), math.lcm(m_w, info.sketch_multiple)
     if spec.sketch_width is not None:
         sw, sh = spec.sketch_width, spec.sketch_height
-        for name, v, m in (("sketch_width", sw, m_w), ("sketch_height", sh, m_h)):
+        for name, v, m in (("sketch_width", sw, s_w), ("sketch_height", sh, s_h)):
             if v % m:
                 raise SpecError(name, f"must be a multiple of {m}, got {v}; try {_nearest_multiples(v, m)}")
     elif info.exact_tile:
         sw, sh = info.native_size  # fixed-resolution positional embeddings: the sketch too runs native
     else:
-        sw, sh = default_sketch_size(width, height, info.native_size, math.lcm(m_w, m_h))
+        sw, sh = default_sketch_size(width, height, info.native_size, math.lcm(s_w, s_h))
     if info.exact_tile and (sw, sh) != tuple(info.native_size):
         raise SpecError("sketch_width", f"{info.family} only generates at its native "
                                         f"{info.native_size[0]}x{info.native_size[1]}, got a {sw}x{sh} sketch")

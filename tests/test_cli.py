@@ -29,7 +29,7 @@ def test_render_writes_every_output(tmp_path, capsys):
 @pytest.mark.parametrize("args,field", [
     (["--width", "100"], "width"),
     (["--frames", "6"], "frames"),
-    (["--tile", "7x8"], "tile"),
+    (["--tile", "40x8"], "tile"),
     (["--model", "/does/not/exist"], "model"),
     (["--refine-steps", "9", "--steps", "4"], "refine_steps"),
 ])
@@ -68,4 +68,4 @@ def test_help_documents_defaults(capsys):
     for opt in ("--prompt", "--width", "--height", "--frames", "--steps", "--refine-steps", "--guidance", "--seed",
                 "--model", "--tile", "--out", "--quiet", "--boundary", "--shift-every"):
         assert opt in text
-    assert "[default: wrap]" in text and "[default: tiny]" in text
+    assert "[default: wrap]" in text and "[default: world]" in text

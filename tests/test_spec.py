@@ -19,7 +19,7 @@ BAD = [
     ("guidance", float("nan"), "finite"),
     ("seed", -1, ">= 0"),
     ("seed", "7", "integer"),
-    ("model", "", "tiny"),
+    ("model", "", "world"),
     ("model", "/no/such/folder", "neither"),
     ("model", "not a hub id", "neither"),
     ("dtype", "float64", "float32"),

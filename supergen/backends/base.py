@@ -25,6 +25,7 @@ class ModelInfo:
     exact_tile: bool = False  # learned positional embeddings: the tile must be the native size
     max_tile: tuple[int, int] | None = None  # (h, w) latent limit of the positional embedding
     frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
+    sketch_multiple: int = 1  # pixels the stock pipeline demands of the sketch size (Wan's checks 16)
     scheduler: str = ""  # scheduler class name
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
 

@@ -44,6 +44,7 @@ class WanBackend(GuidedPredict):
             is_i2v=i2v,
             scheduler=c["scheduler"].get("_class_name", ""),
             presets=presets,
+            sketch_multiple=16,  # WanPipeline.check_inputs, whatever the patch (the world model's is 1x1)
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32"):

@@ -1,0 +1,177 @@
+"""What tiling, shifting, boundaries and the region cache do to the embedded world model's output.
+
+Methods, at 4x, 8x and an odd aspect, each on the same sketches and re-noised starts (stages shared
+through an in-memory sink, so only the refinement differs):
+  bicubic       the sketch's bicubic upscale (no refinement)
+  direct        one window over the whole canvas (no tiles; the model far outside its training size)
+  no-shift      native tiles, the grid never moves
+  shift-wrap    native tiles, the grid shifts every step, windows wrap (the paper; the default)
+  shift-clamp   as shift-wrap, windows clamped inside the canvas
+Then the cache grid at 4x (tau x alpha for `region`, tau for `uniform`) against `none`: refinement speedup,
+transformer calls, PSNR/SSIM of the video vs `none`.
+
+    .venv/bin/python bench/quality_grid.py --out bench/results/quality_grid_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import supergen  # noqa: E402
+from supergen.executor import render  # noqa: E402
+from supergen import RenderSpec, quality, world  # noqa: E402
+from supergen.backends import load_backend  # noqa: E402
+from supergen.metrics import compare_videos  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import environment, write_result  # noqa: E402
+
+SIZES = {"4x": (256, 256), "8x": (512, 512), "odd": (352, 192)}
+METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp")
+TAUS = (0.05, 0.1, 0.2, 0.3, 0.5)
+ALPHAS = (0.0, 0.5, 1.0)
+
+
+class Stages:
+    """A render sink that keeps stage latents in memory: later methods reuse the sketch and the re-noised
+    start of the first, so they differ by the refinement alone."""
+
+    def __init__(self):
+        self.stages = {}
+
+    def load_stage(self, name):
+        return self.stages.get(name) if name in ("sketch", "start") else None
+
+    def save_stage(self, name, tensor):
+        self.stages.setdefault(name, tensor.clone())
+
+    def save_checkpoint(self, ckpt):
+        pass
+
+    def load_checkpoint(self):
+        return None
+
+
+def method_spec(base: RenderSpec, method: str, size) -> RenderSpec:
+    w, h = size
+    if method == "direct":
+        return base.replace(width=w, height=h, tile=(h // 8, w // 8))
+    extra = {"no-shift": dict(shift_every=0), "shift-clamp": dict(boundary="clamp")}.get(method, {})
+    return base.replace(width=w, height=h, **extra)
+
+
+def bicubic(result) -> torch.Tensor:
+    """(F, H, W, 3) uint8: the sketch's frames, bicubic-upscaled in pixel space like stage 2's input."""
+    from supergen.upscale import to_uint8, upscale_video
+
+    lo = result.sketch_video.permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, h, w)
+    return to_uint8(upscale_video(lo, tuple(result.video.shape[1:3])))
+
+
+def summary(a: dict) -> dict:
+    w = a.get("world", {})
+    return {"seam": a["seam"]["score"], "periodicity": a["periodicity"]["score"],
+            "flicker": a["flicker"]["excursion"], "sketch_psnr_db": a["sketch_fidelity"]["psnr_db"],
+            "sketch_ssim": a["sketch_fidelity"]["ssim"], "detail_gain": a["detail_gain"],
+            "adherence": w.get("adherence", {}).get("score"),
+            "duplicated": w.get("duplication", {}).get("duplicated")}
+
+
+def mean_rows(rows: list[dict]) -> dict:
+    keys = rows[0].keys()
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if isinstance(r[k], (int, float)) and not isinstance(r[k], bool)]
+        flags = [r[k] for r in rows if isinstance(r[k], bool)]
+        out[k] = round(sum(vals) / len(vals), 4) if vals else (round(sum(flags) / len(flags), 3) if flags else None)
+    return out
+
+
+def methods(be, prompts, args) -> list[dict]:
+    rows = []
+    for label, size in SIZES.items():
+        if args.sizes and label not in args.sizes:
+            continue
+        for p, prompt in enumerate(prompts):
+            sink = Stages()
+            base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model)
+            first = None
+            for m in ("shift-wrap",) + tuple(x for x in METHODS if x != "shift-wrap"):
+                if m == "bicubic":
+                    video, spec, secs = bicubic(first), first.spec, 0.0
+                else:
+                    t0 = time.perf_counter()
+                    r = render(method_spec(base, m, size), backend=be, sink=sink)
+                    video, spec, secs = r.video, r.spec, time.perf_counter() - t0
+                    first = first or r
+                a = quality.assess(video, first.sketch_video, spec.to_dict())
+                rows.append({"size": label, "method": m, "prompt": prompt, "seconds": round(secs, 2),
+                             "canvas": list(size), "sketch": [spec.sketch_width, spec.sketch_height],
+                             **summary(a)})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def cache_grid(be, prompts, args) -> list[dict]:
+    rows = []
+    for p, prompt in enumerate(prompts[: args.cache_prompts]):
+        sink = Stages()
+        base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=args.cache_steps,
+                          cache_warmup=args.cache_warmup)
+        refs = [render(base, backend=be, sink=sink) for _ in range(3)]
+        ref = sorted(refs, key=lambda r: r.timings["refine"])[1]  # median refinement time
+        rows.append({"prompt": prompt, "policy": "none", "tau": None, "alpha": None, "skip_ratio": 0.0,
+                     "refine_s": round(ref.timings["refine"], 3), "calls": ref.forwards["refine"]})
+        grid = [("region", t, a) for t in TAUS for a in ALPHAS] + [("uniform", t, None) for t in TAUS]
+        for policy, tau, alpha in grid:
+            spec = base.replace(cache=policy, cache_threshold=tau, **({} if alpha is None else {"cache_alpha": alpha}))
+            r = render(spec, backend=be, sink=sink)
+            cmp = compare_videos(ref.video, r.video)
+            rows.append({"prompt": prompt, "policy": policy, "tau": tau, "alpha": alpha,
+                         "skip_ratio": r.cache.to_dict()["skip_ratio"], "refine_s": round(r.timings["refine"], 3),
+                         "calls": r.forwards["refine"],
+                         "speedup": round(ref.timings["refine"] / r.timings["refine"], 3),
+                         "call_ratio": round(ref.forwards["refine"] / max(1, r.forwards["refine"]), 3),
+                         "psnr_db": cmp["psnr_db"]["mean"], "ssim": cmp["ssim"]["mean"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results/quality_grid_cpu.json")
+    ap.add_argument("--model", default="world")
+    ap.add_argument("--prompts", type=int, default=4, help="world captions sampled (seeded)")
+    ap.add_argument("--sizes", nargs="*", help=f"subset of {list(SIZES)}")
+    ap.add_argument("--cache-prompts", type=int, default=2)
+    ap.add_argument("--cache-steps", type=int, default=None, help="N for the cache grid (default: preset)")
+    ap.add_argument("--cache-warmup", type=int, default=5)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["methods", "cache"])
+    args = ap.parse_args()
+    be = load_backend(args.model)
+    rng = random.Random(2026)
+    prompts = [world.sample_scene(rng, max_shapes=2).caption for _ in range(args.prompts)]
+    result = environment(" ".join(["python"] + sys.argv))
+    result["model"] = args.model
+    if "methods" not in args.skip:
+        rows = methods(be, prompts, args)
+        result["methods"] = rows
+        result["methods_mean"] = [{"size": s, "method": m, **mean_rows(
+            [{k: v for k, v in r.items() if k not in ("size", "method", "prompt", "canvas", "sketch")}
+             for r in rows if r["size"] == s and r["method"] == m])}
+            for s in SIZES for m in METHODS if any(r["size"] == s and r["method"] == m for r in rows)]
+    if "cache" not in args.skip:
+        result["cache"] = cache_grid(be, prompts, args)
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
