@@ -34,21 +34,21 @@ from supergen.metrics import compare_videos  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, write_result  # noqa: E402
 
-SIZES = {"4x": (256, 256), "8x": (512, 512), "odd": (352, 192)}
+SIZES = {"4x": (256, 256), "odd": (336, 208), "8x": (512, 512)}
 METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp")
-TAUS = (0.05, 0.1, 0.2, 0.3, 0.5)
-ALPHAS = (0.0, 0.5, 1.0)
+TAUS = (0.05, 0.1, 0.2, 0.4)
+ALPHAS = (0.0, 0.5)
 
 
 class Stages:
     """A render sink that keeps stage latents in memory: later methods reuse the sketch and the re-noised
     start of the first, so they differ by the refinement alone."""
 
-    def __init__(self):
-        self.stages = {}
+    def __init__(self, share=("sketch", "start")):
+        self.stages, self.share = {}, share
 
     def load_stage(self, name):
-        return self.stages.get(name) if name in ("sketch", "start") else None
+        return self.stages.get(name) if name in self.share else None
 
     def save_stage(self, name, tensor):
         self.stages.setdefault(name, tensor.clone())
@@ -100,7 +100,7 @@ def methods(be, prompts, args) -> list[dict]:
     for label, size in SIZES.items():
         if args.sizes and label not in args.sizes:
             continue
-        for p, prompt in enumerate(prompts):
+        for p, prompt in enumerate(prompts[: args.prompts_8x] if label == "8x" else prompts):
             sink = Stages()
             base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model)
             first = None
@@ -120,14 +120,33 @@ def methods(be, prompts, args) -> list[dict]:
     return rows
 
 
+def depth(be, prompts, args) -> list[dict]:
+    """Refinement depth k of N at 4x: where the re-noised start sits decides how much of the sketch
+    survives (fidelity, duplication) and how much detail the tiles add. The sketch is shared; the start
+    is not (it depends on k)."""
+    rows = []
+    for steps in args.depth_steps:
+        for p, prompt in enumerate(prompts):
+            sink = Stages(share=("sketch",))
+            for frac in args.depth_fractions:
+                k = max(1, round(frac * steps))
+                spec = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=steps,
+                                  refine_steps=k)
+                r = render(spec, backend=be, sink=sink)
+                a = quality.assess(r.video, r.sketch_video, r.spec.to_dict())
+                rows.append({"steps": steps, "refine_steps": k, "prompt": prompt,
+                             "refine_s": round(r.timings["refine"], 2), **summary(a)})
+                print(rows[-1], flush=True)
+    return rows
+
+
 def cache_grid(be, prompts, args) -> list[dict]:
     rows = []
     for p, prompt in enumerate(prompts[: args.cache_prompts]):
         sink = Stages()
         base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=args.cache_steps,
                           cache_warmup=args.cache_warmup)
-        refs = [render(base, backend=be, sink=sink) for _ in range(3)]
-        ref = sorted(refs, key=lambda r: r.timings["refine"])[1]  # median refinement time
+        ref = render(base, backend=be, sink=sink)
         rows.append({"prompt": prompt, "policy": "none", "tau": None, "alpha": None, "skip_ratio": 0.0,
                      "refine_s": round(ref.timings["refine"], 3), "calls": ref.forwards["refine"]})
         grid = [("region", t, a) for t in TAUS for a in ALPHAS] + [("uniform", t, None) for t in TAUS]
@@ -149,12 +168,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/quality_grid_cpu.json")
     ap.add_argument("--model", default="world")
-    ap.add_argument("--prompts", type=int, default=4, help="world captions sampled (seeded)")
+    ap.add_argument("--prompts", type=int, default=3, help="world captions sampled (seeded)")
+    ap.add_argument("--prompts-8x", type=int, default=1, help="of those, how many also render at 8x")
     ap.add_argument("--sizes", nargs="*", help=f"subset of {list(SIZES)}")
     ap.add_argument("--cache-prompts", type=int, default=2)
     ap.add_argument("--cache-steps", type=int, default=None, help="N for the cache grid (default: preset)")
     ap.add_argument("--cache-warmup", type=int, default=5)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["methods", "cache"])
+    ap.add_argument("--depth-steps", type=int, nargs="*", default=[10, 20])
+    ap.add_argument("--depth-fractions", type=float, nargs="*", default=[0.9, 0.7, 0.5, 0.3])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["methods", "depth", "cache"])
     args = ap.parse_args()
     be = load_backend(args.model)
     rng = random.Random(2026)
@@ -168,6 +190,12 @@ def main():
             [{k: v for k, v in r.items() if k not in ("size", "method", "prompt", "canvas", "sketch")}
              for r in rows if r["size"] == s and r["method"] == m])}
             for s in SIZES for m in METHODS if any(r["size"] == s and r["method"] == m for r in rows)]
+    if "depth" not in args.skip:
+        rows = result["depth"] = depth(be, prompts, args)
+        result["depth_mean"] = [{"steps": n, "refine_steps": k, **mean_rows(
+            [{kk: v for kk, v in r.items() if kk not in ("steps", "refine_steps", "prompt")}
+             for r in rows if (r["steps"], r["refine_steps"]) == (n, k)])}
+            for n, k in dict.fromkeys((r["steps"], r["refine_steps"]) for r in rows)]
     if "cache" not in args.skip:
         result["cache"] = cache_grid(be, prompts, args)
     write_result(args.out, result)

@@ -294,6 +294,7 @@ def detail_gain(video, sketch, max_frames: int = 16) -> float:
     for f in _frame_ids(v.shape[0], max_frames):
         lo = s[f].permute(2, 0, 1)[None, :, None].float() / 127.5 - 1  # (1, 3, 1, h, w) in [-1, 1]
         hi = (upscale_video(lo, size)[0, :, 0].permute(1, 2, 0) + 1) * 127.5  # (H, W, 3) in [0, 255]
+        hi = hi.round()  # quantised like the output: on flat frames rounding alone adds Laplacian energy
         out += _laplacian_energy(v[f].float())
         up += _laplacian_energy(hi)
     return (out + EPS**2) / (up + EPS**2)
