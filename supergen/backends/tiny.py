@@ -20,11 +20,11 @@ KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "wan22-i2v", "cogvideox-t2v", "cogvi
          "cogvideox-i2v")
 EMBEDDED = {"tiny": "wan-t2v", "tiny-i2v": "wan-i2v"}
 
-_WORDS = ("a the of and in on with video red green blue yellow white black moving circle square cat dog "
+WORDS = ("a the of and in on with video red green blue yellow white black moving circle square cat dog "
           "over under sky sea city night day slowly fast").split()
 
 
-def t5_tokenizer(words=_WORDS):
+def t5_tokenizer(words=WORDS):
     """A T5/UMT5-style Unigram tokenizer: whole `words` first, then characters, so any ASCII text encodes."""
     from transformers import T5Tokenizer
 

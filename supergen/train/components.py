@@ -33,7 +33,7 @@ TRANSFORMER_CONFIG = dict(patch_size=(1, 1, 1), num_attention_heads=4, attention
 
 def tokenizer():
     """Word-level over the world's caption grammar (any other text still encodes, by characters)."""
-    return tiny.t5_tokenizer(words=tuple(dict.fromkeys(world.vocabulary() + list(tiny._WORDS))))
+    return tiny.t5_tokenizer(words=tuple(dict.fromkeys(world.vocabulary() + list(tiny.WORDS))))
 
 
 def text_encoder(vocab_size: int, seed: int = 0):
