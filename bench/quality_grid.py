@@ -36,7 +36,7 @@ from common import environment, write_result  # noqa: E402
 
 SIZES = {"4x": (256, 256), "odd": (336, 208), "8x": (512, 512)}
 METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp")
-TAUS = (0.05, 0.1, 0.2, 0.4)
+TAUS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 ALPHAS = (0.0, 0.5)
 
 
@@ -145,7 +145,7 @@ def cache_grid(be, prompts, args) -> list[dict]:
     for p, prompt in enumerate(prompts[: args.cache_prompts]):
         sink = Stages()
         base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=args.cache_steps,
-                          cache_warmup=args.cache_warmup)
+                          refine_steps=args.cache_refine_steps, cache_warmup=args.cache_warmup)
         ref = render(base, backend=be, sink=sink)
         rows.append({"prompt": prompt, "policy": "none", "tau": None, "alpha": None, "skip_ratio": 0.0,
                      "refine_s": round(ref.timings["refine"], 3), "calls": ref.forwards["refine"]})
@@ -172,7 +172,9 @@ def main():
     ap.add_argument("--prompts-8x", type=int, default=1, help="of those, how many also render at 8x")
     ap.add_argument("--sizes", nargs="*", help=f"subset of {list(SIZES)}")
     ap.add_argument("--cache-prompts", type=int, default=2)
-    ap.add_argument("--cache-steps", type=int, default=None, help="N for the cache grid (default: preset)")
+    ap.add_argument("--cache-steps", type=int, default=20, help="N for the cache grid")
+    ap.add_argument("--cache-refine-steps", type=int, default=18,
+                    help="k for the cache grid: deep, so the cache has steps to skip after its warm-up")
     ap.add_argument("--cache-warmup", type=int, default=5)
     ap.add_argument("--depth-steps", type=int, nargs="*", default=[10, 20])
     ap.add_argument("--depth-fractions", type=float, nargs="*", default=[0.9, 0.7, 0.5, 0.3])

@@ -269,7 +269,7 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         raise SpecError("frames", f"must be 1 + a multiple of {ft} for {info.family}, got {frames}; "
                                   f"try {lo} or {lo + ft}")
     steps = spec.steps if spec.steps is not None else p["steps"]
-    k = spec.refine_steps if spec.refine_steps is not None else max(1, round(0.9 * steps))
+    k = spec.refine_steps if spec.refine_steps is not None else max(1, round(p.get("refine_fraction", 0.9) * steps))
     if k > steps:
         raise SpecError("refine_steps", f"must be <= steps ({steps}), got {k}")
 

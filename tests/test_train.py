@@ -49,3 +49,11 @@ def test_the_export_is_a_diffusers_folder_that_renders_like_a_users_model(traine
     r = supergen.render(RenderSpec(prompt="a red circle moving left on a blue background", model=out,
                                    width=64, height=64, frames=5, steps=2))
     assert tuple(r.video.shape) == (5, 64, 64, 3) and r.family == "wan2.1-t2v"
+
+    # and back: training goes on from a shipped folder, in the same latent space
+    again = export.resume_from(out, str(tmp_path / "ck"))
+    assert checkpoint.read_state(os.path.join(again, "vae"))["latent_stats"]["latents_std"] == \
+        pytest.approx(stats["latents_std"])
+    dit.train(os.path.join(again, "dit"), os.path.join(again, "vae"), minutes=5, device="cpu", batch=2, clips=4,
+              max_steps=1)
+    assert checkpoint.read_state(os.path.join(again, "dit"))["step"] == 1

@@ -55,7 +55,7 @@ def test_the_seam_check_sees_the_grid_the_trained_model_draws_without_shifting()
     import supergen
 
     spec = dict(prompt="a yellow square moving left on a blue background", width=128, height=128, frames=5,
-                steps=10)
+                steps=10, refine_steps=9)
     scores = {}
     for shift in (0, 1):
         r = supergen.render(RenderSpec(**spec, shift_every=shift))

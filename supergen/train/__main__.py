@@ -5,6 +5,7 @@
     python -m supergen.train vae    --ckpt C/vae --decoder-only --minutes 5 --device cuda:0
     python -m supergen.train dit    --ckpt C/dit --vae C/vae --minutes 5 --device cuda:1
     python -m supergen.train export --vae C/vae --dit C/dit --out supergen/models/world
+    python -m supergen.train resume-from supergen/models/world --ckpt C   # checkpoints from a shipped folder
 
 Every command resumes what its folder holds and stops after --minutes; `infra/train_world.sh` runs the
 whole recipe within one device call, as often as needed.
@@ -49,6 +50,9 @@ def main(argv=None) -> None:
     e.add_argument("--vae", required=True)
     e.add_argument("--dit", required=True)
     e.add_argument("--out", required=True)
+    r = sub.add_parser("resume-from")
+    r.add_argument("folder")
+    r.add_argument("--ckpt", required=True)
     a = ap.parse_args(argv)
 
     if a.cmd == "vae":
@@ -65,10 +69,14 @@ def main(argv=None) -> None:
 
         dit.train(a.ckpt, a.vae, a.minutes, a.device, lr=a.lr, batch=a.batch, clips=a.clips, seed=a.seed,
                   max_steps=a.steps)
-    else:
+    elif a.cmd == "export":
         from .export import export
 
         export(a.vae, a.dit, a.out)
+    else:
+        from .export import resume_from
+
+        resume_from(a.folder, a.ckpt)
 
 
 if __name__ == "__main__":

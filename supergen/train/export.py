@@ -25,3 +25,22 @@ def export(vae_folder: str, dit_folder: str, out: str) -> str:
     with open(os.path.join(out, "supergen.json"), "w") as f:
         json.dump(components.sidecar(), f, indent=1)
     return out
+
+
+def resume_from(folder: str, ckpt: str) -> str:
+    """The inverse of `export`: training checkpoints (CKPT/vae, CKPT/dit) rebuilt from a shipped folder,
+    so training can go on in a later session without its checkpoints. The transformer restarts from the
+    shipped moving average (as both its weights and its average); the latent statistics come from the
+    VAE's config, so the latent space stays the one the transformer learned."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    vae = AutoencoderKLWan.from_pretrained(os.path.join(folder, "vae")).float()
+    tr = WanTransformer3DModel.from_pretrained(os.path.join(folder, "transformer")).float()
+    vae_dir, dit_dir = os.path.join(ckpt, "vae"), os.path.join(ckpt, "dit")
+    checkpoint.save_tensors(vae_dir, "model", vae.state_dict())
+    stats = {"latents_mean": list(vae.config.latents_mean), "latents_std": list(vae.config.latents_std)}
+    checkpoint.write_state(vae_dir, {"step": 0, "seconds": 0.0, "runs": [], "config": {}, "latent_stats": stats,
+                                     "chosen": f"resumed from {folder}"})
+    checkpoint.save_tensors(dit_dir, "model", tr.state_dict())
+    checkpoint.save_tensors(dit_dir, "ema", {k: v.half() for k, v in tr.state_dict().items()})
+    return ckpt
