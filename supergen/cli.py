@@ -16,10 +16,12 @@ HELP = {
     "height": "output height in pixels (default: native height x scale preset; world: 256)",
     "frames": "frames (default per model: Wan 81, CogVideoX 41, world 17); 1 + a multiple of the VAE time factor",
     "steps": "N, total denoising steps; the sketch runs all N (default: Wan/CogVideoX 50, world 10)",
-    "refine_steps": "k, the last k steps run tiled at full size (default: round(0.9 N), the paper's 45/50; world: 6 of 20)",
+    "refine_steps": "k, the last k steps run tiled at full size (default: round(0.9 N), the paper's 45/50; "
+                    "world: 6 of 20)",
     "guidance": "CFG scale, 1 disables CFG (default: Wan 5.0, CogVideoX 6.0, world 5.0)",
     "seed": "seed of every random draw; same spec + seed = same video",
-    "model": "'world' (embedded and trained, no download), 'tiny'/'tiny-i2v' (random weights, for tests), a hub id, or a local diffusers folder",
+    "model": "'world' (embedded and trained, no download), 'tiny'/'tiny-i2v' (random weights, for tests), "
+             "a hub id, or a local diffusers folder",
     "dtype": "transformer/text-encoder dtype; the VAE and the latent canvas stay float32",
     "device": "cpu, cuda or cuda:N",
     "sketch_width": "sketch width in pixels (default: the target's aspect ratio at the native area)",

@@ -189,7 +189,8 @@ def _check_fields(s: RenderSpec) -> None:
 
 def _check_model(model: str) -> None:
     if not isinstance(model, str) or not model:
-        raise SpecError("model", "must be an embedded model ('world', 'tiny', 'tiny-i2v'), a hub id like 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
+        raise SpecError("model", "must be an embedded model ('world', 'tiny', 'tiny-i2v'), a hub id like "
+                                 "'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
     if model in EMBEDDED_MODELS:
         return
     if os.path.isdir(model):

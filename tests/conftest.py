@@ -173,7 +173,8 @@ def dask_cluster(tmp_path_factory):
             if time.time() > deadline:
                 raise RuntimeError("the test cluster's workers did not start")
             time.sleep(0.1)
-        store = RenderStore.create(str(tmp_path_factory.mktemp("warm") / "s"), prepare(RenderSpec(prompt="warm", model="tiny")))
+        store = RenderStore.create(str(tmp_path_factory.mktemp("warm") / "s"),
+                                   prepare(RenderSpec(prompt="warm", model="tiny")))
         c.register_plugin(ModelHolder())
         c.gather([c.submit(warm_worker, store, "warm", workers=[f"cpu-{i}"], pure=False) for i in range(3)])
     return addr

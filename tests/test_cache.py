@@ -143,8 +143,8 @@ def test_compare_command(tmp_path, capsys):
 
     from flows.cli import main
 
-    args = ["--prompt", "a red circle", "--model", "tiny", "--width", "128", "--height", "128", "--frames", "5", "--steps", "8",
-            "--refine-steps", "6", "--cache-warmup", "1", "--quiet"]
+    args = ["--prompt", "a red circle", "--model", "tiny", "--width", "128", "--height", "128", "--frames", "5",
+            "--steps", "8", "--refine-steps", "6", "--cache-warmup", "1", "--quiet"]
     assert main(["render", *args, "--out", str(tmp_path / "a")]) == 0
     assert main(["render", *args, "--out", str(tmp_path / "b"), "--cache", "region", "--cache-threshold", "5"]) == 0
     capsys.readouterr()

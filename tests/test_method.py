@@ -111,7 +111,8 @@ def test_per_cell_backend_tiled_equals_untiled(boundary, every, loop, canvas):
 
 
 def test_same_seed_same_video_different_seed_different_video():
-    spec = RenderSpec(prompt="a blue square", model="tiny", width=128, height=128, frames=5, steps=4, refine_steps=3, seed=7)
+    spec = RenderSpec(prompt="a blue square", model="tiny", width=128, height=128, frames=5, steps=4, refine_steps=3,
+                      seed=7)
     a, b = supergen.render(spec), supergen.render(spec)
     assert torch.equal(a.video, b.video) and torch.equal(a.latent, b.latent)
     c = supergen.render(spec.replace(seed=8))

@@ -21,7 +21,7 @@ KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "wan22-i2v", "cogvideox-t2v", "cogvi
 EMBEDDED = {"tiny": "wan-t2v", "tiny-i2v": "wan-i2v"}
 
 WORDS = ("a the of and in on with video red green blue yellow white black moving circle square cat dog "
-          "over under sky sea city night day slowly fast").split()
+         "over under sky sea city night day slowly fast").split()
 
 
 def t5_tokenizer(words=WORDS):

@@ -128,6 +128,7 @@ def freeze(candidates: list[str], out: str, device: str = "cuda", clips: int = 2
     z = torch.cat(zs)
     stats = {"latents_mean": z.mean(dim=(0, 2, 3, 4)).tolist(), "latents_std": z.std(dim=(0, 2, 3, 4)).tolist()}
     state = checkpoint.read_state(out)
-    state.update(latent_stats=stats, chosen_from=[os.path.basename(c) for c in candidates], chosen=os.path.basename(best))
+    state.update(latent_stats=stats, chosen_from=[os.path.basename(c) for c in candidates],
+                 chosen=os.path.basename(best))
     checkpoint.write_state(out, state)
     return stats
