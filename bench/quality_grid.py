@@ -23,12 +23,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
-import supergen  # noqa: E402
-from supergen.executor import render  # noqa: E402
 from supergen import RenderSpec, quality, world  # noqa: E402
 from supergen.backends import load_backend  # noqa: E402
+from supergen.executor import render  # noqa: E402
 from supergen.metrics import compare_videos  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -68,14 +65,6 @@ def method_spec(base: RenderSpec, method: str, size) -> RenderSpec:
     return base.replace(width=w, height=h, **extra)
 
 
-def bicubic(result) -> torch.Tensor:
-    """(F, H, W, 3) uint8: the sketch's frames, bicubic-upscaled in pixel space like stage 2's input."""
-    from supergen.upscale import to_uint8, upscale_video
-
-    lo = result.sketch_video.permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, h, w)
-    return to_uint8(upscale_video(lo, tuple(result.video.shape[1:3])))
-
-
 def summary(a: dict) -> dict:
     w = a.get("world", {})
     return {"seam": a["seam"]["score"], "periodicity": a["periodicity"]["score"],
@@ -106,7 +95,7 @@ def methods(be, prompts, args) -> list[dict]:
             first = None
             for m in ("shift-wrap",) + tuple(x for x in METHODS if x != "shift-wrap"):
                 if m == "bicubic":
-                    video, spec, secs = bicubic(first), first.spec, 0.0
+                    video, spec, secs = quality.bicubic(first.sketch_video, tuple(first.video.shape[1:3])), first.spec, 0.0
                 else:
                     t0 = time.perf_counter()
                     r = render(method_spec(base, m, size), backend=be, sink=sink)

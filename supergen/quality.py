@@ -281,23 +281,27 @@ def _laplacian_energy(frame: torch.Tensor) -> float:
     return float((F.conv2d(x, k) ** 2).mean())
 
 
+def bicubic(sketch, size: tuple[int, int]) -> torch.Tensor:
+    """(F, H, W, 3) uint8: the sketch's frames bicubic-upscaled in pixel space to `size` = (H, W), the
+    refinement's starting picture (`upscale_video`), quantised like any output."""
+    from .upscale import to_uint8, upscale_video
+
+    lo = _video(sketch).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, h, w) in [-1, 1]
+    return to_uint8(upscale_video(lo, size))
+
+
 def detail_gain(video, sketch, max_frames: int = 16) -> float:
     """High-frequency energy (mean squared Laplacian) of the output over that of the sketch bicubic-
     upscaled to the output's size (`upscale_video`'s resize, the refinement's starting picture). Above 1:
-    refinement added detail the upscale lacked; about 1: it added nothing; below 1: it smoothed."""
-    from .upscale import upscale_video
-
+    refinement added detail the upscale lacked; about 1: it added nothing; below 1: it smoothed. The upscale
+    is quantised like the output: on flat frames rounding alone adds Laplacian energy."""
     v, s = _video(video), _video(sketch)
     _check_frames(v, s)
-    out = up = 0.0
-    size = tuple(v.shape[1:3])
-    for f in _frame_ids(v.shape[0], max_frames):
-        lo = s[f].permute(2, 0, 1)[None, :, None].float() / 127.5 - 1  # (1, 3, 1, h, w) in [-1, 1]
-        hi = (upscale_video(lo, size)[0, :, 0].permute(1, 2, 0) + 1) * 127.5  # (H, W, 3) in [0, 255]
-        hi = hi.round()  # quantised like the output: on flat frames rounding alone adds Laplacian energy
-        out += _laplacian_energy(v[f].float())
-        up += _laplacian_energy(hi)
-    return (out + EPS**2) / (up + EPS**2)
+    ids = _frame_ids(v.shape[0], max_frames)
+    up = bicubic(s[ids], tuple(v.shape[1:3]))
+    out = sum(_laplacian_energy(v[f].float()) for f in ids)
+    ref = sum(_laplacian_energy(frame.float()) for frame in up)
+    return (out + EPS**2) / (ref + EPS**2)
 
 
 def reference_fidelity(video, reference) -> dict:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, components, data, vae as vae_training
-from .session import Session, lr_at
+from .session import Session, autocast, lr_at
 
 TEXT_KEEP = 32  # prompt positions kept per clip; the rest of the 512 are zeros
 
@@ -29,7 +29,7 @@ def dataset(encoder, stats: dict, pipe, n: int, s: Session, chunk: int = 256):
     lat, emb, cache, chunk = [], [], {}, min(chunk, n)
     for _ in range(0, n, chunk):
         x, captions = data.clips(s.rng, chunk, components.NATIVE[0], components.FRAMES, s.device)
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
+        with autocast(s.device):
             z = encoder.encode(x).latent_dist.mode().float()
         lat.append(((z - mean) / std).half())
         new = [c for c in dict.fromkeys(captions) if c not in cache]
@@ -65,6 +65,9 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
     print(f"dataset {tuple(latents.shape)} in {s.elapsed:.0f}s", flush=True)
     del encoder
 
+    def save():
+        s.save({"model": model.state_dict(), "ema": {k: v.half() for k, v in ema.state_dict().items()}})
+
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     first = s.step
     pad = torch.zeros(batch, 512 - TEXT_KEEP, components.TEXT_DIM, device=s.device)
@@ -81,7 +84,7 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
         xt = (1 - sv) * x0 + sv * noise
         for g in opt.param_groups:
             g["lr"] = lr_at(s.step - first, lr, warmup=100 if first else 500)
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
+        with autocast(s.device):
             pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise - x0)
         opt.zero_grad(set_to_none=True)
@@ -94,5 +97,5 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
                 pe.lerp_(pm, 1 - decay)
         s.record(loss.item())
         if s.due():
-            s.save({"model": model.state_dict(), "ema": {k: v.half() for k, v in ema.state_dict().items()}})
-    s.save({"model": model.state_dict(), "ema": {k: v.half() for k, v in ema.state_dict().items()}})
+            save()
+    save()

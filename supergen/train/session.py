@@ -67,6 +67,11 @@ class Session:
         self._last_save = time.perf_counter()
 
 
+def autocast(device: torch.device):
+    """bfloat16 mixed precision on GPUs; plain float32 elsewhere (the CPU tests)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def lr_at(step: int, peak: float, warmup: int = 300) -> float:
     return peak * min(1.0, (step + 1) / warmup)
 

@@ -21,13 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, components, data
-from .session import Session, lr_at
+from .session import Session, autocast, lr_at
 
 DECODER = ("decoder.", "post_quant_conv.")
-
-
-def _autocast(device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def load(folder: str, device="cpu", init: str | None = None):
@@ -60,7 +56,7 @@ def train(folder: str, minutes: float, device: str = "cuda", lr: float = 1e-3, b
         x, _ = data.clips(s.rng, batch // 4 if big else batch, 128 if big else 64, frames, s.device, max_offset=8)
         for g in opt.param_groups:
             g["lr"] = lr_at(s.step - first, lr, warmup=100 if first else 300)
-        with _autocast(s.device):
+        with autocast(s.device):
             with torch.set_grad_enabled(not decoder_only):
                 post = model.encode(x).latent_dist
             z = post.mean + noise * torch.randn_like(post.mean)
@@ -123,7 +119,7 @@ def freeze(candidates: list[str], out: str, device: str = "cuda", clips: int = 2
     rng, zs, chunk = random.Random(seed), [], min(256, clips)
     for _ in range(clips // chunk):
         x, _ = data.clips(rng, chunk, 64, components.FRAMES, device)
-        with _autocast(torch.device(device)):
+        with autocast(torch.device(device)):
             zs.append(model.encode(x).latent_dist.mode().float())
     z = torch.cat(zs)
     stats = {"latents_mean": z.mean(dim=(0, 2, 3, 4)).tolist(), "latents_std": z.std(dim=(0, 2, 3, 4)).tolist()}
