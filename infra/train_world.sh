@@ -5,9 +5,9 @@
 #   vae    two VAE candidates, one per GPU; the better one is frozen (`freeze`: its latent statistics fix
 #          the latent space); then joint for the rest of the call
 #   joint  the transformer (GPU 1) and the decoder (GPU 0) train side by side in the frozen latent space
-#   refit  retrain the whole VAE from CKPT/vae's weights (GPU 0) while the transformer goes on (GPU 1),
-#          then freeze the result: for a latent space that proved too weak (the transformer re-encodes its
-#          data every call, so it carries over, fine-tuning into the new space)
+#   refit  retrain the whole VAE from CKPT/vae's weights, two candidates (one per GPU), and freeze the
+#          better: for a latent space that proved too weak (the transformer re-encodes its data every
+#          call, so it carries over, fine-tuning into the new space)
 # One GPU works too (both processes share it). Then, on any machine:
 #   python -m supergen.train export --vae CKPT/vae --dit CKPT/dit --out supergen/models/world
 set -euo pipefail
@@ -18,7 +18,7 @@ G0=cuda:0; G1=cuda:$(( GPUS > 1 ? 1 : 0 ))
 START=$(date +%s)
 left() { "$PY" -c "print(max(0.5, $MINUTES - ($(date +%s) - $START) / 60 - ${1:-0}))"; }
 train() { "$PY" -m supergen.train "$@"; }
-dit() { train dit --ckpt "$CKPT/dit" --vae "$CKPT/vae" --lr 6e-4 --batch 256 --clips 80000 --device $G1 "$@"; }
+dit() { train dit --ckpt "$CKPT/dit" --vae "$CKPT/vae" --lr 6e-4 --batch 512 --clips 80000 --device $G1 "$@"; }
 if [ "$PHASE" = auto ]; then
   if grep -q latent_stats "$CKPT/vae/state.json" 2>/dev/null; then PHASE=joint; else PHASE=vae; fi
 fi
@@ -32,14 +32,14 @@ case $PHASE in
     rm -f "$CKPT"/vae-?/model-*.safetensors ;;  # their logs stay: state.json
   refit)
     REST=$(left 1.2)
-    train vae --ckpt "$CKPT/vae-c" --init "$CKPT/vae" --minutes "$REST" --lr 2e-3 --batch 64 --device $G0 &
-    dit --minutes "$REST" &
+    train vae --ckpt "$CKPT/vae-c" --init "$CKPT/vae" --minutes "$REST" --lr 2e-3 --batch 256 --device $G0 &
+    train vae --ckpt "$CKPT/vae-d" --init "$CKPT/vae" --minutes "$REST" --lr 3e-3 --batch 384 --device $G1 --seed 1 &
     wait
-    train freeze --candidates "$CKPT/vae-c" --out "$CKPT/vae" --device $G0
+    train freeze --candidates "$CKPT/vae-c" "$CKPT/vae-d" --out "$CKPT/vae" --device $G0
     rm -f "$CKPT"/vae-?/model-*.safetensors
     exit 0 ;;
 esac
 REST=$(left 0.6)  # leave time for the final evaluation and saves
-train vae --ckpt "$CKPT/vae" --decoder-only --minutes "$REST" --lr 5e-4 --batch 64 --device $G0 &
+train vae --ckpt "$CKPT/vae" --decoder-only --minutes "$REST" --lr 5e-4 --batch 256 --device $G0 &
 dit --minutes "$REST" &
 wait

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, components, data, vae as vae_training
-from .session import Session, autocast, lr_at
+from .session import Session, autocast
 
 TEXT_KEEP = 32  # prompt positions kept per clip; the rest of the 512 are zeros
 
@@ -83,7 +83,7 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
         sv = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - sv) * x0 + sv * noise
         for g in opt.param_groups:
-            g["lr"] = lr_at(s.step - first, lr, warmup=100 if first else 500)
+            g["lr"] = s.lr(lr, warmup=100 if first else 500)
         with autocast(s.device):
             pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise - x0)

@@ -55,6 +55,22 @@ class Session:
             if not math.isfinite(mean):
                 raise FloatingPointError(f"loss is {mean} at step {self.step}")
 
+    @property
+    def progress(self) -> float:
+        """How far through this run, 0..1, by time or by steps, whichever bound is nearer."""
+        done = self.elapsed / self.budget
+        if self.max_steps is not None:
+            done = max(done, (self.step - self.run["first_step"]) / max(1, self.max_steps - self.run["first_step"]))
+        return min(1.0, done)
+
+    def lr(self, peak: float, warmup: int, cooldown: float = 0.3) -> float:
+        """Warm up over `warmup` steps, hold, then cool down linearly to a twentieth of `peak` over the
+        last `cooldown` of the run (warmup-stable-decay). Every run is a resumable slice of one long
+        training, so each ends cooled: whichever run is the last, what it saves is a settled model."""
+        steps = self.step - self.run["first_step"]
+        cool = min(1.0, (1.0 - self.progress) / cooldown) if cooldown > 0 else 1.0
+        return peak * min(1.0, (steps + 1) / warmup) * max(0.05, cool)
+
     def due(self, every_s: float = 120.0) -> bool:
         return time.perf_counter() - self._last_save > every_s
 
@@ -70,10 +86,6 @@ class Session:
 def autocast(device: torch.device):
     """bfloat16 mixed precision on GPUs; plain float32 elsewhere (the CPU tests)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def lr_at(step: int, peak: float, warmup: int = 300) -> float:
-    return peak * min(1.0, (step + 1) / warmup)
 
 
 def _versions() -> dict:

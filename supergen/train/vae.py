@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, components, data
-from .session import Session, autocast, lr_at
+from .session import Session, autocast
 
 DECODER = ("decoder.", "post_quant_conv.")
 
@@ -55,7 +55,7 @@ def train(folder: str, minutes: float, device: str = "cuda", lr: float = 1e-3, b
         big = s.step % 4 == 3
         x, _ = data.clips(s.rng, batch // 4 if big else batch, 128 if big else 64, frames, s.device, max_offset=8)
         for g in opt.param_groups:
-            g["lr"] = lr_at(s.step - first, lr, warmup=100 if first else 300)
+            g["lr"] = s.lr(lr, warmup=100 if first else 300)
         with autocast(s.device):
             with torch.set_grad_enabled(not decoder_only):
                 post = model.encode(x).latent_dist
@@ -112,7 +112,11 @@ def freeze(candidates: list[str], out: str, device: str = "cuda", clips: int = 2
     import random
     import shutil
 
-    best = max(candidates, key=lambda c: checkpoint.read_state(c)["runs"][-1]["evals"][-1]["psnr_native_db"])
+    scores = {c: _last_eval(c) for c in candidates}
+    scores = {c: v for c, v in scores.items() if v is not None}
+    if not scores:
+        raise RuntimeError(f"no VAE candidate finished its run with an evaluation: {candidates}")
+    best = max(scores, key=scores.get)
     if os.path.abspath(best) != os.path.abspath(out):
         shutil.copytree(best, out, dirs_exist_ok=True)
     model = load(out, device).eval()
@@ -128,3 +132,11 @@ def freeze(candidates: list[str], out: str, device: str = "cuda", clips: int = 2
                  chosen=os.path.basename(best))
     checkpoint.write_state(out, state)
     return stats
+
+
+def _last_eval(folder: str) -> float | None:
+    """The native PSNR its latest run ended with; None for a run that died before evaluating (its saved
+    weights may be mid-step)."""
+    state = checkpoint.read_state(folder)
+    evals = state["runs"][-1]["evals"] if state and state["runs"] else []
+    return evals[-1]["psnr_native_db"] if evals else None
