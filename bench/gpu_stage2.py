@@ -234,7 +234,7 @@ def in_process(spec: dict, start: torch.Tensor) -> tuple[dict, torch.Tensor]:
     t0 = time.perf_counter()
     be = load_backend(s.model, s.device, s.dtype)
     load_s = time.perf_counter() - t0
-    cond = be.encode_conditioning(s.prompt, s.negative_prompt, s.guidance, None, (s.width, s.height), s.frames, s.seed)
+    cond = be.encode_conditioning(s.prompt, s.negative_prompt, s.guidance, None, s.canvas_size, s.frames, s.seed)
     plan = RefinePlan.from_spec(s, be.info.vae_spatial)
     x, state, steps = start.to(be.device), {}, []
     _gpu_memory_reset()

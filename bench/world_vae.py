@@ -26,8 +26,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/world_vae_cpu.json")
     ap.add_argument("--clips", type=int, default=32)
+    ap.add_argument("--model", default="world", help="embedded name or a diffusers folder")
     args = ap.parse_args()
-    model = load_backend("world").pipe.vae.float().eval()
+    model = load_backend(args.model).pipe.vae.float().eval()
     out = {}
     with torch.no_grad():
         for label, size, n in (("native_64", 64, args.clips), ("canvas_4x_256", 256, max(2, args.clips // 4))):
@@ -39,7 +40,7 @@ def main():
                           "per_clip_db": per_clip, "target_db": 32.0}
             print(label, out[label]["psnr_db"], flush=True)
     result = environment(" ".join(["python"] + sys.argv))
-    result.update(model="world", held_out_seed=10_000, **out)
+    result.update(model=args.model, held_out_seed=10_000, **out)
     write_result(args.out, result)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,16 @@ def _add_storage_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", help="credentials profile name")
     g.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other fsspec storage option (repeatable)")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="CPU workers of --cluster local [default: 2; with GPUs one per GPU]")
+    p.add_argument("--balance", choices=["locality", "tiles", "branches"], default="branches",
+                   help="tile placement on --cluster: locality only, + moving computing tiles to idle workers, "
+                        "+ splitting CFG branches over workers [default: branches]")
+    p.add_argument("--credentials-block", metavar="NAME",
+                   help="with --cluster: a Prefect Secret block holding storage credentials as JSON "
+                        '({"key": ..., "secret": ...}); the flow reads it, its parameters never hold secrets')
 
 
 def storage_options(args) -> dict:
@@ -47,14 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "[default: ./supergen-out]")
     r.add_argument("--out", help="a local folder for the render store (the same as --store DIR)")
     r.add_argument("--overwrite", action="store_true", help="replace a store that holds a different render")
+    r.add_argument("--bucket-root", action="store_true",
+                   help="allow a store at the root of a bucket (s3://bucket); refused otherwise")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--cluster", help="run as the Prefect flow on a Dask cluster: a scheduler address "
                                      "(tcp://host:8786), or 'local' to start one here (one worker per GPU, "
                                      "else --workers CPU workers); default: in this process")
-    r.add_argument("--workers", type=int, default=2, help="CPU workers of --cluster local [default: 2]")
-    r.add_argument("--balance", choices=["locality", "tiles", "branches"], default="branches",
-                   help="tile placement on --cluster: locality only, + moving computing tiles to idle workers, "
-                        "+ splitting CFG branches over workers [default: branches]")
+    _add_cluster_options(r)
     _add_storage_options(r)
 
     d = sub.add_parser("serve", help="publish the render flow as a Prefect deployment and run its runs")
@@ -62,14 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--name", default="default", help="deployment name [default: default]")
     d.add_argument("--store", required=True, help="store URL of each run; may contain {flow_run_id}")
     d.add_argument("--cluster", required=True, help="Dask scheduler address the runs use")
+    d.add_argument("--credentials-block", metavar="NAME",
+                   help="a Prefect Secret block with storage credentials as JSON, read by each run")
     g = d.add_mutually_exclusive_group()
     g.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
     g.add_argument("--interval", type=float, help="schedule every N seconds")
     _add_storage_options(d)
 
-    s = sub.add_parser("resume", help="continue an interrupted render from its last checkpoint")
+    s = sub.add_parser("resume", help="continue an interrupted render from its last checkpoint (taking over "
+                                      "a store whose render died)")
     s.add_argument("store")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--cluster", help="continue as the Prefect flow on a Dask cluster (as render --cluster)")
+    _add_cluster_options(s)
     _add_storage_options(s)
 
     i = sub.add_parser("inspect", help="status, stage, last checkpoint, skip stats and outputs of a store")
@@ -99,6 +114,7 @@ def _progress(quiet: bool):
 
 def _finish(store, result, quiet: bool) -> None:
     store.write_outputs(result)
+    store.finish()
     if not quiet:
         t = result.timings
         print(f"{result.spec.width}x{result.spec.height}x{result.spec.frames} from a {result.spec.sketch_width}x"
@@ -113,38 +129,86 @@ def cmd_render(args) -> int:
 
     if args.store is not None and args.out is not None:
         raise SupergenError("give --store or --out, not both")
+    _check_cluster_options(args)
     spec = prepare(spec_from_args(args))  # field and model checks: configs only, no weights
+    if not args.quiet:
+        from supergen.spec import size_warnings
+
+        for note in size_warnings(spec):
+            print(f"supergen render: note: {note}", file=sys.stderr)
     url = args.store if args.store is not None else (args.out if args.out is not None else "supergen-out")
-    if args.cluster and url.strip().startswith("memory://"):
-        raise SupergenError("a memory:// store lives in one process; cluster workers need a store they can "
-                            "reach (a shared folder or s3://...)")
-    store = RenderStore.create(url, spec, storage_options(args),
-                               overwrite=args.overwrite)
-    if store.complete:
-        print(f"{store.url} already holds this render, complete", file=sys.stderr)
-        print(f"{store.url}/video.mp4")
-        return 0
     if args.cluster:
-        return _render_on_cluster(args, spec, url)
-    result = render(spec, progress=_progress(args.quiet), sink=store)
-    _finish(store, result, args.quiet)
-    return 0
+        return _on_cluster(args, spec, url, overwrite=args.overwrite, bucket_root=args.bucket_root)
+    store = RenderStore.create(url, spec, storage_options(args), overwrite=args.overwrite,
+                               bucket_root=args.bucket_root)
+    try:
+        if store.complete:
+            print(f"{store.url} already holds this render, complete", file=sys.stderr)
+            print(f"{store.url}/video.mp4")
+            return 0
+        result = render(spec, progress=_progress(args.quiet), sink=store)
+        _finish(store, result, args.quiet)
+        return 0
+    finally:
+        store.release()
 
 
-def _render_on_cluster(args, spec, url: str) -> int:
-    """The Prefect flow `supergen-render` against an existing scheduler or a local cluster."""
-    from .cluster import announce, make_cluster
+def _check_cluster_options(args) -> None:
+    """Cluster options are checked, never silently replaced, before anything starts."""
+    if args.workers is not None:
+        if args.cluster != "local":
+            raise SupergenError("--workers sizes the cluster `--cluster local` starts; an existing scheduler "
+                                "has the workers it has")
+        if args.workers < 1:
+            raise SupergenError(f"--workers must be >= 1, got {args.workers}")
+    if args.cluster and args.cluster != "local" and not args.cluster.startswith(("tcp://", "tls://", "inproc://")):
+        raise SupergenError(f"--cluster takes a scheduler address (tcp://host:8786) or 'local', got {args.cluster!r}")
+    if getattr(args, "credentials_block", None) and not args.cluster:
+        raise SupergenError("--credentials-block is for --cluster renders (in process, the credential chain "
+                            "of this machine is used)")
+
+
+def _on_cluster(args, spec, url: str, overwrite: bool = False, bucket_root: bool = False) -> int:
+    """The Prefect flow `supergen-render` on an existing scheduler or a local cluster. Every refusal comes
+    before any stage runs and before the store is touched: the store's location and access, a model whose
+    step cannot be split over workers, an unreachable scheduler. Secret storage options never become flow
+    parameters: they travel as a Prefect Secret block that lives only for this render."""
+    from storage import RenderStore
+    from storage.location import split_secrets
+
+    from . import credentials
+    from .cluster import announce, connect, make_cluster
+    from .refine import check_distributable
     from .render import render as render_flow
 
+    if url.strip().startswith("memory://"):
+        raise SupergenError("a memory:// store lives in one process; cluster workers need a store they can "
+                            "reach (a shared folder or s3://...)")
+    check_distributable(spec)
     opts = storage_options(args)
-    if args.cluster == "local":
-        with make_cluster(args.workers) as cluster:
-            announce(cluster)
-            out = render_flow(spec=spec.to_dict(), store_url=url, cluster=cluster.scheduler_address,
-                              storage_options=opts or None, balance=args.balance)
-    else:
-        out = render_flow(spec=spec.to_dict(), store_url=url, cluster=args.cluster, storage_options=opts or None,
-                          balance=args.balance)
+    probe = RenderStore(url, opts, bucket_root=bucket_root)
+    probe.check_writable()
+    problem = probe.problem_with(spec)
+    if problem is not None and not overwrite:
+        raise SupergenError(f"{probe.url} {problem}; pass --overwrite to replace it")
+    public, secret = split_secrets(opts)
+    with contextlib.ExitStack() as stack:
+        api = _flow_services(stack, args.quiet)  # first in, last out: it outlives the cluster and the block
+        if args.cluster == "local":
+            cluster = stack.enter_context(make_cluster(args.workers, quiet=args.quiet))
+            address = cluster.scheduler_address
+            if not args.quiet:
+                announce(cluster)
+        else:
+            address = args.cluster
+            connect(address).close()  # unreachable: a clear error now, before the store exists
+        api.wait_ready()  # a temporary Prefect server started above, while the cluster started
+        block = getattr(args, "credentials_block", None)
+        if secret:
+            block = credentials.stash(secret)
+            stack.callback(credentials.drop, block)
+        out = render_flow(spec=spec.to_dict(), store_url=url, cluster=address, storage_options=public or None,
+                          overwrite=overwrite, balance=args.balance, credentials=block, bucket_root=bucket_root)
     print(f"{out}/video.mp4")
     return 0
 
@@ -153,13 +217,21 @@ def cmd_resume(args) -> int:
     from storage import RenderStore
     from supergen.executor import render
 
-    store = RenderStore.open(args.store, storage_options(args), read_only=False)
+    _check_cluster_options(args)
+    store = RenderStore.open(args.store, storage_options(args))
     if store.complete:
         print(f"{store.url} is already complete", file=sys.stderr)
+        print(f"{store.url}/video.mp4")
         return 0
-    result = render(store.spec(), progress=_progress(args.quiet), sink=store)
-    _finish(store, result, args.quiet)
-    return 0
+    if args.cluster:  # the flow takes the store over (its lease) and continues from what it holds
+        return _on_cluster(args, store.spec(), store.url, bucket_root=True)
+    store = RenderStore.open(args.store, storage_options(args), read_only=False)
+    try:
+        result = render(store.spec(), progress=_progress(args.quiet), sink=store)
+        _finish(store, result, args.quiet)
+        return 0
+    finally:
+        store.release()
 
 
 def cmd_inspect(args) -> int:
@@ -243,7 +315,8 @@ def cmd_quality(args) -> int:
     sketch, source = _sketch_frames(store)
     reference = _complete_store(args.reference, opts).video_frames() if args.reference else None
     final = store.group["final/latent"] if store.has_array("final/latent") else None
-    vae = spec["width"] // final.shape[-1] if final is not None else 8  # pixels per latent cell
+    canvas_w = spec.get("canvas_width") or spec["width"]
+    vae = canvas_w // final.shape[-1] if final is not None else 8  # pixels per latent cell
     report = {"store": store.url, "sketch_source": source,
               **quality.assess(video, sketch, spec, reference=reference, vae_spatial=vae)}
     text = json.dumps(report, indent=1)
@@ -253,11 +326,20 @@ def cmd_quality(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from storage.location import split_secrets
+
     from .deploy import serve
 
     spec = spec_from_args(args)  # field checks now; model checks when each run starts
-    serve(args.name, spec=spec.to_dict(), store_url=args.store, cluster=args.cluster, cron=args.cron,
-          interval=args.interval, storage_options=storage_options(args) or None)
+    public, secret = split_secrets(storage_options(args))
+    if secret:
+        raise SupergenError(f"storage option(s) {sorted(secret)} would be stored in the deployment's parameters: "
+                            "keep credentials in a Prefect Secret block (--credentials-block NAME) or in the "
+                            "workers' environment or profile")
+    with contextlib.ExitStack() as stack:  # with no configured API, a server bound to this command
+        _flow_services(stack, quiet=False).wait_ready()
+        serve(args.name, spec=spec.to_dict(), store_url=args.store, cluster=args.cluster, cron=args.cron,
+              interval=args.interval, storage_options=public or None, credentials=args.credentials_block)
     return 0
 
 
@@ -269,12 +351,31 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # Ctrl-C: what the command started has been stopped on the way out
+        print(f"supergen {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (SupergenError, ValueError, ConnectionError) as e:
         from storage.location import redact
 
         opts = storage_options(args) if hasattr(args, "storage_option") else None
         print(f"supergen {args.command}: error: {redact(str(e), opts)}", file=sys.stderr)
         return 2
+
+
+def _flow_services(stack: contextlib.ExitStack, quiet: bool):
+    """Enter, on `stack`, what a command running a Prefect flow needs around it: with `quiet`, a console
+    that shows only warnings and errors (flows/quiet.py); the Prefect API the flow reports to, the
+    configured one or else a temporary server of this command, bound to its lifetime (flows/services.py).
+    Returns the API: call `.wait_ready()` before the flow runs."""
+    from .quiet import quiet_console
+    from .services import prefect_api
+
+    if quiet:
+        stack.enter_context(quiet_console())
+    api = stack.enter_context(prefect_api())
+    if api.server is not None and not quiet:
+        print(f"Prefect API: {api.url} (a temporary server of this command)", file=sys.stderr)
+    return api
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,21 +20,34 @@ def gpu_count() -> int:
         return 0
 
 
-def make_cluster(n_workers: int | None = None, processes: bool = True, dashboard_address: str = "127.0.0.1:0"):
-    """A local cluster bound to loopback: one worker per GPU, or `n_workers` (default 2) CPU workers."""
+def make_cluster(n_workers: int | None = None, processes: bool = True, dashboard_address: str = "127.0.0.1:0",
+                 quiet: bool = False):
+    """A local cluster bound to loopback: one worker per GPU, or `n_workers` (default 2) CPU workers.
+    `quiet`: the worker processes log warnings and errors only (LocalCUDACluster's default already).
+
+    Its worker processes end with this process, also when it is killed: each exits when the pipe from its
+    nanny, which lives here, closes (distributed's parent-alive pipe). They take no SIGINT: a terminal's
+    Ctrl-C is for this process, which stops them (flows/worker_process.py)."""
+    from .worker_process import started_without_sigint
+
     if gpu_count() > 0:
-        return _pinned_cuda_cluster()(host="127.0.0.1", threads_per_worker=1, dashboard_address=dashboard_address,
-                                      n_workers=n_workers)
+        return started_without_sigint(lambda: _pinned_cuda_cluster()(
+            host="127.0.0.1", threads_per_worker=1, dashboard_address=dashboard_address, n_workers=n_workers))
+    import logging
+
     from distributed import Nanny, Scheduler, SpecCluster, Worker
 
     # A LocalCluster with string worker names and one pin resource each, so tile tasks stay pinned to a
     # worker across nanny restarts (see pin_resource); LocalCluster's int names also break recomputation.
     cls = Nanny if processes else Worker
-    workers = {f"cpu-{i}": {"cls": cls, "options": {"nthreads": 1, "host": "127.0.0.1",
+    extra = {"silence_logs": logging.WARNING} if quiet else {}
+    if processes:  # the worker process exits as soon as its worker closed
+        extra["preload"] = ["flows.worker_process"]
+    workers = {f"cpu-{i}": {"cls": cls, "options": {"nthreads": 1, "host": "127.0.0.1", **extra,
                                                      "resources": {pin_resource(f"cpu-{i}"): 1}}}
                for i in range(n_workers or 2)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": dashboard_address}}
-    return SpecCluster(scheduler=scheduler, workers=workers, name="supergen-local")
+    return started_without_sigint(lambda: SpecCluster(scheduler=scheduler, workers=workers, name="supergen-local"))
 
 
 def _pinned_cuda_cluster():
@@ -58,8 +71,17 @@ def _pinned_cuda_cluster():
 
 def connect(address: str, timeout: float = 10.0):
     """A client for an existing scheduler; a clear error within `timeout` seconds if it is unreachable."""
+    import socket
+    from urllib.parse import urlsplit
+
     from distributed import Client
 
+    parts = urlsplit(address)
+    if parts.scheme in ("tcp", "tls") and parts.hostname and parts.port:
+        try:  # a refused or black-holed address answers in seconds; the client would retry until `timeout`
+            socket.create_connection((parts.hostname, parts.port), timeout=min(3.0, timeout)).close()
+        except OSError as e:
+            raise ConnectionError(f"cannot reach the Dask scheduler at {address}: {e}") from None
     try:
         return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as e:

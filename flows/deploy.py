@@ -7,7 +7,7 @@ from datetime import timedelta
 
 
 def deployment(name: str, spec: dict, store_url: str, cluster: str, cron: str | None = None,
-               interval: float | None = None, storage_options: dict | None = None):
+               interval: float | None = None, storage_options: dict | None = None, credentials: str | None = None):
     """The `supergen-render/<name>` deployment as data (nothing is contacted yet)."""
     from .render import render
 
@@ -16,6 +16,8 @@ def deployment(name: str, spec: dict, store_url: str, cluster: str, cron: str | 
     params = {"spec": spec, "store_url": store_url, "cluster": cluster}
     if storage_options:
         params["storage_options"] = storage_options
+    if credentials:
+        params["credentials"] = credentials  # a Secret block's name; the secret itself stays in the block
     return render.to_deployment(name=name, cron=cron, interval=timedelta(seconds=interval) if interval else None,
                                 parameters=params,
                                 description="supergen render; store_url may contain {flow_run_id}")

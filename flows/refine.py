@@ -187,10 +187,7 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
     branches = 2 if spec.guidance > 1.0 else 1  # CFG model calls per tile-step (Conditioning.branches)
     report = CacheReport(cfg.policy, cfg.threshold, cfg.alpha)
     start_shape = store.group["start/latent"].shape
-    if info.stochastic_step:
-        raise ValueError(f"{info.scheduler} draws noise for the whole canvas at every step, so its step cannot be "
-                         "split over workers and still match the reference; render in process, or give the "
-                         "model a deterministic scheduler (CogVideoXDDIMScheduler, as the SuperGen authors did)")
+    check_distributable(spec, info)
     cell_bytes = _bytes_per_cell(start_shape[1], start_shape[2], cache_on, 0)
     pred_cell_bytes = start_shape[1] * start_shape[2] * 4  # one cell of a float32 prediction
     pred_bytes = plan.tile[0] * plan.tile[1] * pred_cell_bytes
@@ -385,6 +382,18 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
     stats.cache = report.to_dict()
     stats.tiles_per_step = tiles_per_step
     return stats
+
+
+def check_distributable(spec, info=None) -> None:
+    """Refuse, before any stage runs, a render whose refinement cannot be split over workers."""
+    from supergen.errors import SupergenError
+
+    info = info or model_info(spec.model)
+    if info.stochastic_step:
+        raise SupergenError(f"{info.scheduler} draws noise for the whole canvas at every step, so its step "
+                            "cannot be split over workers and still match the reference; render in process, or "
+                            "give the model a deterministic scheduler (CogVideoXDDIMScheduler, as the SuperGen "
+                            "authors did)")
 
 
 def _cache_arrays(shape, tile):

@@ -18,7 +18,26 @@ from tasks import stages
 from .cluster import connect
 from .refine import refine_on_cluster, worker_names
 
-STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10])
+def _worth_retrying(task, task_run, state) -> bool:
+    """Storage hiccups are retried; a stage that ran out of memory, was refused, or lost its store's lease
+    would fail the same way again."""
+    from storage.location import StoreBusy, StoreError
+    from supergen.errors import SupergenError
+
+    try:
+        state.result()
+    except StoreBusy:
+        return False
+    except StoreError:
+        return True
+    except SupergenError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_worth_retrying)
 
 
 def _on_worker(client, fn, *args, workers: list | None = None):
@@ -78,16 +97,20 @@ def run_stages(client, store, balance: str = "branches", prefect: bool = True, w
                for w in names[1:]]
     t0 = time.perf_counter()
     sk = call(sketch, client, store, names)
+    store.advance("sketched")  # workers write the stages; the driver, which owns the store, moves its status
     timings["sketch"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     call(upscale, client, store, names)
+    store.advance("refining")
     timings["upscale"] = time.perf_counter() - t0
     client.gather(warming)  # a worker that cannot load the model fails here, before any tile is submitted
     t0 = time.perf_counter()
     refined = (call(refine, client, store, balance, rid, names) if prefect
                else _refine_plain(client, store, balance, rid, names))
     timings["refine"] = time.perf_counter() - t0
+    store.advance("refined")
     call(export, client, store, timings, refined, sk["forwards"], names)
+    store.finish()
     return {"timings": timings, "refine": refined}
 
 
@@ -98,12 +121,16 @@ def _refine_plain(client, store, balance, render_id=None, workers=None):
 
 @flow(name="supergen-render", log_prints=True)
 def render(spec: dict, store_url: str, cluster: str, storage_options: dict | None = None,
-           overwrite: bool = False, balance: str = "branches") -> str:
+           overwrite: bool = False, balance: str = "branches", credentials: str | None = None,
+           bucket_root: bool = False) -> str:
     """Render `spec` into the store at `store_url` on the Dask cluster at `cluster` (a scheduler address).
 
     `balance` places tile work: "locality" (each window where most of its cells are), "tiles" (plus moving
     computing tiles to workers the cache left idle) or "branches" (plus splitting CFG branches over workers
-    to even out what whole tiles cannot, e.g. 9 tiles on 4 GPUs)."""
+    to even out what whole tiles cannot, e.g. 9 tiles on 4 GPUs).
+
+    `storage_options` must hold no secret (flow parameters are stored and shown by Prefect): credentials
+    come from the workers' environment or profile, or from the Prefect Secret block named `credentials`."""
     from storage import RenderStore
     from supergen import RenderSpec
     from supergen.executor import prepare
@@ -113,14 +140,27 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
         from prefect.runtime import flow_run
 
         store_url = store_url.replace("{flow_run_id}", str(flow_run.id))
+    from storage.location import split_secrets
+
+    from . import credentials as creds
+    from .refine import check_distributable
+
+    if split_secrets(storage_options)[1]:
+        raise ValueError(f"storage_options holds secrets {sorted(split_secrets(storage_options)[1])}: flow "
+                         "parameters are stored in plain text; pass them in a Prefect Secret block (credentials)")
     resolved = prepare(RenderSpec.from_dict(spec))
-    store = RenderStore.create(store_url, resolved, storage_options, overwrite=overwrite)
-    if store.complete:
-        logger.info("%s already holds this render", store.url)
-        return store.url
-    client = connect(cluster)
+    check_distributable(resolved)
+    opts = {**(storage_options or {}), **(creds.load(credentials) if credentials else {})}
+    client = connect(cluster)  # an unreachable scheduler fails here, before the store exists
     try:
-        out = run_stages(client, store, balance)
+        store = RenderStore.create(store_url, resolved, opts or None, overwrite=overwrite, bucket_root=bucket_root)
+        try:
+            if store.complete:
+                logger.info("%s already holds this render", store.url)
+                return store.url
+            out = run_stages(client, store, balance)
+        finally:
+            store.release()
     finally:
         client.close()
     s = out["refine"]

@@ -1,26 +1,30 @@
-"""The render store: one render's stages, checkpoints and outputs in a Zarr v3 group at any fsspec URL.
+"""The render store: one render's stages, checkpoints and outputs at any fsspec URL.
 
-Layout (docs/store.md has shapes, chunking and dtypes):
+Layout 2 (docs/store.md has shapes, chunking and dtypes):
 
-    <url>/zarr.json                 root attributes: layout version, resolved spec, seed, versions, status
-    sketch/latent                   the native-size sketch latent
-    start/latent                    the re-noised full-size latent that refinement starts from
-    checkpoints/                    attrs["latest"]: the manifest (step, slot, grid, counters)
-    checkpoints/slot{0,1}/...       per-tile windows (latent, scheduler and cache maps) of a checkpoint;
+    <url>/data.zarr/                the Zarr v3 group: root attributes (layout, resolved spec, seed,
+                                    versions; written once) and every array:
+      sketch/latent                 the native-size sketch latent
+      start/latent                  the re-noised full-size latent that refinement starts from
+      checkpoints/slot{0,1}/...     per-tile windows (latent, scheduler and cache maps) of a checkpoint;
                                     one chunk per tile, so concurrent tile writers never share a chunk
-    final/latent                    the refined latent
-    video/frames                    uint8 (frame, y, x, rgb), chunked by frame blocks and spatial tiles
-    sketch/frames                   uint8 (frame, y, x, rgb) of the decoded sketch, lossless (for quality checks)
-    video.mp4 sketch.mp4 contact_sheet.png cache_skips.png render.json
-    COMPLETE                        written last: only its presence makes a render complete
+      final/latent                  the refined latent
+      video/frames, sketch/frames   uint8 (frame, y, x, rgb) of the output and of the decoded sketch
+    <url>/progress.json             status and the checkpoint manifest: written only by the lease owner,
+                                    only forward
+    <url>/lease/<n>.json            ownership (storage/lease.py): one live render per store
+    <url>/video.mp4 sketch.mp4 contact_sheet.png cache_skips.png render.json
+    <url>/COMPLETE                  written last, by the owner: only its presence makes a render complete
 
-Checkpoints alternate between two slots and the manifest is rewritten only after every tile of a slot is
-written, so a crash mid-checkpoint leaves the previous checkpoint intact.
+Files live beside the Zarr group, not in it, so Zarr tools list the group without tripping over them.
+Checkpoints alternate between two slots and the manifest moves only after every tile of a slot is written,
+so a crash mid-checkpoint leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -29,11 +33,16 @@ import torch
 from supergen.sink import Checkpoint
 from supergen.tiling import Window, crop, intersections, local, paste
 
-from .location import StoreError, bucket_of, filesystem, normalize, redact
+from . import lease as leases
+from .location import StoreError, bucket_of, check_reachable, describe, filesystem, normalize, redact
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+DATA = "data.zarr"
+PROGRESS = "progress.json"
 MARKER = "COMPLETE"
 FILES = ("video.mp4", "sketch.mp4", "contact_sheet.png", "cache_skips.png", "render.json")
+STAGE_STATUS = {"sketch": "sketched", "start": "refining", "final": "refined"}
+STATUSES = ("created", "sketched", "refining", "refined", "complete")  # the only order status moves in
 
 
 class RenderStore:
@@ -42,8 +51,9 @@ class RenderStore:
     Notes: the store does not close the fsspec filesystem it uses (fsspec caches and shares instances).
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False):
-        self.url = normalize(url)
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False,
+                 bucket_root: bool = False):
+        self.url = normalize(url, bucket_root=bucket_root)
         self.storage_options = dict(storage_options or {})
         self.read_only = read_only
         self._fs = self._path = self._group = None
@@ -66,7 +76,7 @@ class RenderStore:
         return f"{self._path.rstrip('/')}/{name}"
 
     def _fail(self, what: str, e: Exception) -> StoreError:
-        return StoreError(redact(f"{what} {self.url}: {type(e).__name__}: {e}", self.storage_options))
+        return StoreError(redact(f"{what} {self.url}: {describe(e)}", self.storage_options))
 
     @property
     def group(self):
@@ -78,9 +88,9 @@ class RenderStore:
                 if self.url.startswith("file://"):
                     from zarr.storage import LocalStore
 
-                    zs = LocalStore(self.url[len("file://"):], read_only=self.read_only)
+                    zs = LocalStore(f"{self.url[len('file://'):]}/{DATA}", read_only=self.read_only)
                 else:
-                    zs = FsspecStore.from_url(self.url, storage_options=self.storage_options or None,
+                    zs = FsspecStore.from_url(f"{self.url}/{DATA}", storage_options=self.storage_options or None,
                                               read_only=self.read_only)
                 self._group = zarr.open_group(store=zs, mode="r" if self.read_only else "a", zarr_format=3)
             except Exception as e:
@@ -89,70 +99,178 @@ class RenderStore:
 
     def exists(self) -> bool:
         try:
-            return self.fs.exists(self._key("zarr.json"))
+            return self.fs.exists(self._key(f"{DATA}/zarr.json"))
         except Exception as e:
             raise self._fail("cannot read", e) from None
 
+    def _legacy_layout(self) -> int | None:
+        """The layout of a store written before the Zarr group moved into data.zarr (layout 1)."""
+        try:
+            return json.loads(self.fs.cat_file(self._key("zarr.json")))["attributes"].get("supergen_layout")
+        except Exception:
+            return None
+
     @property
     def attrs(self) -> dict:
+        """The store's fixed facts (layout, spec, seed, versions): written once, when it is created."""
         return dict(self.group.attrs)
 
     def check_writable(self) -> None:
-        """Fail early (before any model loads) when the location cannot take writes."""
+        """Fail early (before any model loads) when the location cannot take writes, naming the cause:
+        unreachable endpoint, unknown option or profile, wrong key or secret, missing bucket, denied write."""
+        check_reachable(self.storage_options)
         bucket = bucket_of(self.url)
         made = False
         try:
-            if bucket is not None and not self.fs.exists(bucket):
-                raise StoreError(f"bucket {bucket!r} does not exist ({self.url}); create it first")
+            if bucket is not None:
+                self._check_bucket(bucket)
             if self.url.startswith("file://") and not self.fs.exists(self._path):
                 self.fs.makedirs(self._path, exist_ok=True)
                 made = True
             probe = self._key(".supergen-write-probe")
             self.fs.pipe_file(probe, b"ok")
             self.fs.rm_file(probe)
-            made = False
         except StoreError:
             raise
         except PermissionError as e:
-            raise StoreError(redact(f"no permission to write to {self.url}: {e}", self.storage_options)) from None
+            raise StoreError(redact(f"no permission to write to {self.url}: {describe(e)}",
+                                    self.storage_options)) from None
         except Exception as e:
             raise self._fail("cannot write to", e) from None
         finally:
-            if made:  # leave nothing behind when the location turned out unusable
+            if made:  # a check leaves nothing behind: the render makes the folder when it writes
                 self.fs.rm(self._path, recursive=True)
+
+    def _check_bucket(self, bucket: str) -> None:
+        try:
+            self.fs.info(bucket)
+            return
+        except FileNotFoundError:
+            raise StoreError(f"bucket {bucket!r} does not exist ({self.url}); create it first") from None
+        except PermissionError:
+            pass
+        try:  # a HEAD carries no reason; a listing's error body says which credential is wrong
+            self.fs.ls(self._path, detail=False)
+        except FileNotFoundError:
+            return  # the bucket answers listings: a new prefix
+        except Exception as e:
+            raise self._fail("cannot access", e) from None
+
+    # -- ownership and progress ----------------------------------------------------------------------
+    def _lease_key(self) -> str:
+        return self.url
+
+    def acquire(self) -> None:
+        """Own this store (storage/lease.py), or raise StoreBusy naming the live render that does."""
+        self.fs
+        leases.hold(self.fs, self._path, self._lease_key(), self.url)
+
+    def release(self) -> None:
+        lease = leases.held(self._lease_key())
+        if lease is not None:
+            lease.release()
+
+    @property
+    def owned(self) -> bool:
+        return leases.held(self._lease_key()) is not None
+
+    def _owner_check(self) -> None:
+        lease = leases.held(self._lease_key())
+        if lease is None:
+            raise StoreError(f"{self.url}: only the render that owns the store writes its progress")
+        lease.check(self.url)
+
+    def progress(self) -> dict:
+        """{"status", "checkpoint" (the latest manifest or None)}; a store without progress.json is new."""
+        try:
+            return json.loads(self.fs.cat_file(self._key(PROGRESS)))
+        except FileNotFoundError:
+            return {"status": "created", "checkpoint": None}
+        except Exception as e:
+            raise self._fail("cannot read progress of", e) from None
+
+    def advance(self, status: str | None = None, checkpoint: dict | None = None) -> None:
+        """Move status and/or the checkpoint pointer forward (the owner only). Status never goes back: a
+        resumed render that passes a stage again leaves it where it is. A checkpoint older than the
+        current one is a bug, refused."""
+        self._owner_check()
+        cur = self.progress()
+        new = dict(cur)
+        if status is not None:
+            new["status"] = max(status, cur.get("status", "created"), key=STATUSES.index)
+        if checkpoint is not None:
+            old = cur.get("checkpoint")
+            if old is not None and checkpoint["step"] <= old["step"]:
+                raise StoreError(f"{self.url}: checkpoint cannot go back from step {old['step']} to "
+                                 f"{checkpoint['step']}")
+            new["checkpoint"] = checkpoint
+        self._write_progress(new)
+
+    def _write_progress(self, progress: dict) -> None:
+        try:
+            self.fs.pipe_file(self._key(PROGRESS), json.dumps({**progress, "updated": time.time()}).encode())
+        except Exception as e:
+            raise self._fail("cannot write progress to", e) from None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @classmethod
-    def create(cls, url: str, spec, storage_options=None, overwrite: bool = False) -> RenderStore:
-        """Open the store for rendering `spec` (a resolved RenderSpec): a new store is initialised; one that
-        holds the same spec is reused as is (a retry or resume continues it); one with another spec, or a
-        newer layout, is refused unless `overwrite`, which clears it first."""
-        store = cls(url, storage_options)
+    def create(cls, url: str, spec, storage_options=None, overwrite: bool = False,
+               bucket_root: bool = False) -> RenderStore:
+        """Own the store for rendering `spec` (a resolved RenderSpec): a new store is initialised; one that
+        holds the same spec is reused as is (a retry or resume continues it); one with another spec, an
+        older or newer layout, is refused unless `overwrite`, which clears it first. A store another live
+        render owns is refused, naming it; nothing is written before ownership is settled."""
+        store = cls(url, storage_options, bucket_root=bucket_root)
         store.check_writable()
-        if store.exists():
-            attrs = store.attrs
-            problem = store._incompatibility(attrs, spec)
-            if problem is None:
-                return store
-            if not overwrite:
+        problem = store.problem_with(spec)  # refusals and finished renders need no ownership: no write
+        if problem is not None and not overwrite:
+            raise StoreError(f"{store.url} {problem}; pass --overwrite to replace it")
+        if problem is None and store.complete:
+            return store
+        store.acquire()
+        try:
+            problem = store.problem_with(spec)  # again, now that no one else can change it
+            if problem is not None and not overwrite:
                 raise StoreError(f"{store.url} {problem}; pass --overwrite to replace it")
+            if problem is None and store.exists():
+                return store
             store.clear()
-        from supergen import versions
+            from supergen import versions
 
-        store.group.attrs.update({"supergen_layout": LAYOUT_VERSION, "spec": spec.to_dict(), "seed": spec.seed,
-                                  "versions": versions(), "status": "created"})
+            store.group.attrs.update({"supergen_layout": LAYOUT_VERSION, "spec": spec.to_dict(),
+                                      "seed": spec.seed, "versions": versions()})
+            store._write_progress({"status": "created", "checkpoint": None})
+        except BaseException:
+            store.release()
+            raise
         return store
 
     @classmethod
     def open(cls, url: str, storage_options=None, read_only: bool = True) -> RenderStore:
-        store = cls(url, storage_options, read_only=read_only)
+        """An existing store; writable (`read_only=False`, what resume needs) means owned: a store another
+        live render owns is refused, a dead owner's is taken over."""
+        store = cls(url, storage_options, read_only=read_only, bucket_root=True)
+        check_reachable(store.storage_options)
         if not store.exists():
+            legacy = store._legacy_layout()
+            if legacy is not None:
+                raise StoreError(f"{store.url} has store layout {legacy}, written by an older supergen; its "
+                                 f"video.mp4 stays readable as a file; render it again to use this version")
             raise StoreError(f"no render store at {store.url}")
         layout = store.attrs.get("supergen_layout")
         if layout is None or layout > LAYOUT_VERSION:
             raise StoreError(f"{store.url} has store layout {layout!r}; this supergen reads layout "
                              f"<= {LAYOUT_VERSION}: upgrade supergen")
+        if not read_only:
+            store.acquire()
         return store
+
+    def problem_with(self, spec) -> str | None:
+        """Why rendering `spec` here would be refused (None: a new store, or the same render)."""
+        if not self.exists():
+            legacy = self._legacy_layout()
+            return None if legacy is None else f"has store layout {legacy}, written by an older supergen"
+        return self._incompatibility(self.attrs, spec)
 
     @staticmethod
     def _incompatibility(attrs: dict, spec) -> str | None:
@@ -161,6 +279,8 @@ class RenderStore:
             return "is not a supergen render store"
         if layout > LAYOUT_VERSION:
             return f"was written with store layout {layout}, newer than this supergen's {LAYOUT_VERSION}"
+        if layout < LAYOUT_VERSION:
+            return f"has store layout {layout}, written by an older supergen"
         if attrs.get("spec") != json.loads(json.dumps(spec.to_dict())):
             old, new = attrs.get("spec") or {}, spec.to_dict()
             fields = sorted(k for k in set(old) | set(new) if old.get(k) != json.loads(json.dumps(new.get(k))))
@@ -168,9 +288,13 @@ class RenderStore:
         return None
 
     def clear(self) -> None:
+        """Remove everything but the lease (the owner only: ownership is what makes clearing safe)."""
+        self._owner_check()
         try:
             if self.fs.exists(self._path):
-                self.fs.rm(self._path, recursive=True)
+                for p in self.fs.ls(self._path, detail=False):
+                    if p.rstrip("/").rsplit("/", 1)[-1] != "lease":
+                        self.fs.rm(p, recursive=True)
         except Exception as e:
             raise self._fail("cannot clear", e) from None
         self._group = None
@@ -180,9 +304,6 @@ class RenderStore:
 
         return RenderSpec.from_dict(self.attrs["spec"])
 
-    def set_status(self, status: str) -> None:
-        self.group.attrs["status"] = status
-
     @property
     def complete(self) -> bool:
         """True only once the completion marker exists; nothing else makes a render complete."""
@@ -190,6 +311,12 @@ class RenderStore:
             return self.fs.exists(self._key(MARKER))
         except Exception:
             return False
+
+    def finish(self) -> None:
+        """The owner's last act: status complete, then the marker, then the lease goes."""
+        self.advance("complete")
+        self.write_file(MARKER, b"")
+        self.release()
 
     # -- stage tensors (RenderSink) ------------------------------------------------------------------
     def _write_array(self, name: str, data: np.ndarray, chunks: tuple[int, ...], dims: list[str],
@@ -221,7 +348,8 @@ class RenderStore:
         chunks = data.shape if name == "sketch" else data.shape[:-2] + tuple(min(t, s) for t, s in
                                                                             zip(tile, data.shape[-2:]))
         self._write_array(f"{name}/latent", data, chunks, ["batch", "channel", "frame", "y", "x"])
-        self.set_status({"sketch": "sketched", "start": "refining", "final": "refined"}.get(name, name))
+        if self.owned:  # in process; on a cluster the workers write stages and the driver advances
+            self.advance(STAGE_STATUS[name])
 
     def load_stage(self, name: str) -> torch.Tensor | None:
         data = self._read_array(f"{name}/latent")
@@ -245,7 +373,7 @@ class RenderStore:
 
     def begin_checkpoint(self, n_tiles: int, arrays: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
         """Create the free slot's arrays (metadata only); returns the slot tiles then write into."""
-        latest = self.group.attrs.get("checkpoints_latest")
+        latest = self.checkpoint_manifest()
         slot = 0 if latest is None else 1 - latest["slot"]
         for name, (shape, dtype) in arrays.items():
             full = (n_tiles,) + tuple(shape)
@@ -271,13 +399,13 @@ class RenderStore:
             arr[k] = chunk
 
     def commit_checkpoint(self, step: int, slot: int, windows, cores, canvas, names, record: dict) -> None:
-        """The manifest, written after every tile: only now does the checkpoint count."""
+        """The manifest, written after every tile, by the owner: only now does the checkpoint count."""
         manifest = {"step": step, "slot": slot, "arrays": list(names), "canvas": list(canvas),
                     "windows": [_win(w) for w in windows], "cores": [_win(c) for c in cores], "record": record}
-        self.group.attrs["checkpoints_latest"] = json.loads(json.dumps(manifest))
+        self.advance(checkpoint=json.loads(json.dumps(manifest)))
 
     def checkpoint_manifest(self) -> dict | None:
-        return self.group.attrs.get("checkpoints_latest")
+        return self.progress().get("checkpoint")
 
     def load_checkpoint(self) -> Checkpoint | None:
         m = self.checkpoint_manifest()
@@ -347,13 +475,13 @@ class RenderStore:
             raise self._fail(f"cannot read {name} from", e) from None
 
     def write_outputs(self, result) -> None:
-        """Final latent, frames, files and, last of all, the completion marker."""
+        """Final latent, frames and files; the owner then calls `finish` (status and marker)."""
         from supergen import outputs
 
         spec = result.spec
         if self.load_stage("final") is None:
             self.save_stage("final", result.latent)
-        s = spec.width // result.latent.shape[-1]  # pixels per latent cell
+        s = spec.canvas_size[0] // result.latent.shape[-1]  # pixels per latent cell
         frames = result.video.numpy()
         chunk = (min(len(frames), spec.fps), min(frames.shape[1], spec.tile[0] * s),
                  min(frames.shape[2], spec.tile[1] * s), 3)
@@ -371,8 +499,6 @@ class RenderStore:
         self.write_file("cache_skips.png", outputs.png_bytes(outputs.skip_heatmap(
             result.cache.skip_map if result.cache else [])))
         self.write_file("render.json", json.dumps(result.report(), indent=1).encode())
-        self.set_status("complete")
-        self.write_file(MARKER, b"")
 
     def video_frames(self, frames: slice = slice(None), y: slice = slice(None), x: slice = slice(None)):
         """A region of the output frames without reading the rest (chunked by frame blocks and tiles)."""
@@ -384,9 +510,9 @@ class RenderStore:
 
     # -- inspection ----------------------------------------------------------------------------------
     def inspect(self) -> dict:
-        attrs = self.attrs
-        m = attrs.get("checkpoints_latest")
-        report = {"url": self.url, "status": attrs.get("status"), "complete": self.complete,
+        attrs, progress = self.attrs, self.progress()
+        m = progress.get("checkpoint")
+        report = {"url": self.url, "status": progress.get("status"), "complete": self.complete,
                   "layout": attrs.get("supergen_layout"), "seed": attrs.get("seed"),
                   "spec": attrs.get("spec"),
                   "last_checkpoint_step": None if m is None else m["step"],
@@ -404,7 +530,20 @@ class RenderStore:
             except Exception:
                 pass
         report["outputs_bytes"] = outs
+        report["owner"] = self._owner_report()
+        from supergen.executor import memory_summary
+
+        report["memory_estimate"] = memory_summary(self.spec())
         return report
+
+    def _owner_report(self) -> dict | None:
+        n, cur = leases.Lease(self.fs, self._path).current()
+        if cur is None:
+            return None
+        now = time.time()
+        state = leases.judge(cur, now, leases.owner_id())
+        return {"owner": cur.get("owner"), "generation": n, "state": {"mine": "live"}.get(state, state),
+                "heartbeat_age_s": round(now - float(cur.get("heartbeat", now)), 1)}
 
 
 def _map_name(array_name: str) -> str:

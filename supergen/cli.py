@@ -24,6 +24,9 @@ HELP = {
              "a hub id, or a local diffusers folder",
     "dtype": "transformer/text-encoder dtype; the VAE and the latent canvas stay float32",
     "device": "cpu, cuda or cuda:N",
+    "canvas_width": "pixels the render runs on (default: --width rounded up to whole model cells; the "
+                    "outputs are center-cropped back to --width x --height)",
+    "canvas_height": "pixels the render runs on (default: --height rounded up; give with --canvas-width)",
     "sketch_width": "sketch width in pixels (default: the target's aspect ratio at the native area)",
     "sketch_height": "sketch height in pixels (give with --sketch-width)",
     "tile": "tile HxW in latent cells (default: the model's native latent size, e.g. 60x104 for Wan 480p)",

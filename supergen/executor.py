@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from . import noise
+from . import memory, noise
 from .backends import load_backend, model_info
 from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
 from .progress import NullProgress, Progress
 from .refine import RefinePlan, refine_step
 from .sink import Checkpoint, RenderSink
-from .spec import RenderSpec, resolve
+from .spec import RenderSpec, crop_to_request, resolve, size_warnings
 from .tiling import cores
 from .upscale import to_uint8, upscale_video
 
@@ -25,15 +25,20 @@ from .upscale import to_uint8, upscale_video
 @dataclass
 class RenderResult:
     spec: RenderSpec  # resolved: every preset filled in
-    video: torch.Tensor  # (F, H, W, 3) uint8
-    sketch_video: torch.Tensor  # (F, h, w, 3) uint8
-    latent: torch.Tensor  # final normalized latent (1, C, F', H/8, W/8), float32
+    video: torch.Tensor  # (F, height, width, 3) uint8: the requested size, the centre of the canvas
+    sketch_video: torch.Tensor  # (F, sketch_height, sketch_width, 3) uint8: the whole canvas's picture, uncropped
+    latent: torch.Tensor  # final normalized latent (1, C, F', canvas_height/8, canvas_width/8), float32
     sketch_latent: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     tiles_per_step: list[int] = field(default_factory=list)
     cache: CacheReport | None = None
     forwards: dict[str, int] = field(default_factory=dict)  # transformer calls: sketch / refine
     family: str = ""
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the user should know about the sizes (canvas cropped, sketch stretched): `size_warnings`."""
+        return size_warnings(self.spec)
 
     def report(self) -> dict[str, Any]:
         """The render.json record."""
@@ -45,12 +50,32 @@ class RenderResult:
             "tiles_per_step": self.tiles_per_step, "forwards": self.forwards,
             "video_shape": list(self.video.shape), "sketch_shape": list(self.sketch_video.shape),
             "cache": self.cache.to_dict() if self.cache is not None else None,
+            "warnings": self.warnings,
+            "memory": memory_summary(self.spec),
         }
 
 
-def prepare(spec: RenderSpec) -> RenderSpec:
-    """Validate `spec` against its model's configs (no weights loaded) and fill presets."""
-    return resolve(spec, model_info(spec.model))
+def memory_summary(spec: RenderSpec) -> dict | None:
+    """Estimated peak bytes per stage (supergen.memory) for render.json and `supergen inspect`; None when
+    the model's configs are not on this machine."""
+    try:
+        est = memory.estimate(spec)
+    except Exception:
+        return None
+    return {"device": est["device"], "stages_bytes": est["stages"], "peak_stage": est["peak_stage"],
+            "peak_bytes": est["peak_bytes"], "formula": "supergen/memory.py"}
+
+
+def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = False) -> RenderSpec:
+    """Validate `spec` against its model's configs (no weights loaded) and fill presets; then refuse it with
+    `memory.InsufficientMemory` when a stage's estimated peak exceeds the device's free memory (skipped with
+    `check_memory=False` or SUPERGEN_MEMORY_CHECK=off; `weights_loaded`: the weights already take their
+    share of the device, so they are not counted again)."""
+    info = model_info(spec.model)
+    spec = resolve(spec, info)
+    if check_memory:
+        memory.check(spec, info, weights=not weights_loaded)
+    return spec
 
 
 def load_image(spec: RenderSpec):
@@ -69,8 +94,10 @@ def sketch_latent(backend: Backend, spec: RenderSpec, image) -> torch.Tensor:
 
 
 def start_latent(backend: Backend, spec: RenderSpec, video_lo: torch.Tensor, start: int) -> torch.Tensor:
-    """Stage 2: bicubic upscale in pixel space, re-encode, re-noise to schedule index `start` = N - k."""
-    z_hi = backend.encode(upscale_video(video_lo, (spec.height, spec.width)), vae_tile=spec.vae_tile)
+    """Stage 2: bicubic upscale in pixel space to the canvas, re-encode, re-noise to schedule index
+    `start` = N - k."""
+    cw, ch = spec.canvas_size
+    z_hi = backend.encode(upscale_video(video_lo, (ch, cw)), vae_tile=spec.vae_tile)
     eps = noise.gaussian(z_hi.shape, spec.seed, "renoise").to(z_hi.device)
     return backend.renoise(z_hi, eps, spec.steps, start)
 
@@ -93,18 +120,18 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     checkpoint and ends with exactly the video an uninterrupted render gives.
     """
     progress = progress or NullProgress()
-    spec = prepare(spec)  # every spec error surfaces here, before any weights load
+    spec = prepare(spec, weights_loaded=backend is not None)  # every spec error surfaces here, before any weights load
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
         backend = backend or load_backend(spec.model, spec.device, spec.dtype)
     image = load_image(spec)
-    plan = RefinePlan.from_spec(spec, backend.info.vae_spatial)
+    plan = RefinePlan.from_spec(spec, backend.info.vae_spatial)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
     save = sink.save_stage if sink is not None else (lambda name, t: None)
     forwards = {"sketch": 0, "refine": 0}
 
     # 1. Sketch: the whole clip at native size, the full N-step schedule, the stock pipeline.
-    with _timed(timings, "sketch", progress):
+    with _timed(timings, "sketch", progress), memory.guard("sketch", spec):
         z_lo = load("sketch")
         if z_lo is None:
             calls0 = backend.forwards
@@ -114,7 +141,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
         z_lo = z_lo.to(backend.device)
 
     # 2. Upscale in pixel space, re-encode, re-noise to schedule index N - k with seeded noise.
-    with _timed(timings, "upscale", progress):
+    with _timed(timings, "upscale", progress), memory.guard("upscale", spec):
         video_lo = backend.decode(z_lo, frames=spec.frames, vae_tile=spec.vae_tile)
         x = load("start")
         if x is None:
@@ -122,7 +149,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
             save("start", x)
         x = x.to(backend.device)
         cond = backend.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image,
-                                           (spec.width, spec.height), spec.frames, seed=spec.seed)
+                                           spec.canvas_size, spec.frames, seed=spec.seed)
 
     # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
     cache = TileCache(CacheConfig.from_spec(spec), plan.refine_steps)
@@ -136,8 +163,9 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     t0, calls0 = time.perf_counter(), backend.forwards
     for i in range(first, plan.refine_steps):
         progress.start(f"refine {i + 1}/{plan.refine_steps}", len(plan.grid(i)))
-        x, state, grid = refine_step(backend, cond, plan, i, x, state, seed=spec.seed, cache=cache,
-                                     on_tile=lambda d, t: progress.advance())
+        with memory.guard("refine", spec):
+            x, state, grid = refine_step(backend, cond, plan, i, x, state, seed=spec.seed, cache=cache,
+                                         on_tile=lambda d, t: progress.advance())
         tiles_per_step.append(len(grid))
         last = i == plan.refine_steps - 1
         if sink is not None and spec.checkpoint_every and ((i + 1) % spec.checkpoint_every == 0 or last):
@@ -151,10 +179,11 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     forwards["refine"] += backend.forwards - calls0
     save("final", x)
 
-    # 4. Decode the final canvas (tiled VAE with explicit tile and stride).
-    with _timed(timings, "decode", progress):
+    # 4. Decode the final canvas (tiled VAE with explicit tile and stride); the output is its requested centre.
+    with _timed(timings, "decode", progress), memory.guard("export", spec):
         video = backend.decode(x, frames=spec.frames, vae_tile=spec.vae_tile)
 
-    return RenderResult(spec=spec, video=to_uint8(video), sketch_video=to_uint8(video_lo), latent=x.cpu(),
-                        sketch_latent=z_lo.cpu(), timings=timings, tiles_per_step=tiles_per_step,
-                        forwards=forwards, family=backend.info.family, cache=cache.report)
+    with memory.guard("export", spec):  # the uint8 copies of the decoded canvas
+        return RenderResult(spec=spec, video=crop_to_request(to_uint8(video), spec), sketch_video=to_uint8(video_lo),
+                            latent=x.cpu(), sketch_latent=z_lo.cpu(), timings=timings, tiles_per_step=tiles_per_step,
+                            forwards=forwards, family=backend.info.family, cache=cache.report)

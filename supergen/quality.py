@@ -62,8 +62,19 @@ def _ratio(num: float, den: float) -> float:
 def _plan(spec: dict, vae_spatial: int) -> RefinePlan:
     """The refinement plan of a resolved spec dict. Built from the fields it needs alone, so a spec whose
     model folder or image is not on this machine can still be judged."""
-    keys = ("steps", "refine_steps", "width", "height", "tile", "boundary", "shift_every", "shift_loop")
-    return RefinePlan.from_spec(SimpleNamespace(**{k: spec[k] for k in keys}), vae_spatial)
+    keys = ("steps", "refine_steps", "tile", "boundary", "shift_every", "shift_loop")
+    return RefinePlan.from_spec(SimpleNamespace(canvas_size=_canvas(spec), **{k: spec[k] for k in keys}), vae_spatial)
+
+
+def _canvas(spec: dict) -> tuple[int, int]:
+    """(width, height) the render ran on: the canvas, of which the output is the centre crop."""
+    return spec.get("canvas_width") or spec["width"], spec.get("canvas_height") or spec["height"]
+
+
+def _crop_offset(spec: dict) -> tuple[int, int]:
+    """(top, left) of the output inside the canvas (supergen.spec.crop_box, from a spec dict)."""
+    cw, ch = _canvas(spec)
+    return (ch - spec["height"]) // 2, (cw - spec["width"]) // 2
 
 
 def _axis_edges(starts: tuple[int, ...], tile: int, size: int, vae_spatial: int) -> list[int]:
@@ -85,8 +96,10 @@ def seam_lines(spec: dict, vae_spatial: int = 8) -> tuple[list[int], list[int]]:
     if plan.refine_steps < 1:
         return [], []
     grid = plan.grid(plan.refine_steps - 1)
-    return (_axis_edges(grid.rows, grid.tile[0], grid.canvas[0], vae_spatial),
-            _axis_edges(grid.cols, grid.tile[1], grid.canvas[1], vae_spatial))
+    top, left = _crop_offset(spec)  # lines in the cropped output's pixels
+    rows = [r - top for r in _axis_edges(grid.rows, grid.tile[0], grid.canvas[0], vae_spatial)]
+    cols = [c - left for c in _axis_edges(grid.cols, grid.tile[1], grid.canvas[1], vae_spatial)]
+    return [r for r in rows if 0 < r < spec["height"]], [c for c in cols if 0 < c < spec["width"]]
 
 
 def tile_pitch(spec: dict, vae_spatial: int = 8) -> tuple[float | None, float | None]:

@@ -36,7 +36,9 @@ class RefinePlan:
 
     @classmethod
     def from_spec(cls, spec, vae_spatial: int) -> RefinePlan:
-        return cls(spec.steps, spec.refine_steps, (spec.height // vae_spatial, spec.width // vae_spatial),
+        """The plan of a resolved spec: the grid covers the canvas (the output is its centre crop)."""
+        width, height = spec.canvas_size
+        return cls(spec.steps, spec.refine_steps, (height // vae_spatial, width // vae_spatial),
                    tuple(spec.tile), spec.boundary, spec.shift_every, spec.shift_loop)
 
 

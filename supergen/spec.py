@@ -4,9 +4,12 @@ A spec is validated twice, both times before any weights are loaded:
 
 1. at construction, every field on its own (types, ranges, names, files that must exist);
 2. by `resolve(spec, info)`, against the model's `ModelInfo` (read from its config files only):
-   sizes must be whole VAE x patch cells, frames a whole number of VAE time blocks, the tile a size the
-   model can take. `resolve` fills every `None` with the model's preset and returns a new spec in which
-   no field is `None` except `image`; that resolved spec is what render.json records.
+   frames must be a whole number of VAE time blocks, the tile a size the model can take. The render runs
+   on a canvas of whole VAE x patch cells: `canvas_width` x `canvas_height`, each side the requested one
+   rounded up to the model's size multiple (1920x1080 -> 1920x1088 for Wan's 16 px), and the exported
+   pixels are the centre `width` x `height` of it (`crop_to_request`). `resolve` fills every `None` with
+   the model's preset and returns a new spec in which no field is `None` except `image`; that resolved
+   spec is what render.json records.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class RenderSpec:
     image: str | None = None  # conditioning image path (I2V models only)
     width: int | None = None  # output pixels; preset: the model's native width x its default scale
     height: int | None = None
+    # the canvas the render runs on: width/height rounded up to whole VAE x patch cells, filled by `resolve`
+    # (set by hand, it must be exactly that); outputs are its centre width x height (`crop_to_request`)
+    canvas_width: int | None = None
+    canvas_height: int | None = None
     frames: int | None = None  # output frames; must be 1 + a multiple of the VAE's time factor
     steps: int | None = None  # N: the full schedule (the sketch runs all N)
     refine_steps: int | None = None  # k: the last k of the N steps run tiled at full size (paper: 45/50)
@@ -92,6 +99,14 @@ class RenderSpec:
     def replace(self, **changes) -> RenderSpec:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def canvas_size(self) -> tuple[int, int]:
+        """(width, height) pixels the render runs on (latents, tiles, upscale, conditioning): the canvas
+        fields of a resolved spec; width/height for a spec resolved before they existed (always whole
+        cells then)."""
+        return (self.canvas_width if self.canvas_width is not None else self.width,
+                self.canvas_height if self.canvas_height is not None else self.height)
+
 
 def parse_tile(text: str) -> tuple[int, int]:
     """'60x104' -> (60, 104): latent height x width."""
@@ -136,8 +151,20 @@ def _check_fields(s: RenderSpec) -> None:
         raise SpecError("negative_prompt", f"must be a string, got {type(s.negative_prompt).__name__}")
     for name in ("width", "height", "sketch_width", "sketch_height"):
         _int(s, name, lo=8, hi=16384)
+    for name in ("width", "height"):
+        v = getattr(s, name)
+        if v is not None and v % 2:
+            raise SpecError(name, f"must be even (video.mp4 is H.264 4:2:0, which takes only even sides), got {v}; "
+                                  f"try {v - 1} or {v + 1}")
     if (s.sketch_width is None) != (s.sketch_height is None):
         raise SpecError("sketch_width", "give both sketch_width and sketch_height, or neither")
+    for name, side in (("canvas_width", "width"), ("canvas_height", "height")):
+        _int(s, name, lo=8)
+        v, out = getattr(s, name), getattr(s, side)
+        if v is not None and out is not None and v < out:
+            raise SpecError(name, f"must cover the output: >= {side} ({out}), got {v}")
+    if (s.canvas_width is None) != (s.canvas_height is None):
+        raise SpecError("canvas_width", "give both canvas_width and canvas_height, or neither (resolve fills them)")
     _int(s, "frames", lo=1, hi=1025)
     _int(s, "steps", lo=1, hi=1000)
     _int(s, "refine_steps", lo=1, hi=1000)
@@ -209,25 +236,58 @@ def _check_model(model: str) -> None:
 # Resolution against a model
 
 
-def default_sketch_size(width: int, height: int, native: tuple[int, int], multiple: int) -> tuple[int, int]:
-    """(w, h), multiples of `multiple`, no larger than the target, of area <= the native area: the largest
-    whose aspect ratio is within 5% of the target's, else the closest in aspect ratio.
+ASPECT_TOLERANCE = 0.02  # the default sketch's aspect ratio stays within 2% of the canvas's whenever it can
+MIN_SKETCH_AREA = 0.25  # ... at no less than this fraction of the largest area it may have (half each side)
 
-    For the paper's sizes (2560x1440 or 3840x2160 from a 1280x720 model) this is exactly the native size;
-    for other aspect ratios it keeps the target's shape, so the bicubic upscale never stretches much (on
-    a small model's coarse size grid, flooring both sides independently could distort it by 20%).
+
+def stretch(w: int, h: int, target_w: int, target_h: int) -> float:
+    """How much resizing a w x h picture to target_w x target_h distorts it: 0 for the same aspect ratio,
+    0.02 when one ratio is 2% larger than the other."""
+    r = (w * target_h) / (h * target_w)
+    return max(r, 1 / r) - 1
+
+
+def default_sketch_size(width: int, height: int, native: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """The default sketch (w, h) for a `width` x `height` canvas: sides multiples of `multiple`, no larger
+    than the canvas, area at most the native area and at least `MIN_SKETCH_AREA` of the largest it may have
+    (min(native area, canvas area)).
+
+    Among those, the largest whose aspect ratio is within `ASPECT_TOLERANCE` (2%) of the canvas's, so the
+    bicubic upscale never stretches more than that; when no size on the model's grid gets within 2% (small
+    models with coarse grids, extreme aspect ratios), the closest in aspect ratio, which `size_warnings`
+    reports. Sizes under the minimum area are taken only when nothing else fits. For the paper's sizes
+    (2560x1440 or 3840x2160 from a 1280x720 model) this is exactly the native size.
     """
-    aspect, area = width / height, native[0] * native[1]
+    aspect = width / height
+    cap = native[0] * native[1]
+    floor_area = MIN_SKETCH_AREA * min(cap, width * height)
     best = None
     for sh in range(multiple, height + 1, multiple):
-        for sw in {max(multiple, int(sh * aspect // multiple) * multiple), -(-sh * aspect // multiple) * multiple}:
-            sw = int(sw)
-            if sw > width or sw * sh > area:
-                continue
-            err = abs(math.log(sw / sh / aspect))
-            key = (0, -sw * sh, err) if err <= 0.05 else (1, err, -sw * sh)
-            best = min(best, (key, (sw, sh))) if best else (key, (sw, sh))
+        top = min(width, cap // sh) // multiple * multiple  # the widest that fits (canvas and native area)
+        if top < multiple:
+            break  # taller sketches fit even less
+        exact = sh * aspect
+        # every width within the tolerance, the nearest multiples on either side of the exact width, and
+        # the ends of what fits (the closest of the too-narrow or too-wide ones when the exact width cannot be)
+        within = range(max(multiple, math.floor(exact / (1 + ASPECT_TOLERANCE) / multiple) * multiple),
+                       min(top, math.ceil(exact * (1 + ASPECT_TOLERANCE) / multiple) * multiple) + 1, multiple)
+        ends = {math.floor(exact / multiple) * multiple, math.ceil(exact / multiple) * multiple, top,
+                math.ceil(floor_area / sh / multiple) * multiple}
+        for sw in sorted(set(within) | {w for w in ends if multiple <= w <= top}):
+            area, err = sw * sh, stretch(sw, sh, width, height)
+            if area < floor_area:
+                key = (2, err, -area)
+            elif err <= ASPECT_TOLERANCE:
+                key = (0, -area, err)
+            else:
+                key = (1, err, -area)
+            if best is None or (key, (sw, sh)) < best:
+                best = (key, (sw, sh))
     return best[1] if best else (multiple, multiple)
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
 
 
 def _nearest_multiples(v: int, m: int) -> str:
@@ -236,17 +296,24 @@ def _nearest_multiples(v: int, m: int) -> str:
 
 
 def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
-    """Fill presets from `info` and check every size against the model. Raises `SpecError`."""
+    """Fill presets from `info` and check every size against the model. Raises `SpecError`.
+
+    A width or height that is not a whole number of the model's VAE x patch cells is kept as the output
+    size; the render runs on the covering canvas (`canvas_width` x `canvas_height`) and is cropped back.
+    Frames are never rounded: a count the VAE cannot take is an error."""
     p = info.presets
     scale = p["scale"]
     nat_w, nat_h = info.native_size
     width = spec.width if spec.width is not None else nat_w * scale
     height = spec.height if spec.height is not None else nat_h * scale
     m_h, m_w = info.vae_spatial * info.patch[1], info.vae_spatial * info.patch[2]
-    for name, v, m in (("width", width, m_w), ("height", height, m_h)):
-        if v % m:
-            raise SpecError(name, f"must be a multiple of {m} for {info.family} (VAE {info.vae_spatial} x patch), "
-                                  f"got {v}; try {_nearest_multiples(v, m)}")
+    # the canvas: whole VAE x patch cells covering the request; the outputs are its centre width x height
+    cw, ch = _round_up(width, m_w), _round_up(height, m_h)
+    for name, given, v, side, m in (("canvas_width", spec.canvas_width, cw, width, m_w),
+                                    ("canvas_height", spec.canvas_height, ch, height, m_h)):
+        if given is not None and given != v:
+            raise SpecError(name, f"must be {v} for a {side}-px output on {info.family}: the smallest multiple of "
+                                  f"{m} (VAE {info.vae_spatial} x patch) that covers it; got {given} (leave it unset)")
     s_h, s_w = math.lcm(m_h, info.sketch_multiple), math.lcm(m_w, info.sketch_multiple)
     if spec.sketch_width is not None:
         sw, sh = spec.sketch_width, spec.sketch_height
@@ -256,12 +323,13 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
     elif info.exact_tile:
         sw, sh = info.native_size  # fixed-resolution positional embeddings: the sketch too runs native
     else:
-        sw, sh = default_sketch_size(width, height, info.native_size, math.lcm(s_w, s_h))
+        sw, sh = default_sketch_size(cw, ch, info.native_size, math.lcm(s_w, s_h))  # upscaled to the canvas
     if info.exact_tile and (sw, sh) != tuple(info.native_size):
         raise SpecError("sketch_width", f"{info.family} only generates at its native "
                                         f"{info.native_size[0]}x{info.native_size[1]}, got a {sw}x{sh} sketch")
-    if sw > width or sh > height:
-        raise SpecError("sketch_width", f"sketch {sw}x{sh} must not exceed the output {width}x{height}")
+    if sw > cw or sh > ch:
+        what = f"the output {width}x{height}" if (cw, ch) == (width, height) else f"the canvas {cw}x{ch}"
+        raise SpecError("sketch_width", f"sketch {sw}x{sh} must not exceed {what}")
 
     frames = spec.frames if spec.frames is not None else p["frames"]
     ft = info.frames_multiple
@@ -274,7 +342,7 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
     if k > steps:
         raise SpecError("refine_steps", f"must be <= steps ({steps}), got {k}")
 
-    canvas = (height // info.vae_spatial, width // info.vae_spatial)
+    canvas = (ch // info.vae_spatial, cw // info.vae_spatial)
     if spec.tile is None:
         tile = tuple(min(n, c) for n, c in zip(info.native_latent, canvas))
     else:
@@ -287,8 +355,9 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         raise SpecError("image", f"{info.family} is a text-to-video model and takes no image")
 
     return spec.replace(
-        width=width, height=height, sketch_width=sw, sketch_height=sh, frames=frames, steps=steps,
-        refine_steps=k, guidance=spec.guidance if spec.guidance is not None else p["guidance"],
+        width=width, height=height, canvas_width=cw, canvas_height=ch, sketch_width=sw, sketch_height=sh,
+        frames=frames, steps=steps, refine_steps=k,
+        guidance=spec.guidance if spec.guidance is not None else p["guidance"],
         tile=tuple(tile), vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
         fps=spec.fps or p["fps"],
         cache_threshold=spec.cache_threshold if spec.cache_threshold is not None else p["cache_threshold"],
@@ -310,3 +379,55 @@ def _check_tile(tile: tuple[int, int], canvas: tuple[int, int], info: ModelInfo)
     if info.max_tile is not None and (th > info.max_tile[0] or tw > info.max_tile[1]):
         raise SpecError("tile", f"{th}x{tw} exceeds the largest tile {info.max_tile[0]}x{info.max_tile[1]} "
                                 f"that {info.family}'s positional embedding covers")
+
+
+# ---------------------------------------------------------------------------------------------------
+# From the canvas to the requested output
+
+
+def crop_box(spec: RenderSpec) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the requested output inside the canvas of a resolved spec: centred,
+    the odd pixel of an odd margin at the bottom/right; (0, 0, height, width) when they are the same."""
+    cw, ch = spec.canvas_size
+    if cw < spec.width or ch < spec.height:
+        raise ValueError(f"canvas {cw}x{ch} does not cover the output {spec.width}x{spec.height}")
+    return (ch - spec.height) // 2, (cw - spec.width) // 2, spec.height, spec.width
+
+
+def crop_to_request(video, spec: RenderSpec):
+    """The requested `width` x `height` centre of a decoded canvas video (frames, canvas_height,
+    canvas_width, channels): every exported pixel output (frames, video.mp4, contact sheet) goes through
+    here, in process and on the cluster alike. Works on torch tensors and numpy arrays; the result is
+    contiguous (a copy when cropped, the input itself when not)."""
+    cw, ch = spec.canvas_size
+    if tuple(video.shape[1:3]) != (ch, cw):
+        raise ValueError(f"expected a video of the {cw}x{ch} canvas (frames, {ch}, {cw}, channels), "
+                         f"got shape {tuple(video.shape)}")
+    top, left, h, w = crop_box(spec)
+    if (h, w) == (ch, cw):
+        return video
+    out = video[:, top : top + h, left : left + w]
+    if hasattr(out, "contiguous"):
+        return out.contiguous()
+    import numpy as np
+
+    return np.ascontiguousarray(out)
+
+
+def size_warnings(spec: RenderSpec) -> list[str]:
+    """What a user should know about the sizes of a resolved spec, one sentence each (empty when
+    nothing): a canvas larger than the output, an upscale that stretches the sketch by more than
+    `ASPECT_TOLERANCE`. A function of the resolved spec alone, so every executor reports the same."""
+    out = []
+    cw, ch = spec.canvas_size
+    if (cw, ch) != (spec.width, spec.height):
+        top, left, _, _ = crop_box(spec)
+        out.append(f"{spec.width}x{spec.height} is not a whole number of the model's VAE x patch cells: it renders "
+                   f"on a {cw}x{ch} canvas and the outputs are its centre {spec.width}x{spec.height} "
+                   f"(offset {left} px from the left, {top} px from the top)")
+    err = stretch(spec.sketch_width, spec.sketch_height, cw, ch)
+    if err > ASPECT_TOLERANCE:
+        out.append(f"the {spec.sketch_width}x{spec.sketch_height} sketch's aspect ratio differs from the {cw}x{ch} "
+                   f"canvas's by {100 * err:.1f}%, so the upscale stretches the picture (the default sketch is within "
+                   f"{100 * ASPECT_TOLERANCE:g}% whenever the model's sketch size grid allows it)")
+    return out

@@ -62,7 +62,7 @@ class ModelHolder(WorkerPlugin):
 
             be = self.backend(spec)
             cond = be.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, load_image(spec),
-                                          (spec.width, spec.height), spec.frames, seed=spec.seed)
+                                          spec.canvas_size, spec.frames, seed=spec.seed)
             self.conds[render_id] = cpu_conditioning(cond)
             while len(self.conds) > self.max_renders:
                 self.conds.popitem(last=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from supergen.executor import RenderResult, load_image, sketch_latent, start_latent
+from supergen.memory import guarded
 from supergen.refine import RefinePlan
 from supergen.upscale import to_uint8
 
@@ -21,6 +22,7 @@ def warm_worker(store, render_id: str) -> float:
     return time.perf_counter() - t0
 
 
+@guarded("sketch")  # an allocator failure becomes InsufficientMemory naming the stage
 def sketch_stage(store) -> dict:
     """Sketch at native size (skipped when the store already has it)."""
     spec = store.spec()
@@ -32,6 +34,7 @@ def sketch_stage(store) -> dict:
     return {"forwards": be.forwards - calls0, "seconds": time.perf_counter() - t0, "skipped": False}
 
 
+@guarded("upscale")  # an allocator failure becomes InsufficientMemory naming the stage
 def upscale_stage(store) -> dict:
     """Decode, upscale in pixels, re-encode and re-noise into start/latent (skipped when present)."""
     spec = store.spec()
@@ -45,9 +48,12 @@ def upscale_stage(store) -> dict:
     return {"seconds": time.perf_counter() - t0, "skipped": False}
 
 
+@guarded("export")  # an allocator failure becomes InsufficientMemory naming the stage
 def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache=None) -> dict:
-    """Decode the refined latent and write every output, the completion marker last."""
+    """Decode the refined latent and write every output, the completion marker last. The video is the
+    requested centre of the decoded canvas, cropped by the same function as in process."""
     from supergen.cache import CacheReport
+    from supergen.spec import crop_to_request
 
     spec = store.spec()
     be = holder().backend(spec)
@@ -60,8 +66,8 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
         report = CacheReport(cache["policy"], cache["threshold"], cache["alpha"], cache["skip_map"],
                              cache["thresholds"], cache["reasons"])
     timings = {**timings, "decode": time.perf_counter() - t0}
-    result = RenderResult(spec=spec, video=to_uint8(video), sketch_video=to_uint8(video_lo), latent=x,
-                          sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step, forwards=forwards,
-                          family=be.info.family, cache=report)
+    result = RenderResult(spec=spec, video=crop_to_request(to_uint8(video), spec), sketch_video=to_uint8(video_lo),
+                          latent=x, sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step,
+                          forwards=forwards, family=be.info.family, cache=report)
     store.write_outputs(result)
     return {"seconds": timings["decode"]}

@@ -46,6 +46,19 @@ def image_path(tmp_path_factory):
     return str(p)
 
 
+def broken_copy(folder, dest) -> str:
+    """A copy of a model folder whose weight files are garbage: only its configs can be read."""
+    import shutil
+
+    shutil.copytree(folder, dest)
+    for root, _, files in os.walk(dest):
+        for f in files:
+            if f.endswith(".safetensors"):
+                with open(os.path.join(root, f), "wb") as fh:
+                    fh.write(b"garbage")
+    return str(dest)
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -178,3 +191,56 @@ def dask_cluster(tmp_path_factory):
         c.register_plugin(ModelHolder())
         c.gather([c.submit(warm_worker, store, "warm", workers=[f"cpu-{i}"], pure=False) for i in range(3)])
     return addr
+
+
+class S3Endpoint:
+    """A real S3 endpoint (moto's server) on loopback, with authentication enforced: requests must be
+    signed with an access key its IAM knows, so a wrong key or secret fails as it would on AWS."""
+
+    def __init__(self, endpoint: str, key: str, secret: str):
+        self.endpoint, self.key, self.secret = endpoint, key, secret
+
+    def client(self, **kw):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.key,
+                            aws_secret_access_key=self.secret, region_name="us-east-1", **kw)
+
+    def options(self, **extra) -> dict:
+        return {"client_kwargs": {"endpoint_url": self.endpoint}, **extra}
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """The session's S3 endpoint with a bucket `renders`; its credentials are in this process's environment
+    (the standard chain), as a user's would be."""
+    import json
+
+    import boto3
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="renderer")
+    iam.put_user_policy(UserName="renderer", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="renderer")["AccessKey"]
+    ep = S3Endpoint(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    old_count = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count = 0, 0  # enforce from here on
+    mp = pytest.MonkeyPatch()
+    for k, v in {"AWS_ACCESS_KEY_ID": ep.key, "AWS_SECRET_ACCESS_KEY": ep.secret, "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        mp.setenv(k, v)
+    mp.delenv("AWS_PROFILE", raising=False)
+    ep.client().create_bucket(Bucket="renders")
+    yield ep
+    mp.undo()
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = old_count
+    server.stop()

@@ -27,7 +27,7 @@ def test_render_writes_every_output(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,field", [
-    (["--width", "100"], "width"),
+    (["--width", "101"], "width"),
     (["--frames", "6"], "frames"),
     (["--tile", "40x8"], "tile"),
     (["--model", "/does/not/exist"], "model"),
@@ -44,18 +44,12 @@ def test_bad_input_fails_early_and_writes_nothing(args, field, tmp_path, capsys)
 def test_spec_errors_come_before_weights_load(tiny_dir, tmp_path):
     """A folder whose weights are unreadable still gets the spec error, not a load error: proof that the
     spec is checked against configs alone."""
-    import shutil
-
     import supergen
+    from conftest import broken_copy
 
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_dir("wan-t2v"), broken)
-    for root, _, files in os.walk(broken):
-        for f in files:
-            if f.endswith(".safetensors"):
-                open(os.path.join(root, f), "wb").write(b"garbage")
-    with pytest.raises(supergen.SpecError, match="`width`"):
-        supergen.render(supergen.RenderSpec(prompt="x", model=str(broken), width=100))
+    broken = broken_copy(tiny_dir("wan-t2v"), tmp_path / "broken")
+    with pytest.raises(supergen.SpecError, match="`frames`"):  # not 1 + a multiple of the VAE's time factor
+        supergen.render(supergen.RenderSpec(prompt="x", model=str(broken), frames=6))
     with pytest.raises(supergen.BackendError, match="loading"):
         supergen.render(supergen.RenderSpec(prompt="x", model=str(broken), width=128, height=128, frames=5,
                                             steps=2))

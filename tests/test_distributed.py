@@ -17,6 +17,7 @@ from flows.refine import refine_on_cluster
 from flows.render import run_stages
 from storage import RenderStore
 from supergen import RenderSpec
+from supergen.errors import SupergenError
 from supergen.executor import prepare
 
 # 128 x 112 pixels: a 14 x 16 latent under 8-cell tiles, so window rows overlap neighbouring cores and
@@ -56,6 +57,7 @@ def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
     stats = refine_on_cluster(client, store, spec, workers=use)
     client.submit(export_stage, store, {}, stats.tiles_per_step, {"sketch": 0, "refine": stats.forwards},
                   stats.cache, workers=use[:1], pure=False).result()
+    store.finish()  # the driver, the store's owner, completes it; workers never do
     st = RenderStore.open(str(tmp_path / "s"))
     assert st.complete
     torch.testing.assert_close(st.load_stage("final"), reference.latent, **TOL)
@@ -147,7 +149,7 @@ def test_stochastic_scheduler_is_refused_before_work(client, tiny_dir, tmp_path)
     spec = prepare(RenderSpec(**{**SPEC, "model": tiny_dir("cogvideox-t2v"), "frames": 9, "cache": "none"}))
     store = RenderStore.create(str(tmp_path / "s"), spec)
     store.save_stage("start", torch.zeros(1, 4, 3, 16, 16))
-    with pytest.raises(ValueError, match="CogVideoXDPMScheduler draws noise"):
+    with pytest.raises(SupergenError, match="CogVideoXDPMScheduler draws noise"):
         refine_on_cluster(client, store, spec)
 
 

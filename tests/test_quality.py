@@ -249,7 +249,7 @@ def test_quality_command_reports_and_saves(rendered, tmp_path, capsys, monkeypat
 def test_quality_falls_back_to_the_sketch_mp4_and_refuses_incomplete_stores(rendered, tmp_path, capsys):
     old = tmp_path / "old"
     shutil.copytree(rendered, old)
-    shutil.rmtree(old / "sketch" / "frames")  # a store written before sketch/frames existed
+    shutil.rmtree(old / "data.zarr" / "sketch" / "frames")  # a store written before sketch/frames existed
     capsys.readouterr()
     assert main(["quality", str(old), "--out", str(tmp_path / "q")]) == 0
     assert json.loads(capsys.readouterr().out)["sketch_source"] == "sketch.mp4 (lossy)"

@@ -2,7 +2,7 @@ import pytest
 
 from supergen import RenderSpec, SpecError
 from supergen.backends import model_info
-from supergen.spec import default_sketch_size, parse_tile, resolve
+from supergen.spec import crop_box, default_sketch_size, parse_tile, resolve, size_warnings
 
 BAD = [
     # (field, value, words the message must contain)
@@ -35,6 +35,8 @@ BAD = [
     ("cache_threshold", -0.1, ">= 0"),
     ("image", "/no/such/image.png", "no such file"),
     ("sketch_width", 64, "both"),
+    ("canvas_width", 4, ">= 8"),
+    ("canvas_width", 64, "both"),
 ]
 
 
@@ -69,8 +71,8 @@ def test_bad_image_file(tmp_path):
 
 
 RESOLVE_BAD = [
-    ("width", dict(width=100), "multiple of 16"),
-    ("height", dict(height=72), "multiple of 16"),
+    ("canvas_width", dict(width=100, canvas_width=128, canvas_height=256), "must be 112"),
+    ("canvas_height", dict(height=72, canvas_width=256, canvas_height=96), "must be 80"),
     ("frames", dict(frames=10), "1 + a multiple of 4"),
     ("tile", dict(tile=(7, 8)), "multiple of the patch"),
     ("tile", dict(tile=(40, 8)), "larger than the latent canvas"),
@@ -100,8 +102,24 @@ def test_i2v_model_requires_image():
 def test_resolve_fills_presets():
     s = resolve(RenderSpec(prompt="x"), model_info("tiny"))
     assert (s.width, s.height, s.sketch_width, s.sketch_height) == (256, 256, 64, 64)
+    assert (s.canvas_width, s.canvas_height) == (256, 256)
     assert s.tile == (8, 8) and s.frames == 9 and s.steps == 10 and s.refine_steps == 9
     assert RenderSpec.from_dict(s.to_dict()) == s
+
+
+def test_sizes_off_the_cell_grid_render_on_the_covering_canvas():
+    s = resolve(RenderSpec(prompt="x", width=100, height=72), model_info("tiny"))
+    assert (s.width, s.height, s.canvas_width, s.canvas_height) == (100, 72, 112, 80)
+    assert s.canvas_size == (112, 80) and s.tile == (8, 8)  # tiles cover the 14x10-cell canvas
+    assert resolve(s, model_info("tiny")) == s  # a resolved spec (render.json's) resolves to itself
+    assert RenderSpec.from_dict(s.to_dict()) == s and s.to_dict()["canvas_width"] == 112
+    assert crop_box(s) == (4, 6, 72, 100)
+    assert "112x80 canvas" in size_warnings(s)[0]
+    assert size_warnings(resolve(RenderSpec(prompt="x"), model_info("tiny"))) == []
+    with pytest.raises(SpecError, match="`canvas_width`.*>= width"):
+        RenderSpec(prompt="x", width=100, canvas_width=96, canvas_height=96)
+    with pytest.raises(SpecError, match="`frames`"):  # time is never rounded
+        resolve(RenderSpec(prompt="x", width=100, height=72, frames=8), model_info("tiny"))
 
 
 def test_default_sketch_keeps_aspect_at_native_area():

@@ -50,11 +50,11 @@ def test_local_store_layout_and_completion(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["render", *_args(), "--out", str(out), "--quiet"]) == 0
     store = RenderStore.open(str(out))
-    assert store.complete and (out / MARKER).exists() and (out / "zarr.json").exists()
+    assert store.complete and (out / MARKER).exists() and (out / "data.zarr" / "zarr.json").exists()
     for name in ("video.mp4", "sketch.mp4", "contact_sheet.png", "cache_skips.png", "render.json"):
         assert (out / name).stat().st_size > 0
     attrs = store.attrs
-    assert attrs["supergen_layout"] == 1 and attrs["status"] == "complete" and attrs["seed"] == 0
+    assert attrs["supergen_layout"] == 2 and store.progress()["status"] == "complete" and attrs["seed"] == 0
     assert RenderSpec.from_dict(attrs["spec"]) == store.spec()
     assert store.load_stage("sketch").shape[-2:] == (6, 8) and store.load_stage("start").shape[-2:] == (12, 16)
     frames = store.video_frames(slice(0, 2), slice(0, 32), slice(64, 128))
@@ -112,11 +112,11 @@ def test_resume_command_completes_the_store(tmp_path, capsys):
 def test_checkpoint_chunks_are_per_tile_and_a_torn_checkpoint_is_ignored():
     spec = RenderSpec(**{**SMALL, "cache": "region", "cache_threshold": 5.0})
     store, _ = _render_into("memory://chunks", spec)
-    latest = store.attrs["checkpoints_latest"]
+    latest = store.checkpoint_manifest()
     arr = store.group[f"checkpoints/slot{latest['slot']}/latent"]
     n = len(latest["windows"])
     assert arr.shape[0] == n and arr.chunks == (1,) + arr.shape[1:]
-    keys = [k for k in store.fs.find(store._key(f"checkpoints/slot{latest['slot']}/latent")) if "/c/" in k]
+    keys = [k for k in store.fs.find(store._key(f"data.zarr/checkpoints/slot{latest['slot']}/latent")) if "/c/" in k]
     assert len(keys) == n  # one chunk object per tile: one writer each
     before = store.load_checkpoint()
     # a crash while writing the other slot: garbage there, manifest untouched
@@ -174,49 +174,18 @@ def test_write_to_an_unwritable_location_fails_early(tmp_path, capsys):
 
 # -- object storage: a real S3 endpoint (moto's server) on loopback -----------------------------------
 
-AKID, SECRET = "AKIASUPERGENTEST0001", "sUp3rS3cretV4lue-never-print-me"
-
-
-@pytest.fixture(scope="module")
-def s3(monkeypatch_module):
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for k, v in {"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch_module.setenv(k, v)
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="renders")
-    yield endpoint
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
 def test_render_to_s3_and_credentials_never_leak(s3, capsys, caplog):
     import fsspec
 
+    AKID, SECRET = s3.key, s3.secret
+    s3 = s3.endpoint
     url = "s3://renders/jobs/one"
     assert main(["render", *_args(), "--store", url, "--endpoint-url", s3]) == 0
     cap = capsys.readouterr()
     store = RenderStore.open(url, {"client_kwargs": {"endpoint_url": s3}})
     assert store.complete
     fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": s3})
-    texts = [fs.cat_file("renders/jobs/one/render.json").decode(), fs.cat_file("renders/jobs/one/zarr.json").decode(),
+    texts = [fs.cat_file("renders/jobs/one/render.json").decode(), fs.cat_file("renders/jobs/one/data.zarr/zarr.json").decode(),
              cap.out, cap.err, caplog.text, repr(store), json.dumps(store.inspect())]
     for bad in (["render", *_args(), "--store", "s3://missing-bucket/x", "--endpoint-url", s3],
                 ["render", *_args(seed=5), "--store", url, "--endpoint-url", s3],
@@ -234,20 +203,21 @@ def test_render_to_s3_and_credentials_never_leak(s3, capsys, caplog):
 
 
 def test_missing_bucket(s3, capsys):
-    assert main(["render", *_args(), "--store", "s3://no-such-bucket/x", "--endpoint-url", s3, "--quiet"]) == 2
+    assert main(["render", *_args(), "--store", "s3://no-such-bucket/x", "--endpoint-url", s3.endpoint,
+                 "--quiet"]) == 2
     assert "bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
 
 
 def test_denied_write_fails_early_and_writes_nothing(s3, capsys):
     import boto3
 
-    c = boto3.client("s3", endpoint_url=s3)
+    c = s3.client()
     c.create_bucket(Bucket="readonly")
     c.put_bucket_policy(Bucket="readonly", Policy=json.dumps({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
                        "Resource": "arn:aws:s3:::readonly/*"}]}))
-    assert main(["render", *_args(), "--store", "s3://readonly/r", "--endpoint-url", s3, "--quiet"]) == 2
+    assert main(["render", *_args(), "--store", "s3://readonly/r", "--endpoint-url", s3.endpoint, "--quiet"]) == 2
     assert "no permission to write" in capsys.readouterr().err
     assert c.list_objects_v2(Bucket="readonly").get("KeyCount", 0) == 0
 

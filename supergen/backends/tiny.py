@@ -46,8 +46,9 @@ def _wan_transformer(in_channels=16, image_dim=None):
 
 
 def _wan(kind: str):
-    from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline,
-                           WanPipeline)
+    # WanImageToVideoPipeline only for the i2v kinds: importing its module imports transformers'
+    # CLIPImageProcessor, which without torchvision warns (falling back to CLIPImageProcessorPil)
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
     tok = t5_tokenizer()
@@ -62,6 +63,8 @@ def _wan(kind: str):
     if kind == "wan22-t2v":
         return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=_wan_transformer(),
                            transformer_2=_wan_transformer(), scheduler=sched, boundary_ratio=0.875)
+    from diffusers import WanImageToVideoPipeline
+
     if kind == "wan22-i2v":  # A14B style: two experts, image latents only (no CLIP encoder)
         return WanImageToVideoPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched,
                                        transformer=_wan_transformer(in_channels=36),
