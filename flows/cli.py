@@ -130,7 +130,8 @@ def cmd_render(args) -> int:
     if args.store is not None and args.out is not None:
         raise SupergenError("give --store or --out, not both")
     _check_cluster_options(args)
-    spec = prepare(spec_from_args(args))  # field and model checks: configs only, no weights
+    # field and model checks (configs only, no weights); device and memory where the render runs
+    spec = prepare(spec_from_args(args), here=not args.cluster)
     if not args.quiet:
         from supergen.spec import size_warnings
 

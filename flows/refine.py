@@ -99,22 +99,21 @@ def pin_kwargs(client: Client) -> dict:
     return out
 
 
-def check_workers(client: Client, spec) -> list:
-    """Fail early, naming the worker, when a worker cannot run the spec's device."""
+def check_workers(client: Client, spec, memory: bool = False) -> list:
+    """Fail early, naming each worker and what it lacks, when a worker cannot run the spec: its device
+    (and, with `memory`, the estimated peak against its free memory). The spec was built and validated
+    wherever the client runs, which may have no GPU at all; only the workers can say."""
+    from supergen.errors import SupergenError
+    from tasks.stages import worker_problem
+
     names = worker_names(client)
     if not names:
-        raise RuntimeError(f"the cluster at {client.scheduler.address} has no workers")
-    if spec.device.startswith("cuda"):
-        def has_cuda():
-            import torch
-
-            return torch.cuda.is_available()
-
-        found = client.run(has_cuda)
-        info = client.scheduler_info(n_workers=-1)["workers"]
-        missing = [info[a]["name"] for a, ok in found.items() if not ok]
-        if missing:
-            raise RuntimeError(f"spec asks for device {spec.device!r} but worker(s) {missing} have no CUDA device")
+        raise SupergenError(f"the cluster at {client.scheduler.address} has no workers")
+    found = client.run(worker_problem, spec, memory)
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    problems = sorted((str(info[a]["name"]), p) for a, p in found.items() if p and a in info)
+    if problems:
+        raise SupergenError("; ".join(f"worker {name} cannot run this render: {p}" for name, p in problems))
     return names
 
 

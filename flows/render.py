@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import stages
 
 from .cluster import connect
-from .refine import refine_on_cluster, worker_names
+from .refine import check_workers, refine_on_cluster, worker_names
 
 def _worth_retrying(task, task_run, state) -> bool:
     """Storage hiccups are retried; a stage that ran out of memory, was refused, or lost its store's lease
@@ -148,11 +148,12 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
     if split_secrets(storage_options)[1]:
         raise ValueError(f"storage_options holds secrets {sorted(split_secrets(storage_options)[1])}: flow "
                          "parameters are stored in plain text; pass them in a Prefect Secret block (credentials)")
-    resolved = prepare(RenderSpec.from_dict(spec))
+    resolved = prepare(RenderSpec.from_dict(spec), here=False)  # the workers check device and memory
     check_distributable(resolved)
     opts = {**(storage_options or {}), **(creds.load(credentials) if credentials else {})}
     client = connect(cluster)  # an unreachable scheduler fails here, before the store exists
     try:
+        check_workers(client, resolved, memory=True)  # a worker that lacks the device: before any stage
         store = RenderStore.create(store_url, resolved, opts or None, overwrite=overwrite, bucket_root=bucket_root)
         try:
             if store.complete:

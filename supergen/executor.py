@@ -17,7 +17,8 @@ from .cache import CacheConfig, CacheReport, TileCache
 from .progress import NullProgress, Progress
 from .refine import RefinePlan, refine_step
 from .sink import Checkpoint, RenderSink
-from .spec import RenderSpec, crop_to_request, resolve, size_warnings
+from .errors import SpecError
+from .spec import RenderSpec, crop_to_request, device_problem, resolve, size_warnings
 from .tiling import cores
 from .upscale import to_uint8, upscale_video
 
@@ -66,14 +67,21 @@ def memory_summary(spec: RenderSpec) -> dict | None:
             "peak_bytes": est["peak_bytes"], "formula": "supergen/memory.py"}
 
 
-def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = False) -> RenderSpec:
-    """Validate `spec` against its model's configs (no weights loaded) and fill presets; then refuse it with
-    `memory.InsufficientMemory` when a stage's estimated peak exceeds the device's free memory (skipped with
-    `check_memory=False` or SUPERGEN_MEMORY_CHECK=off; `weights_loaded`: the weights already take their
-    share of the device, so they are not counted again)."""
+def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = False,
+            here: bool = True) -> RenderSpec:
+    """Validate `spec` against its model's configs (no weights loaded) and fill presets. With `here` (the
+    render runs in this process) also refuse a device this machine lacks, and a render whose estimated
+    peak exceeds the device's free memory (`memory.InsufficientMemory`; skipped with `check_memory=False`
+    or SUPERGEN_MEMORY_CHECK=off; `weights_loaded`: the weights already take their share of the device).
+    A cluster driver passes `here=False`: its workers check their own device and memory
+    (`tasks.stages.worker_problem`) before any stage runs."""
     info = model_info(spec.model)
     spec = resolve(spec, info)
-    if check_memory:
+    if here:
+        problem = device_problem(spec.device)
+        if problem:
+            raise SpecError("device", f"{problem}; use 'cpu'")
+    if here and check_memory:
         memory.check(spec, info, weights=not weights_loaded)
     return spec
 

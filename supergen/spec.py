@@ -108,6 +108,21 @@ class RenderSpec:
                 self.canvas_height if self.canvas_height is not None else self.height)
 
 
+def device_problem(device: str) -> str | None:
+    """Why this machine cannot run on `device` (None: it can). Not a spec check: a spec is a value that
+    may be built on a laptop and run on a GPU worker; whoever runs it asks this first."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"{device!r} was asked for but this machine has no CUDA device"
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        return f"{device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
 def parse_tile(text: str) -> tuple[int, int]:
     """'60x104' -> (60, 104): latent height x width."""
     m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
@@ -175,14 +190,6 @@ def _check_fields(s: RenderSpec) -> None:
     _choice(s, "dtype", DTYPES)
     if not isinstance(s.device, str) or not _DEVICE.match(s.device):
         raise SpecError("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {s.device!r}")
-    if s.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SpecError("device", f"{s.device!r} was asked for but this machine has no CUDA device; use 'cpu'")
-        index = int(s.device.split(":")[1]) if ":" in s.device else 0
-        if index >= torch.cuda.device_count():
-            raise SpecError("device", f"{s.device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
     if s.tile is not None:
         if (
             not isinstance(s.tile, tuple)

@@ -13,6 +13,21 @@ from supergen.upscale import to_uint8
 from .model import holder
 
 
+def worker_problem(spec, memory: bool = True) -> str | None:
+    """What this worker lacks to run `spec` (its device; with `memory`, the estimated peak against its
+    free memory), or None. Run on every worker before any stage."""
+    from supergen import memory as mem
+    from supergen.spec import device_problem
+
+    problem = device_problem(spec.device)
+    if problem is None and memory:
+        try:
+            mem.check(spec)
+        except mem.InsufficientMemory as e:
+            problem = str(e)
+    return problem
+
+
 def warm_worker(store, render_id: str) -> float:
     """Load the model and this render's conditioning into the worker (seconds taken), so tile tasks
     never pay for it; the flow runs this on every worker while the sketch runs."""

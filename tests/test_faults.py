@@ -256,12 +256,27 @@ def test_secrets_never_reach_prefect(prefect_api, dask_cluster, s3, tmp_path, mo
 def test_a_refused_cluster_render_refuses_before_any_stage_and_leaves_no_store(dask_cluster, tiny_dir, tmp_path,
                                                                              capsys):
     out = tmp_path / "s"
+    model = tiny_dir("cogvideox-t2v")
     t0 = time.perf_counter()
-    code = main(["render", *_args(model=tiny_dir("cogvideox-t2v"), frames=9), "--quiet", "--out", str(out),
-                 "--cluster", dask_cluster])
+    code = main(["render", *_args(model=model, frames=9), "--quiet", "--out", str(out), "--cluster", dask_cluster])
     err = capsys.readouterr().err
     assert code == 2 and "CogVideoXDPMScheduler" in err and "Traceback" not in err
     assert time.perf_counter() - t0 < 5 and not out.exists()
+
+
+def test_a_cuda_render_from_a_client_without_cuda_is_refused_by_the_workers_naming_them(prefect_api, dask_cluster,
+                                                                                         tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this client has CUDA")
+    out = tmp_path / "s"
+    t0 = time.perf_counter()
+    code = main(["render", *_args(), "--device", "cuda", "--quiet", "--out", str(out), "--cluster", dask_cluster])
+    err = capsys.readouterr().err
+    assert code == 2 and "worker cpu-0 cannot run this render" in err and "no CUDA device" in err, err
+    assert "cpu-1" in err and "cpu-2" in err and time.perf_counter() - t0 < 15
+    assert not out.exists()  # refused before any stage, before the store
 
 
 def test_resume_on_a_cluster_continues_a_crashed_render(prefect_api, dask_cluster, tmp_path, capsys):

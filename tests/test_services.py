@@ -164,7 +164,9 @@ def test_sigkill_of_the_command_ends_its_prefect_server_and_dask_workers(render)
 def test_ctrl_c_stops_everything_quietly(render):
     """A terminal's Ctrl-C: SIGINT to the whole foreground process group (the command and the worker
     processes it spawned)."""
-    r = render("--cluster", "local", "--workers", "1", start_new_session=True)
+    # long enough (hundreds of steps) that the Ctrl-C lands while it runs, however fast the box
+    r = render("--cluster", "local", "--workers", "1", "--steps", "400", "--refine-steps", "300",
+               start_new_session=True)
     r.wait_for_services()
     home = r.server_home()
     os.killpg(r.p.pid, signal.SIGINT)

@@ -54,13 +54,17 @@ def test_refine_steps_must_not_exceed_steps():
         RenderSpec(prompt="x", steps=4, refine_steps=5)
 
 
-def test_device_cuda_refused_without_gpu():
+def test_device_cuda_is_a_value_refused_only_where_the_render_runs():
     import torch
+
+    from supergen.executor import prepare
 
     if torch.cuda.is_available():
         pytest.skip("machine has CUDA")
+    spec = prepare(RenderSpec(prompt="x", device="cuda"), here=False)  # a laptop builds it for a GPU cluster
+    assert spec.device == "cuda"
     with pytest.raises(SpecError, match="`device`.*no CUDA"):
-        RenderSpec(prompt="x", device="cuda")
+        prepare(RenderSpec(prompt="x", device="cuda"))  # to run here
 
 
 def test_bad_image_file(tmp_path):
