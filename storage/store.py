@@ -235,7 +235,7 @@ class RenderStore:
             if problem is None and store.exists():
                 return store
             store.clear()
-            from supergen import versions
+            from supergen.versions import versions
 
             store.group.attrs.update({"supergen_layout": LAYOUT_VERSION, "spec": spec.to_dict(),
                                       "seed": spec.seed, "versions": versions()})

@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 from .errors import BackendError, SpecError, SupergenError
 from .spec import RenderSpec
+from .versions import versions
 
 
 def render(spec: RenderSpec, progress=None, backend=None):
@@ -14,20 +15,6 @@ def render(spec: RenderSpec, progress=None, backend=None):
     from .executor import render as _render
 
     return _render(spec, progress=progress, backend=backend)
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages that decide a render's numbers."""
-    import importlib.metadata as md
-    import platform
-
-    out = {"supergen": __version__, "python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers", "numpy"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 __all__ = ["RenderSpec", "render", "versions", "SupergenError", "SpecError", "BackendError", "__version__"]

@@ -47,8 +47,6 @@ CHOICES = {"dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES}
 
 def _add_spec_options(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(RenderSpec):
-        if f.name == "extra":
-            continue
         flag = "--" + f.name.replace("_", "-")
         kind = parse_tile if f.name == "tile" else {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
         default = None if f.default is dataclasses.MISSING else f.default
@@ -63,5 +61,5 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> RenderSpec:
-    names = {f.name for f in dataclasses.fields(RenderSpec)} - {"extra"}
+    names = {f.name for f in dataclasses.fields(RenderSpec)}
     return RenderSpec(**{n: getattr(args, n) for n in names})

@@ -43,7 +43,7 @@ class RenderResult:
 
     def report(self) -> dict[str, Any]:
         """The render.json record."""
-        from . import versions
+        from .versions import versions
 
         return {
             "spec": self.spec.to_dict(), "seed": self.spec.seed, "family": self.family, "versions": versions(),

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
@@ -73,21 +73,19 @@ class RenderSpec:
     cache_warmup: int = 5  # refinement steps that always compute
     max_consecutive_skips: int = 3
     checkpoint_every: int = 5  # checkpoint the refinement every c steps into the render store; 0: never
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         _check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("extra")
         if d["tile"] is not None:
             d["tile"] = list(d["tile"])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RenderSpec:
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise SpecError(unknown[0], f"unknown field; known fields are {sorted(known)}")

@@ -209,13 +209,6 @@ def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_co
     return out
 
 
-def stochastic_step(backend: Backend) -> bool:
-    """True when the backend's scheduler step draws noise for the whole canvas (CogVideoX DPM): such a
-    step cannot be split over regions and still match the reference."""
-    return bool(getattr(backend, "multistep", False))
-
-
-
 def cpu_conditioning(cond: Conditioning) -> Conditioning:
     """The image-condition canvas on the CPU (tiles crop it there); text embeddings stay on the device."""
     if cond.image_latent is not None:
