@@ -32,9 +32,9 @@ from distributed import Client
 from supergen.backends import model_info
 from supergen.cache import CacheConfig, CacheReport
 from supergen.cache.policy import decide
-from supergen.placement import cells_by_worker, initial_assignment, place_by_locality, rebalance, split_branches
 from supergen.refine import RefinePlan
-from supergen.tiling import Window, cores, intersections
+from supergen.stepplan import plan_compute, plan_gather
+from supergen.tiling import Window, intersections
 from supergen.tilework import canvas_observation
 from tasks import refine as T
 from tasks.model import ModelHolder
@@ -109,6 +109,8 @@ def check_workers(client: Client, spec, memory: bool = False) -> list:
     names = worker_names(client)
     if not names:
         raise SupergenError(f"the cluster at {client.scheduler.address} has no workers")
+    if not memory and not spec.device.startswith("cuda"):
+        return names  # every worker has a CPU: nothing to ask them
     found = client.run(worker_problem, spec, memory)
     info = client.scheduler_info(n_workers=-1)["workers"]
     problems = sorted((str(info[a]["name"]), p) for a, p in found.items() if p and a in info)
@@ -189,7 +191,6 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
     check_distributable(spec, info)
     cell_bytes = _bytes_per_cell(start_shape[1], start_shape[2], cache_on, 0)
     pred_cell_bytes = start_shape[1] * start_shape[2] * 4  # one cell of a float32 prediction
-    pred_bytes = plan.tile[0] * plan.tile[1] * pred_cell_bytes
     canvas_elems = start_shape[1] * start_shape[2] * canvas[0] * canvas[1]
 
     manifest = store.checkpoint_manifest()
@@ -251,32 +252,21 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
     from_store = True  # the first step reads the start latent (or the checkpoint) from the store
     for i in range(first, plan.refine_steps):
         grid = plan.grid(i)
-        cs, n = cores(grid), len(grid)
-        moved = 0
-        # 1. gather each window where most of its cells are
-        if prev is None:
-            cells = [{} for _ in range(n)]
-            g_workers = initial_assignment(n, workers)
-        else:
-            owned = list(zip(prev[0], prev[1]))
-            cells = [cells_by_worker(win, owned, canvas) for win in grid.windows]
-            g_workers = place_by_locality(cells, workers)
+        n = len(grid)
+        # 1. gather each window where most of its cells are (supergen.stepplan: the step's plan as values)
+        gp = plan_gather(i, grid, None if prev is None else prev[:2], workers, cell_bytes, from_store)
+        cs, g_workers = list(gp.cores), list(gp.workers)
         if from_store:
             src = source if prev is None else "checkpoint"
             sources = [[submit(T.start_pieces, store, src, win, key=f"read-s{i:03d}-t{m:02d}-{rid}",
                                worker=g_workers[m])] for m, win in enumerate(grid.windows)]
         else:
-            p_cores, p_workers, p_adv = prev
-            sources = []
-            for m, win in enumerate(grid.windows):
-                lst = []
-                for k, core in enumerate(p_cores):
-                    if intersections(core, win, canvas):
-                        leaves = p_workers[k] != g_workers[m]
-                        lst.append(submit(T.pick, p_adv[k], m, leaves,
-                                          key=f"pieces-s{i - 1:03d}-t{k:02d}-to{m:02d}-{rid}", worker=p_workers[k]))
-                sources.append(lst)
-                moved += sum(v for w, v in cells[m].items() if w != g_workers[m]) * cell_bytes
+            p_workers, p_adv = prev[1], prev[2]
+            sources = [[] for _ in range(n)]
+            for pc in gp.pieces:
+                sources[pc.window].append(submit(T.pick, p_adv[pc.core], pc.window, pc.crosses,
+                                                 key=f"pieces-s{i - 1:03d}-t{pc.core:02d}-to{pc.window:02d}-{rid}",
+                                                 worker=p_workers[pc.core]))
         G = [submit(T.gather_tile, rid, spec_d, i, m, win, cs[m], canvas, *sources[m],
                     key=f"gather-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m]) for m, win in enumerate(grid.windows)]
 
@@ -295,28 +285,25 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
                 report.record(m, d, o.threshold)
         computing = [d is None or d.compute for d in decisions]
 
-        # 3. denoise: computing tiles rebalanced over workers when skips leave some idle
-        c_workers = rebalance(g_workers, computing, cells, workers) if (balance != "locality" and cache_on) else g_workers
-        win_bytes = grid.tile[0] * grid.tile[1] * cell_bytes
-        moved += sum(win_bytes for a, b in zip(g_workers, c_workers) if a != b)
-        # ... and the last imbalance evened out in CFG branches (half-tiles): a split tile runs every branch
-        # as its own task (its worker's too, so neither waits for the other) ahead of whole tiles
-        moved_branches = split_branches(c_workers, computing, workers, branches) if balance == "branches" else []
-        stats.branches_moved += len(moved_branches)
-        away = {m: {b: w for m2, b, w in moved_branches if m2 == m} for m, _, _ in moved_branches}
+        # 3. denoise: computing tiles rebalanced over workers when skips leave some idle, and the last
+        # imbalance evened out in CFG branches (a split tile runs every branch as its own task, ahead of
+        # whole tiles)
+        cp = plan_compute(gp, grid, computing, workers, balance, cache_on, branches, cell_bytes, pred_cell_bytes)
+        c_workers = list(cp.workers)
+        moved = gp.moved_bytes + cp.moved_bytes
+        stats.branches_moved += len(cp.branches)
+        stats.strips_moved += len(cp.strips)
         B: dict[int, list] = {}  # split window -> its branch futures
         side = []  # (branch future, its worker)
-        for m in sorted(away):
+        for m in cp.split:
             x_in = submit(T.window_input, G[m], key=f"input-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m],
                           priority=1)
             for b in range(branches):
-                w = away[m].get(b, c_workers[m])
+                w = cp.branch_worker(m, b)
                 fut = submit(T.branch_tile, rid, spec_d, plan, i, m, grid.windows[m], x_in, b,
                              key=f"branch-s{i:03d}-t{m:02d}-b{b}-{rid}", worker=w, priority=1)
                 B.setdefault(m, []).append(fut)
                 side.append((fut, w))
-                if w != c_workers[m]:
-                    moved += pred_bytes * ((w != g_workers[m]) + 1)  # the window's latent out, a prediction back
         D = [submit(T.denoise_tile, rid, spec_d, plan, i, m, G[m], decisions[m], *B.get(m, []),
                     key=f"denoise-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m]) for m in range(n)]
         metas = ([submit(T.denoise_meta, d, key=f"meta-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m])
@@ -338,20 +325,16 @@ def _refine(client: Client, store, spec, *, balance: str = "branches", render_id
             if cache_on:
                 arrays.update(_cache_arrays(shape, grid.tile))
             slot = store.begin_checkpoint(n, arrays)
+        crossing = {(st.window, st.core) for st in cp.strips}
         A = []
         for k, core in enumerate(cs):
             deps = []  # overlapping windows' predictions: whole where local, else only their strips on core k
-            for m, win in enumerate(grid.windows):
-                rects = intersections(win, core, canvas)
-                if not rects:
-                    continue
-                if c_workers[m] == c_workers[k]:
+            for m in cp.overlaps[k]:
+                if (m, k) not in crossing:
                     deps.append(D[m])
                 else:
                     deps.append(submit(T.prediction_strips, D[m], m, core, canvas,
                                        key=f"strips-s{i:03d}-t{m:02d}-to{k:02d}-{rid}", worker=c_workers[m]))
-                    moved += sum(r.height * r.width for r in rects) * pred_cell_bytes
-                    stats.strips_moved += 1
             A.append(submit(T.advance_tile, rid, spec_d, plan, i, k, G[k], taus, slot, store, *deps,
                             key=f"advance-s{i:03d}-t{k:02d}-{rid}", worker=c_workers[k]))
         pending.append(_Submitted(i, n, sum(computing), moved, metas))
