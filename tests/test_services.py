@@ -39,6 +39,7 @@ class Render:
     """`supergen render ... --quiet` in a subprocess, and every process it starts, as seen while it ran."""
 
     def __init__(self, tmp_path, *args, **popen):
+        self.tmp = tmp_path
         self.out, self.err = open(tmp_path / "stdout", "w+"), open(tmp_path / "stderr", "w+")
         self.p = subprocess.Popen([sys.executable, "-m", "flows.cli", "render", *SMALL, "--out", str(tmp_path / "r"),
                                    "--quiet", *args], cwd=ROOT, env=_env(), stdout=self.out, stderr=self.err,
@@ -169,6 +170,11 @@ def test_ctrl_c_stops_everything_quietly(render):
                start_new_session=True)
     r.wait_for_services()
     home = r.server_home()
+    progress = r.tmp / "r" / "progress.json"
+    deadline = time.monotonic() + 120  # a user's Ctrl-C mid-render: once the tiles are being refined
+    while not (progress.exists() and '"refining"' in progress.read_text()) and time.monotonic() < deadline:
+        assert r.p.poll() is None, r.output()
+        time.sleep(0.1)
     os.killpg(r.p.pid, signal.SIGINT)
     assert r.wait(timeout=60) == 130
     assert r.survivors() == []
