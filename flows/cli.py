@@ -368,15 +368,26 @@ def _flow_services(stack: contextlib.ExitStack, quiet: bool):
     that shows only warnings and errors (flows/quiet.py); the Prefect API the flow reports to, the
     configured one or else a temporary server of this command, bound to its lifetime (flows/services.py).
     Returns the API: call `.wait_ready()` before the flow runs."""
+    import logging
+
     from .quiet import quiet_console
     from .services import prefect_api
 
+    logging.getLogger("asyncio").addFilter(_not_interrupted_gathers)
     if quiet:
         stack.enter_context(quiet_console())
     api = stack.enter_context(prefect_api())
     if api.server is not None and not quiet:
         print(f"Prefect API: {api.url} (a temporary server of this command)", file=sys.stderr)
     return api
+
+
+def _not_interrupted_gathers(record) -> bool:
+    """Drop asyncio's "Task exception was never retrieved" for distributed's `AllExit`: a Ctrl-C during
+    `Client.gather` leaves the gather's internal wait tasks unretrieved (distributed's, not a failure)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    context = getattr(record, "msg", "")
+    return not (type(exc).__name__ == "AllExit" or "AllExit" in str(record.args or "") or "AllExit" in str(context))
 
 
 if __name__ == "__main__":  # pragma: no cover
