@@ -386,8 +386,7 @@ def _not_interrupted_gathers(record) -> bool:
     """Drop asyncio's "Task exception was never retrieved" for distributed's `AllExit`: a Ctrl-C during
     `Client.gather` leaves the gather's internal wait tasks unretrieved (distributed's, not a failure)."""
     exc = record.exc_info[1] if record.exc_info else None
-    context = getattr(record, "msg", "")
-    return not (type(exc).__name__ == "AllExit" or "AllExit" in str(record.args or "") or "AllExit" in str(context))
+    return not (type(exc).__name__ == "AllExit" or "AllExit" in record.getMessage())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -217,5 +217,8 @@ def describe(e: BaseException) -> str:
 
 
 def bucket_of(url: str) -> str | None:
-    m = re.match(r"^(s3|s3a|gs|gcs|az|abfs|abfss|adl|oss|r2)://([^/]+)", url)
-    return m.group(2) if m else None
+    """The bucket (or container) of an object-store URL; None for other protocols."""
+    protocol, sep, rest = url.partition("://")
+    if not sep or protocol not in OBJECT_STORES:
+        return None
+    return rest.split("/", 1)[0] or None
