@@ -211,10 +211,12 @@ def test_quiet_cluster_render_prints_only_its_video_and_leaves_nothing(render):
     assert r.survivors(timeout=5) == []
 
 
-def test_quiet_in_process_render_prints_only_its_video(render):
+@pytest.mark.parametrize("model", ["tiny", "world"])
+def test_quiet_in_process_render_prints_only_its_video(render, model):
     """Text-to-video in this process: not even transformers' CLIPImageProcessor warning (the tiny Wan
-    builder imported the image-to-video pipeline module, and with it CLIPImageProcessor, for every kind)."""
-    r = render()
+    builder imported the image-to-video pipeline module, and with it CLIPImageProcessor, for every kind),
+    nor, for the embedded default loaded through from_pretrained, the libraries' loading progress bars."""
+    r = render("--model", model)
     rc = r.wait()
     out, err = r.output()
     assert rc == 0, err

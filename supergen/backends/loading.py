@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 from typing import Any
@@ -69,13 +71,33 @@ def read_configs(model: str) -> dict[str, Any]:
 
 
 def load_pipeline(model: str, pipeline_class: str):
+    """The pipeline `model` holds, loaded without diffusers' and transformers' own progress bars: the
+    executor's progress reports loading as its "load" stage, and a quiet render prints nothing."""
     import diffusers
 
     cls = getattr(diffusers, pipeline_class)
     try:
-        return cls.from_pretrained(model)
+        with _no_library_progress_bars():
+            return cls.from_pretrained(model)
     except Exception as e:
         raise BackendError(f"loading {model!r} as {pipeline_class} failed: {e}") from e
+
+
+@contextlib.contextmanager
+def _no_library_progress_bars():
+    import diffusers.utils.logging as dl
+    import transformers.utils.logging as tl
+
+    was = dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled()
+    dl.disable_progress_bar()
+    tl.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            dl.enable_progress_bar()
+        if was[1]:
+            tl.enable_progress_bar()
 
 
 def fresh_scheduler(template, steps: int):
