@@ -127,7 +127,7 @@ def _one_size(client, names, root, resolved, configs, export, out, save, with_in
     out["model_and_conditioning_all_workers_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     sk = F.sketch(client, base)
-    out["sketch_s"], out["sketch_forwards"] = round(time.perf_counter() - t0, 2), sk["forwards"]
+    out["sketch_s"], out["sketch_forwards"] = round(time.perf_counter() - t0, 2), sk.forwards
     t0 = time.perf_counter()
     F.upscale(client, base)
     out["upscale_s"] = round(time.perf_counter() - t0, 2)

@@ -56,6 +56,9 @@ class Stages:
     def load_checkpoint(self):
         return None
 
+    def input_image(self):
+        return None
+
 
 def method_spec(base: RenderSpec, method: str, size) -> RenderSpec:
     w, h = size

@@ -1,4 +1,4 @@
-"""Cache-guided rebalancing (issue 5): idle time per worker per step with and without it, on a CPU cluster
+"""Cache-guided rebalancing: idle time per worker per step with and without it, on a CPU cluster
 of 3 worker processes, the embedded model with the region cache skipping tiles.
 
 The same render runs with each placement rule: `locality` (each window where most of its cells are),
@@ -46,7 +46,7 @@ def main():
     with make_cluster(args.workers) as cluster, Client(cluster, set_as_default=False) as client:
         for balance in ("locality", "tiles", "branches"):
             store = RenderStore.create(os.path.join(tempfile.mkdtemp(), "s"), spec)
-            out = run_stages(client, store, balance=balance, prefect=False)
+            out = run_stages(client, store, balance=balance)
             r = out["refine"]
             steps = r["per_step"]
             makespan = [max(s["calls"].values()) for s in steps]

@@ -37,8 +37,9 @@ def main():
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--max-shapes", type=int, default=1)
     ap.add_argument("--seed", type=int, default=777, help="scene sampler seed (training draws other seeds)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    be = load_backend(args.model)
+    be = load_backend(args.model, args.device)
     rng = random.Random(args.seed)
     rows = []
     for i in range(args.n):

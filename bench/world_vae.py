@@ -27,12 +27,13 @@ def main():
     ap.add_argument("--out", default="bench/results/world_vae_cpu.json")
     ap.add_argument("--clips", type=int, default=32)
     ap.add_argument("--model", default="world", help="embedded name or a diffusers folder")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    model = load_backend(args.model).pipe.vae.float().eval()
+    model = load_backend(args.model).pipe.vae.float().eval().to(args.device)
     out = {}
     with torch.no_grad():
         for label, size, n in (("native_64", 64, args.clips), ("canvas_4x_256", 256, max(2, args.clips // 4))):
-            x, _ = data.held_out(n, size, 17, "cpu")
+            x, _ = data.held_out(n, size, 17, args.device)
             y = vae.reconstruct(model, x, batch=2)
             per_frame = [round(vae.psnr(y[:, :, f], x[:, :, f]), 2) for f in range(x.shape[2])]
             per_clip = [round(vae.psnr(y[i], x[i]), 2) for i in range(n)]

@@ -1,1 +1,1 @@
-"""Prefect flows and deployments that wire `tasks` into a Dask(-CUDA) graph (issue 5)."""
+"""Prefect flows and deployments that wire `tasks` into a Dask(-CUDA) graph."""

@@ -1,4 +1,7 @@
-"""The `supergen` command: render, resume, inspect, compare and judge renders in render stores."""
+"""The `supergen` command: render, resume, inspect, compare and judge renders in render stores.
+
+Prefect and Dask (the `cluster` extra) are imported only where a command runs the flow (`--cluster`,
+`serve`), so the in-process commands work with the base install."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import json
 import os
 import sys
 
-from supergen.cli import add_render_options, spec_from_args
 from supergen.errors import SupergenError
+from supergen.options import add_render_options, spec_from_args
 
 
 def _add_storage_options(p: argparse.ArgumentParser) -> None:
@@ -113,7 +116,9 @@ def _progress(quiet: bool):
 
 
 def _finish(store, result, quiet: bool) -> None:
-    store.write_outputs(result)
+    from supergen.outputs import write_outputs
+
+    write_outputs(store, result)
     store.finish()
     if not quiet:
         t = result.timings
@@ -126,12 +131,15 @@ def _finish(store, result, quiet: bool) -> None:
 def cmd_render(args) -> int:
     from storage import RenderStore
     from supergen.executor import prepare, render
+    from supergen.inputs import read_image
 
     if args.store is not None and args.out is not None:
         raise SupergenError("give --store or --out, not both")
     _check_cluster_options(args)
     # field and model checks (configs only, no weights); device and memory where the render runs
     spec = prepare(spec_from_args(args), here=not args.cluster)
+    if spec.image is not None:  # read where the render is submitted (the store keeps a copy): refused here,
+        read_image(spec.image)  # before any cluster starts or store is written
     if not args.quiet:
         from supergen.spec import size_warnings
 
@@ -167,6 +175,21 @@ def _check_cluster_options(args) -> None:
     if getattr(args, "credentials_block", None) and not args.cluster:
         raise SupergenError("--credentials-block is for --cluster renders (in process, the credential chain "
                             "of this machine is used)")
+    if args.cluster:
+        _require_cluster_extra("--cluster")
+
+
+def _require_cluster_extra(what: str) -> None:
+    """The cluster path (the Prefect flow on Dask) is the `cluster` extra; everything else never imports
+    it. Without it, say what to install before anything starts, not with an ImportError halfway through."""
+    import importlib
+
+    for name in ("prefect", "distributed"):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise SupergenError(f"{what} runs the Prefect flow on Dask, which is not installed ({e.name or name} "
+                                "is missing): pip install 'supergen[cluster]'") from e
 
 
 def _on_cluster(args, spec, url: str, overwrite: bool = False, bucket_root: bool = False) -> int:
@@ -327,6 +350,7 @@ def cmd_quality(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    _require_cluster_extra("supergen serve")
     from storage.location import split_secrets
 
     from .deploy import serve

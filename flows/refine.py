@@ -32,10 +32,10 @@ from distributed import Client
 from supergen.backends import model_info
 from supergen.cache import CacheConfig, CacheReport
 from supergen.cache.policy import decide
+from supergen.cache.state import canvas_observation
 from supergen.refine import RefinePlan
 from supergen.stepplan import plan_compute, plan_gather
 from supergen.tiling import Window, intersections
-from supergen.tilework import canvas_observation
 from tasks import refine as T
 from tasks.model import ModelHolder
 from tasks.preload import pin_resource
@@ -119,10 +119,14 @@ def check_workers(client: Client, spec, memory: bool = False) -> list:
     return names
 
 
-def _bytes_per_cell(channels: int, frames: int, cache_on: bool, sched_maps: int) -> int:
-    per = channels * frames * 4 * (1 + sched_maps)  # latent (+ solver history) in float32
+def cell_bytes(channels: int, frames: int, cache_on: bool) -> int:
+    """Bytes one latent cell of tile state weighs: the float32 latent and, with the cache, its maps, sized
+    from the cache state's own layout (`cache.state`)."""
+    from supergen.cache.state import SCALARS, TENSORS, scalar_dtype
+
+    per = channels * frames * 4
     if cache_on:
-        per += 6 * channels * frames * 4 + 3 * 4 + 5 * 8
+        per += len(TENSORS) * channels * frames * 4 + sum(scalar_dtype(k).itemsize for k in SCALARS)
     return per
 
 
@@ -156,7 +160,7 @@ def refine_on_cluster(client: Client, store, spec, **kwargs) -> RefineStats:
         last = getattr(e, "last_worker", None)
         worker = getattr(last, "name", None) or getattr(last, "address", None) or str(last)
         manifest = store.checkpoint_manifest()
-        ck = "no checkpoint yet" if manifest is None else f"last checkpoint after step {manifest['step']}"
+        ck = "no checkpoint yet" if manifest is None else f"last checkpoint after step {manifest.step}"
         raise TileFailure(f"task {key} (tile {tile}, refinement step {step}) killed worker {worker} repeatedly "
                           f"(out of memory?); {store.url} keeps its {ck}: `supergen resume` continues it") from None
 
@@ -172,198 +176,226 @@ BALANCE = ("locality", "tiles", "branches")
 
 def _refine(client: Client, store, spec, *, balance: str = "branches", render_id: str | None = None,
             on_step: Callable[[StepStats], None] | None = None, workers: list | None = None) -> RefineStats:
-    rid = render_id or uuid.uuid4().hex[:8]
-    info = model_info(spec.model)
-    plan = RefinePlan.from_spec(spec, info.vae_spatial)
-    canvas = tuple(plan.canvas)
-    cfg = CacheConfig.from_spec(spec)
-    cache_on = cfg.policy != "none"
-    spec_d = spec.to_dict()
-    names = check_workers(client, spec)
-    workers = names if workers is None else [w for w in names if w in set(workers)]
-    client.register_plugin(ModelHolder())
     if balance not in BALANCE:
         raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    stats = RefineStats([str(w) for w in workers], balance=balance)
-    branches = 2 if spec.guidance > 1.0 else 1  # CFG model calls per tile-step (Conditioning.branches)
-    report = CacheReport(cfg.policy, cfg.threshold, cfg.alpha)
-    start_shape = store.group["start/latent"].shape
-    check_distributable(spec, info)
-    cell_bytes = _bytes_per_cell(start_shape[1], start_shape[2], cache_on, 0)
-    pred_cell_bytes = start_shape[1] * start_shape[2] * 4  # one cell of a float32 prediction
-    canvas_elems = start_shape[1] * start_shape[2] * canvas[0] * canvas[1]
+    return _Driver(client, store, spec, balance, render_id or uuid.uuid4().hex[:8], on_step, workers).run()
 
-    manifest = store.checkpoint_manifest()
-    first, source = (0, "start") if manifest is None else (manifest["step"] + 1, "checkpoint")
-    tiles_per_step: list[int] = []
-    forwards = 0
-    if manifest is not None:
-        rec = manifest["record"]
-        tiles_per_step, forwards = list(rec.get("tiles_per_step", [])), rec.get("refine_forwards", 0)
-        report.restore(rec.get("cache", {}))
 
-    held: list = []  # every future since the last checkpoint: the lineage Dask replays if a worker dies
+class _Driver:
+    """Submits each refinement step's plan (`supergen.stepplan`) as Dask tasks and accounts for it. Per step:
+    `_gather` (inputs from the store or the previous step's pieces), `_decide` (cache decisions from small
+    observations), `_denoise` (tiles and CFG branches where the plan puts them), `_advance` (merge + step on
+    every core, checkpoint chunks), then `_commit` or keep the step in flight."""
 
-    pins = pin_kwargs(client)
+    def __init__(self, client: Client, store, spec, balance: str, rid: str, on_step, workers):
+        info = model_info(spec.model)
+        check_distributable(spec, info)
+        self.client, self.store, self.spec, self.balance, self.rid, self.on_step = \
+            client, store, spec, balance, rid, on_step
+        self.plan = RefinePlan.from_spec(spec, info.vae_spatial)
+        self.canvas = tuple(self.plan.canvas)
+        self.cfg = CacheConfig.from_spec(spec)
+        self.cache_on = self.cfg.policy != "none"
+        names = check_workers(client, spec)
+        self.workers = names if workers is None else [w for w in names if w in set(workers)]
+        client.register_plugin(ModelHolder())
+        self.stats = RefineStats([str(w) for w in self.workers], balance=balance)
+        self.branches = 2 if spec.guidance > 1.0 else 1  # CFG model calls per tile-step (Conditioning.branches)
+        self.report = CacheReport(self.cfg.policy, self.cfg.threshold, self.cfg.alpha)
+        self.start_shape = store.group["start/latent"].shape
+        channels, frames = self.start_shape[1], self.start_shape[2]
+        self.cell_bytes = cell_bytes(channels, frames, self.cache_on)
+        self.pred_cell_bytes = cell_bytes(channels, frames, False)  # one cell of a float32 prediction
+        self.canvas_elems = channels * frames * self.canvas[0] * self.canvas[1]
+        self.pins = pin_kwargs(client)
+        self.held: list = []  # every future since the last checkpoint: the lineage Dask replays if a worker dies
+        self.pending: list[_Submitted] = []  # steps submitted whose metadata the driver has not read yet
+        self.tiles_per_step: list[int] = []
+        self.forwards = 0
+        manifest = store.checkpoint_manifest()
+        self.first, self.source = (0, "start") if manifest is None else (manifest.step + 1, "checkpoint")
+        if manifest is not None:
+            rec = manifest.record
+            self.tiles_per_step, self.forwards = list(rec.get("tiles_per_step", [])), rec.get("refine_forwards", 0)
+            self.report.restore(rec.get("cache", {}))
 
-    def submit(fn, *args, key, worker, priority=0):
-        stats.tasks += 1
-        fut = client.submit(fn, *args, key=key, pure=False, priority=priority, **pins[worker])
-        held.append(fut)
+    def run(self) -> RefineStats:
+        self.t0 = self.t_last = time.perf_counter()
+        prev, from_store = None, True  # the first step reads the start latent (or the checkpoint) from the store
+        for i in range(self.first, self.plan.refine_steps):
+            grid = self.plan.grid(i)
+            gp = plan_gather(i, grid, None if prev is None else prev[:2], self.workers, self.cell_bytes, from_store)
+            gathered = self._gather(i, grid, gp, prev, from_store)
+            decisions = self._decide(i, gathered, gp.workers)
+            computing = [d is None or d.compute for d in decisions]
+            cp = plan_compute(gp, grid, computing, self.workers, self.balance, self.cache_on, self.branches,
+                              self.cell_bytes, self.pred_cell_bytes)
+            denoised, metas, taus = self._denoise(i, grid, cp, gp.workers, gathered, decisions)
+            self.tiles_per_step.append(len(grid))
+            last = i == self.plan.refine_steps - 1
+            due = bool(self.spec.checkpoint_every) and ((i + 1) % self.spec.checkpoint_every == 0 or last)
+            slot, arrays = self._begin_checkpoint(grid, due)
+            advanced = self._advance(i, gp.cores, cp, gathered, denoised, taus, slot)
+            self.pending.append(_Submitted(i, len(grid), sum(computing), gp.moved_bytes + cp.moved_bytes, metas))
+            if due:
+                self._commit(i, grid, gp.cores, advanced, slot, arrays)
+            else:  # nothing waited on this step: it stays in flight while the driver reads the one before
+                self._read([], keep=1)
+            prev = (list(gp.cores), list(cp.workers), advanced)
+            from_store = due and not last  # checkpoints cut lineage: the next step reads the store
+            if from_store:
+                self.held = []  # release it: a lost worker now costs at most the steps since this checkpoint
+        self._read([])
+        self._write_final(prev)
+        self.stats.wall_s, self.stats.forwards = time.perf_counter() - self.t0, self.forwards
+        self.stats.cache, self.stats.tiles_per_step = self.report.to_dict(), self.tiles_per_step
+        return self.stats
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _gather(self, i: int, grid, gp, prev, from_store: bool) -> list:
+        """Each window assembled where most of its cells are, from the store or the owners' pieces."""
+        rid, g_workers = self.rid, gp.workers
+        if from_store:
+            src = self.source if prev is None else "checkpoint"
+            sources = [[self._submit(T.start_pieces, self.store, src, win, key=f"read-s{i:03d}-t{m:02d}-{rid}",
+                                     worker=g_workers[m])] for m, win in enumerate(grid.windows)]
+        else:
+            p_workers, p_adv = prev[1], prev[2]
+            sources = [[] for _ in grid.windows]
+            for pc in gp.pieces:
+                sources[pc.window].append(self._submit(
+                    T.pick, p_adv[pc.core], pc.window, pc.crosses, worker=p_workers[pc.core],
+                    key=f"pieces-s{i - 1:03d}-t{pc.core:02d}-to{pc.window:02d}-{rid}"))
+        return [self._submit(T.gather_tile, rid, self.spec, i, m, win, gp.cores[m], self.canvas, *sources[m],
+                             key=f"gather-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m])
+                for m, win in enumerate(grid.windows)]
+
+    def _decide(self, i: int, gathered: list, g_workers) -> list:
+        """Cache decisions on the client, from small observations only (the one wait of a cached step)."""
+        if not self.cache_on:
+            return [None] * len(gathered)
+        obs = self._read([self._submit(T.observation, g, key=f"observe-s{i:03d}-t{m:02d}-{self.rid}",
+                                       worker=g_workers[m]) for m, g in enumerate(gathered)])
+        steps = self.plan.refine_steps
+        if self.cfg.policy == "uniform":
+            decisions = [decide(canvas_observation([s for _, s in obs]), i, steps, self.cfg)] * len(obs)
+        else:
+            decisions = [decide(o, i, steps, self.cfg) for o, _ in obs]
+        self.report.begin(len(obs))
+        for m, (d, (o, _)) in enumerate(zip(decisions, obs)):
+            self.report.record(m, d, o.threshold)
+        return decisions
+
+    def _denoise(self, i: int, grid, cp, g_workers, gathered: list, decisions: list):
+        """Computing tiles rebalanced over workers when skips leave some idle, the last imbalance evened out
+        in CFG branches (a split tile runs every branch as its own task, ahead of whole tiles). Returns the
+        denoise futures, their metadata futures and the region thresholds' future (or None)."""
+        rid, spec, store, plan = self.rid, self.spec, self.store, self.plan
+        self.stats.branches_moved += len(cp.branches)
+        self.stats.strips_moved += len(cp.strips)
+        split: dict[int, list] = {}  # split window -> its branch futures
+        side = []  # (branch future, its worker)
+        for m in cp.split:
+            x_in = self._submit(T.window_input, gathered[m], key=f"input-s{i:03d}-t{m:02d}-{rid}",
+                                worker=g_workers[m], priority=1)
+            for b in range(self.branches):
+                w = cp.branch_worker(m, b)
+                fut = self._submit(T.branch_tile, rid, spec, store, plan, i, m, grid.windows[m], x_in, b,
+                                   key=f"branch-s{i:03d}-t{m:02d}-b{b}-{rid}", worker=w, priority=1)
+                split.setdefault(m, []).append(fut)
+                side.append((fut, w))
+        denoised = [self._submit(T.denoise_tile, rid, spec, store, plan, i, m, gathered[m], decisions[m],
+                                 *split.get(m, []), key=f"denoise-s{i:03d}-t{m:02d}-{rid}", worker=cp.workers[m])
+                    for m in range(len(grid))]
+        metas = ([self._submit(T.denoise_meta, d, key=f"meta-s{i:03d}-t{m:02d}-{rid}", worker=cp.workers[m])
+                  for m, d in enumerate(denoised)]
+                 + [self._submit(T.denoise_meta, bf, key=f"meta-{bf.key}", worker=w) for bf, w in side])
+        taus = None  # region thresholds from this step's outputs, computed where they are, read by advance
+        if self.cfg.policy == "region" and (i + 1) % self.cfg.update_every == 0:
+            taus = self._submit(T.thresholds, self.cfg.threshold, self.cfg.alpha, *metas[:len(grid)],
+                                key=f"thresholds-s{i:03d}-{rid}", worker=self.workers[0])
+        return denoised, metas, taus
+
+    def _advance(self, i: int, cores, cp, gathered: list, denoised: list, taus, slot) -> list:
+        """Merge + step on every core where its window was denoised: overlapping windows' predictions whole
+        where local, else only their strips on the core; checkpoint chunks written by their owners."""
+        crossing = {(st.window, st.core) for st in cp.strips}
+        advanced = []
+        for k, core in enumerate(cores):
+            deps = [denoised[m] if (m, k) not in crossing else
+                    self._submit(T.prediction_strips, denoised[m], m, core, self.canvas, worker=cp.workers[m],
+                                 key=f"strips-s{i:03d}-t{m:02d}-to{k:02d}-{self.rid}")
+                    for m in cp.overlaps[k]]
+            advanced.append(self._submit(T.advance_tile, self.rid, self.spec, self.plan, i, k, gathered[k], taus, slot,
+                                         self.store, *deps, key=f"advance-s{i:03d}-t{k:02d}-{self.rid}",
+                                         worker=cp.workers[k]))
+        return advanced
+
+    def _begin_checkpoint(self, grid, due: bool):
+        if not due:
+            return None, None
+        shape = tuple(self.start_shape[:-2]) + grid.tile
+        arrays = {"latent": (shape, torch.float32)}
+        if self.cache_on:
+            arrays.update(_cache_arrays(shape, grid.tile))
+        return self.store.begin_checkpoint(len(grid), arrays), arrays
+
+    def _commit(self, i: int, grid, cores, advanced: list, slot, arrays) -> None:
+        self._read([])  # this step's forwards go into the checkpoint record
+        for a in advanced:  # wait without pulling tile data to the client; re-raise the first tile failure
+            if a.exception() is not None:
+                a.result()
+        self.store.commit_checkpoint(i, slot, grid.windows, list(cores), self.canvas, sorted(arrays),
+                                     {"tiles_per_step": self.tiles_per_step, "refine_forwards": self.forwards,
+                                      "cache": self.report.progress()})
+
+    def _write_final(self, prev) -> None:
+        """The refined canvas, assembled once on one worker and written to the store."""
+        full, (p_cores, p_workers, p_adv) = Window(0, 0, *self.canvas), prev
+        parts = [self._submit(T.pick, p_adv[k], 0, p_workers[k] != self.workers[0], worker=p_workers[k],
+                              key=f"pieces-final-t{k:02d}-{self.rid}")
+                 for k in range(len(p_cores)) if intersections(p_cores[k], full, self.canvas)]
+        self._submit(T.write_final, self.store, self.canvas, *parts, key=f"write-final-{self.rid}",
+                     worker=self.workers[0]).result()
+
+    # -- submission and accounting ------------------------------------------------------------------
+    def _submit(self, fn, *args, key, worker, priority=0):
+        self.stats.tasks += 1
+        fut = self.client.submit(fn, *args, key=key, pure=False, priority=priority, **self.pins[worker])
+        self.held.append(fut)
         return fut
 
-    t_all = time.perf_counter()
-    t_last = [t_all]  # when the driver last saw a step finish
-    pending: list[_Submitted] = []  # steps submitted whose metadata the driver has not read yet
+    def _read(self, futures: list, keep: int = 0) -> list:
+        """Gather `futures` and, in the same round trip, the metadata of the pending steps but the newest
+        `keep`, finishing those."""
+        due = self.pending[:len(self.pending) - keep]
+        if not due and not futures:
+            return []
+        del self.pending[:len(due)]
+        got = self.client.gather(futures + [f for sub in due for f in sub.metas])
+        out, rest = got[:len(futures)], got[len(futures):]
+        for sub in due:
+            self._finish(sub, rest[:len(sub.metas)])
+            rest = rest[len(sub.metas):]
+        return out
 
-    def finish(sub: _Submitted, metas: list) -> None:
+    def _finish(self, sub: _Submitted, metas: list) -> None:
         """Account a step once its denoise metadata is in (the forwards, per-worker time, the callback)."""
-        nonlocal forwards
-        forwards += sum(mt.calls for mt in metas)
-        busy: dict[str, float] = {str(w): 0.0 for w in workers}
-        calls: dict[str, int] = {str(w): 0 for w in workers}
+        self.forwards += sum(mt.calls for mt in metas)
+        busy: dict[str, float] = {str(w): 0.0 for w in self.workers}
+        calls: dict[str, int] = {str(w): 0 for w in self.workers}
         for mt in metas:
             busy[mt.worker] = busy.get(mt.worker, 0.0) + mt.seconds
             calls[mt.worker] = calls.get(mt.worker, 0) + mt.calls
         longest = max(busy.values(), default=0.0)
         now = time.perf_counter()
-        st = StepStats(sub.step, sub.tiles, sub.computed, sub.moved, 2 * (len(workers) - 1) * canvas_elems * 2, busy,
-                       {w: round(longest - b, 4) for w, b in busy.items()}, now - t_last[0], calls)
-        t_last[0] = now
-        stats.steps.append(st)
-        if on_step is not None:
-            on_step(st)
-
-    def read(futures: list, keep: int = 0) -> list:
-        """Gather `futures` and, in the same round trip, the metadata of the pending steps but the newest
-        `keep`, finishing those."""
-        due = pending[:len(pending) - keep]
-        if not due and not futures:
-            return []
-        del pending[:len(due)]
-        got = client.gather(futures + [f for sub in due for f in sub.metas])
-        out, rest = got[:len(futures)], got[len(futures):]
-        for sub in due:
-            finish(sub, rest[:len(sub.metas)])
-            rest = rest[len(sub.metas):]
-        return out
-
-    prev = None  # (cores, workers, advance futures) of the previous step
-    from_store = True  # the first step reads the start latent (or the checkpoint) from the store
-    for i in range(first, plan.refine_steps):
-        grid = plan.grid(i)
-        n = len(grid)
-        # 1. gather each window where most of its cells are (supergen.stepplan: the step's plan as values)
-        gp = plan_gather(i, grid, None if prev is None else prev[:2], workers, cell_bytes, from_store)
-        cs, g_workers = list(gp.cores), list(gp.workers)
-        if from_store:
-            src = source if prev is None else "checkpoint"
-            sources = [[submit(T.start_pieces, store, src, win, key=f"read-s{i:03d}-t{m:02d}-{rid}",
-                               worker=g_workers[m])] for m, win in enumerate(grid.windows)]
-        else:
-            p_workers, p_adv = prev[1], prev[2]
-            sources = [[] for _ in range(n)]
-            for pc in gp.pieces:
-                sources[pc.window].append(submit(T.pick, p_adv[pc.core], pc.window, pc.crosses,
-                                                 key=f"pieces-s{i - 1:03d}-t{pc.core:02d}-to{pc.window:02d}-{rid}",
-                                                 worker=p_workers[pc.core]))
-        G = [submit(T.gather_tile, rid, spec_d, i, m, win, cs[m], canvas, *sources[m],
-                    key=f"gather-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m]) for m, win in enumerate(grid.windows)]
-
-        # 2. cache decisions on the client, from small observations only (the one wait of a cached step)
-        decisions = [None] * n
-        if cache_on:
-            obs = read([submit(T.observation, g, key=f"observe-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m])
-                        for m, g in enumerate(G)])
-            if cfg.policy == "uniform":
-                d = decide(canvas_observation([s for _, s in obs]), i, plan.refine_steps, cfg)
-                decisions = [d] * n
-            else:
-                decisions = [decide(o, i, plan.refine_steps, cfg) for o, _ in obs]
-            report.begin(n)
-            for m, (d, (o, _)) in enumerate(zip(decisions, obs)):
-                report.record(m, d, o.threshold)
-        computing = [d is None or d.compute for d in decisions]
-
-        # 3. denoise: computing tiles rebalanced over workers when skips leave some idle, and the last
-        # imbalance evened out in CFG branches (a split tile runs every branch as its own task, ahead of
-        # whole tiles)
-        cp = plan_compute(gp, grid, computing, workers, balance, cache_on, branches, cell_bytes, pred_cell_bytes)
-        c_workers = list(cp.workers)
-        moved = gp.moved_bytes + cp.moved_bytes
-        stats.branches_moved += len(cp.branches)
-        stats.strips_moved += len(cp.strips)
-        B: dict[int, list] = {}  # split window -> its branch futures
-        side = []  # (branch future, its worker)
-        for m in cp.split:
-            x_in = submit(T.window_input, G[m], key=f"input-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m],
-                          priority=1)
-            for b in range(branches):
-                w = cp.branch_worker(m, b)
-                fut = submit(T.branch_tile, rid, spec_d, plan, i, m, grid.windows[m], x_in, b,
-                             key=f"branch-s{i:03d}-t{m:02d}-b{b}-{rid}", worker=w, priority=1)
-                B.setdefault(m, []).append(fut)
-                side.append((fut, w))
-        D = [submit(T.denoise_tile, rid, spec_d, plan, i, m, G[m], decisions[m], *B.get(m, []),
-                    key=f"denoise-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m]) for m in range(n)]
-        metas = ([submit(T.denoise_meta, d, key=f"meta-s{i:03d}-t{m:02d}-{rid}", worker=c_workers[m])
-                  for m, d in enumerate(D)]
-                 + [submit(T.denoise_meta, bf, key=f"meta-{bf.key}", worker=w) for bf, w in side])
-        taus = None  # region thresholds from this step's outputs, computed where they are, read by advance
-        if cfg.policy == "region" and (i + 1) % cfg.update_every == 0:
-            taus = submit(T.thresholds, cfg.threshold, cfg.alpha, *metas[:n], key=f"thresholds-s{i:03d}-{rid}",
-                          worker=workers[0])
-
-        # 4. advance every core where its window was denoised; checkpoint chunks written by their owners
-        tiles_per_step.append(n)
-        last = i == plan.refine_steps - 1
-        due = spec.checkpoint_every and ((i + 1) % spec.checkpoint_every == 0 or last)
-        slot = None
-        if due:
-            shape = tuple(start_shape[:-2]) + grid.tile
-            arrays = {"latent": (shape, torch.float32)}
-            if cache_on:
-                arrays.update(_cache_arrays(shape, grid.tile))
-            slot = store.begin_checkpoint(n, arrays)
-        crossing = {(st.window, st.core) for st in cp.strips}
-        A = []
-        for k, core in enumerate(cs):
-            deps = []  # overlapping windows' predictions: whole where local, else only their strips on core k
-            for m in cp.overlaps[k]:
-                if (m, k) not in crossing:
-                    deps.append(D[m])
-                else:
-                    deps.append(submit(T.prediction_strips, D[m], m, core, canvas,
-                                       key=f"strips-s{i:03d}-t{m:02d}-to{k:02d}-{rid}", worker=c_workers[m]))
-            A.append(submit(T.advance_tile, rid, spec_d, plan, i, k, G[k], taus, slot, store, *deps,
-                            key=f"advance-s{i:03d}-t{k:02d}-{rid}", worker=c_workers[k]))
-        pending.append(_Submitted(i, n, sum(computing), moved, metas))
-        if due:
-            read([])  # this step's forwards go into the checkpoint record
-            for a in A:  # wait without pulling tile data to the client; re-raise the first tile failure
-                if a.exception() is not None:
-                    a.result()
-            store.commit_checkpoint(i, slot, grid.windows, cs, canvas, sorted(arrays),
-                                    {"tiles_per_step": tiles_per_step, "refine_forwards": forwards,
-                                     "cache": report.progress()})
-        else:  # nothing waited on this step: it stays in flight while the driver reads the one before
-            read([], keep=1)
-        prev = (cs, c_workers, A)
-        from_store = bool(due) and not last  # checkpoints cut lineage: the next step reads the store
-        if from_store:
-            held = []  # release it: a lost worker now costs at most the steps since this checkpoint
-    read([])
-
-    # 5. the refined canvas, assembled once on one worker and written to the store
-    full = Window(0, 0, *canvas)
-    p_cores, p_workers, p_adv = prev
-    parts = [submit(T.pick, p_adv[k], 0, p_workers[k] != workers[0], key=f"pieces-final-t{k:02d}-{rid}",
-                    worker=p_workers[k]) for k in range(len(p_cores)) if intersections(p_cores[k], full, canvas)]
-    submit(T.write_final, store, canvas, *parts, key=f"write-final-{rid}", worker=workers[0]).result()
-    stats.wall_s, stats.forwards = time.perf_counter() - t_all, forwards
-    stats.cache = report.to_dict()
-    stats.tiles_per_step = tiles_per_step
-    return stats
+        allgather = 2 * (len(self.workers) - 1) * self.canvas_elems * 2
+        st = StepStats(sub.step, sub.tiles, sub.computed, sub.moved, allgather, busy,
+                       {w: round(longest - b, 4) for w, b in busy.items()}, now - self.t_last, calls)
+        self.t_last = now
+        self.stats.steps.append(st)
+        if self.on_step is not None:
+            self.on_step(st)
 
 
 def check_distributable(spec, info=None) -> None:

@@ -2,21 +2,26 @@
 render store, the refine stage a graph of plain Dask tasks (one per tile per step) on the cluster.
 
 Prefect owns the stages (retries on storage I/O, run history, artifacts); Dask owns the tile-steps
-(Prefect tasks cost ~0.1-0.2 s each through a Dask task runner, plain Dask tasks ~3 ms).
+(Prefect tasks cost ~0.1-0.2 s each through a Dask task runner, plain Dask tasks ~3 ms). `run_stages` is
+the one driver of the stages: the flow runs it with the stages as Prefect tasks, benchmarks and tests with
+the same functions called directly on a Dask client, with no Prefect API.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import stages
+from tasks.stages import StageResult, export_stage, sketch_stage, upscale_stage, warm_worker
 
 from .cluster import connect
 from .refine import check_workers, refine_on_cluster, worker_names
+
 
 def _worth_retrying(task, task_run, state) -> bool:
     """Storage hiccups are retried; a stage that ran out of memory, was refused, or lost its store's lease
@@ -49,74 +54,89 @@ def _on_worker(client, fn, *args, workers: list | None = None):
 
 
 @task(name="sketch", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def sketch(client, store, workers: list | None = None) -> dict:
-    return _on_worker(client, stages.sketch_stage, store, workers=workers)
+def sketch(client, store, workers: list | None = None) -> StageResult:
+    return _on_worker(client, sketch_stage, store, workers=workers)
 
 
 @task(name="upscale and re-noise", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def upscale(client, store, workers: list | None = None) -> dict:
-    return _on_worker(client, stages.upscale_stage, store, workers=workers)
+def upscale(client, store, workers: list | None = None) -> StageResult:
+    return _on_worker(client, upscale_stage, store, workers=workers)
+
+
+def refine_tiles(client, store, balance: str = "branches", render_id: str | None = None,
+                 workers: list | None = None, on_step: Callable | None = None) -> dict:
+    """The tiled refinement as plain Dask tasks; returns the statistics the export stage and the flow's
+    report read. `on_step` is called with each finished step's statistics."""
+    stats = refine_on_cluster(client, store, store.spec(), balance=balance, on_step=on_step, render_id=render_id,
+                              workers=workers)
+    return stats.to_dict() | {"cache": stats.cache, "tiles_per_step": stats.tiles_per_step}
 
 
 @task(name="refine (tiled, on the cluster)", cache_policy=NO_CACHE)
 def refine(client, store, balance: str = "branches", render_id: str | None = None,
            workers: list | None = None) -> dict:
+    """`refine_tiles` with a progress artifact, updated after every step (artifacts need a Prefect run)."""
     spec = store.spec()
     art = create_progress_artifact(0.0, key=None, description=f"refinement of {store.url}")
 
     def on_step(st):
         update_progress_artifact(art, 100.0 * (st.step + 1) / spec.refine_steps)
 
-    stats = refine_on_cluster(client, store, spec, balance=balance, on_step=on_step, render_id=render_id,
-                              workers=workers)
-    return stats.to_dict() | {"cache": stats.cache, "tiles_per_step": stats.tiles_per_step}
+    return refine_tiles(client, store, balance, render_id, workers, on_step=on_step)
 
 
 @task(name="decode and export", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def export(client, store, timings: dict, refined: dict, sketch_forwards: int, workers: list | None = None) -> dict:
+def export(client, store, timings: dict, refined: dict, sketch_forwards: int,
+           workers: list | None = None) -> StageResult:
     forwards = {"sketch": sketch_forwards, "refine": refined["forwards"]}
     cache = refined["cache"] if refined["cache"].get("policy") != "none" else None
-    return _on_worker(client, stages.export_stage, store, timings, refined["tiles_per_step"], forwards, cache,
+    return _on_worker(client, export_stage, store, timings, refined["tiles_per_step"], forwards, cache,
                       workers=workers)
 
 
-def run_stages(client, store, balance: str = "branches", prefect: bool = True, workers: list | None = None) -> dict:
-    """The four stages in order, on `workers` (names; default: every worker of the cluster); with
-    `prefect=False` the same code without the Prefect engine. While the sketch runs on the first worker,
-    every other worker loads the model and the render's conditioning."""
+class Stages(NamedTuple):
+    """The four stages, as `run_stages` calls them."""
+
+    sketch: Callable[..., StageResult]
+    upscale: Callable[..., StageResult]
+    refine: Callable[..., dict]
+    export: Callable[..., StageResult]
+
+
+PREFECT_STAGES = Stages(sketch, upscale, refine, export)  # inside the flow: task runs, retries, artifacts
+PLAIN_STAGES = Stages(sketch.fn, upscale.fn, refine_tiles, export.fn)  # the same code on any Dask client
+
+
+def run_stages(client, store, balance: str = "branches", workers: list | None = None,
+               stages: Stages = PLAIN_STAGES) -> dict:
+    """The four stages in order, on `workers` (names; default: every worker of the cluster). While the
+    sketch runs on the first worker, every other worker loads the model and the render's conditioning."""
     import uuid
 
     from tasks.model import ModelHolder
 
-    call = (lambda t, *a, **k: t(*a, **k)) if prefect else (lambda t, *a, **k: t.fn(*a, **k))
     timings = {}
     rid = uuid.uuid4().hex[:8]
     client.register_plugin(ModelHolder())
     names = workers or worker_names(client)
-    warming = [client.submit(stages.warm_worker, store, rid, workers=[w], pure=False, key=f"warm-{w}-{rid}")
+    warming = [client.submit(warm_worker, store, rid, workers=[w], pure=False, key=f"warm-{w}-{rid}")
                for w in names[1:]]
     t0 = time.perf_counter()
-    sk = call(sketch, client, store, names)
+    sk = stages.sketch(client, store, names)
     store.advance("sketched")  # workers write the stages; the driver, which owns the store, moves its status
     timings["sketch"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    call(upscale, client, store, names)
+    stages.upscale(client, store, names)
     store.advance("refining")
     timings["upscale"] = time.perf_counter() - t0
     client.gather(warming)  # a worker that cannot load the model fails here, before any tile is submitted
     t0 = time.perf_counter()
-    refined = (call(refine, client, store, balance, rid, names) if prefect
-               else _refine_plain(client, store, balance, rid, names))
+    refined = stages.refine(client, store, balance, rid, names)
     timings["refine"] = time.perf_counter() - t0
     store.advance("refined")
-    call(export, client, store, timings, refined, sk["forwards"], names)
+    stages.export(client, store, timings, refined, sk.forwards, names)
     store.finish()
     return {"timings": timings, "refine": refined}
-
-
-def _refine_plain(client, store, balance, render_id=None, workers=None):
-    stats = refine_on_cluster(client, store, store.spec(), balance=balance, render_id=render_id, workers=workers)
-    return stats.to_dict() | {"cache": stats.cache, "tiles_per_step": stats.tiles_per_step}
 
 
 @flow(name="supergen-render", log_prints=True)
@@ -159,7 +179,7 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
             if store.complete:
                 logger.info("%s already holds this render", store.url)
                 return store.url
-            out = run_stages(client, store, balance)
+            out = run_stages(client, store, balance, stages=PREFECT_STAGES)
         finally:
             store.release()
     finally:

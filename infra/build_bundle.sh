@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build .whl/: the wheels a GPU box without a package index needs to run supergen's flows
 # (CPython 3.12, x86_64). Resolves the full closure for that platform, then drops every package the
-# device image already has (infra/box_packages.txt, from the device tool's KINDS.md) and checks the size
+# device image already has (infra/box_packages.txt, the image's installed packages) and checks the size
 # limit (64 MiB for a device call, source included).
 #   infra/build_bundle.sh            # -> .whl/*.whl and .whl/MANIFEST.txt
 # Install there with:
@@ -27,7 +27,7 @@ for w in "$TMP"/*.whl; do
   name=$(norm "$(basename "$w" | cut -d- -f1)")
   [ -n "${BOX[$name]:-}" ] || cp "$w" "$OUT/"
 done
-# Prefect declares these but imports them lazily; the flows never need them (stack.md section 8).
+# Prefect declares these but imports them lazily; the flows never need them.
 rm -f "$OUT"/apprise-* "$OUT"/docker-* "$OUT"/oauthlib-* "$OUT"/requests_oauthlib-* "$OUT"/bokeh-* "$OUT"/xyzservices-*
 (cd "$OUT" && ls -l *.whl | awk '{printf "%8d KiB  %s\n", $5/1024, $9}' > MANIFEST.txt)
 SIZE=$(du -sm "$OUT" | cut -f1)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite (issue 6), writing JSON into OUTDIR; each part fits one 10-minute device call.
+# The GPU benchmark suite, writing JSON into OUTDIR; each part fits one 10-minute device call.
 #   bash infra/gpu_suite.sh OUTDIR [tiles|stage2|stage2-4k|stage2-2k|all]
 #   tiles      native tile-step cost and MFU of the four architectures under torch's and cuDNN-first
 #              attention order, each fused attention kernel alone on the architecture's attention shape, one per GPU in parallel (round-robin when there are fewer GPUs, the slowest apart),

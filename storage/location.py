@@ -35,6 +35,15 @@ class StoreBusy(StoreError):
     """Another live render owns the store."""
 
 
+class StoreNotFound(StoreError, FileNotFoundError):
+    """No render store at the URL; also a FileNotFoundError, as zarr's NodeNotFoundError is."""
+
+
+# What a backend raises for "not there": fsspec's FileNotFoundError (zarr's NodeNotFoundError is one too) and
+# the KeyError of a missing Zarr member. Anything else (denied, unreachable) is an error, never "missing".
+MISSING = (FileNotFoundError, KeyError)
+
+
 def secrets(storage_options: dict[str, Any] | None) -> list[str]:
     """Every credential string that must never be printed: secret-looking options and the standard
     environment variables the credential chain reads."""
@@ -114,7 +123,8 @@ def _check_protocol(protocol: str, url: str) -> None:
         raise StoreError(f"unknown storage protocol {protocol!r} in {url!r}; known: "
                          f"{sorted(fsspec.available_protocols())[:12]}...") from None
     except ImportError as e:
-        raise StoreError(f"the {protocol!r} protocol needs a package that is not installed: {e}") from None
+        hint = " (pip install 'supergen[s3]')" if protocol in ("s3", "s3a") else ""
+        raise StoreError(f"the {protocol!r} protocol needs a package that is not installed{hint}: {e}") from None
 
 
 def check_options(url: str, storage_options: dict[str, Any] | None) -> None:

@@ -13,40 +13,49 @@ Layout 2 (docs/store.md has shapes, chunking and dtypes):
     <url>/progress.json             status and the checkpoint manifest: written only by the lease owner,
                                     only forward
     <url>/lease/<n>.json            ownership (storage/lease.py): one live render per store
+    <url>/inputs/image.<ext>        the conditioning image, byte for byte, so no worker needs its path
     <url>/video.mp4 sketch.mp4 contact_sheet.png cache_skips.png render.json
     <url>/COMPLETE                  written last, by the owner: only its presence makes a render complete
 
 Files live beside the Zarr group, not in it, so Zarr tools list the group without tripping over them.
-Checkpoints alternate between two slots and the manifest moves only after every tile of a slot is written,
-so a crash mid-checkpoint leaves the previous checkpoint intact.
+The store stores what it is given: checkpoints follow storage/checkpoints.py's slot protocol, and the
+outputs are encoded by supergen/outputs.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from supergen.sink import Checkpoint
-from supergen.tiling import Window, crop, intersections, local, paste
+from supergen.inputs import read_image
+from supergen.tiling import Window, intersections
 
+from . import checkpoints
 from . import lease as leases
-from .location import StoreError, bucket_of, check_reachable, describe, filesystem, normalize, redact
+from .location import (MISSING, StoreError, StoreNotFound, bucket_of, check_reachable, describe, filesystem,
+                       normalize, redact)
 
 LAYOUT_VERSION = 2
 DATA = "data.zarr"
 PROGRESS = "progress.json"
 MARKER = "COMPLETE"
 FILES = ("video.mp4", "sketch.mp4", "contact_sheet.png", "cache_skips.png", "render.json")
-STAGE_STATUS = {"sketch": "sketched", "start": "refining", "final": "refined"}
+INPUTS = "inputs/"
 STATUSES = ("created", "sketched", "refining", "refined", "complete")  # the only order status moves in
+STAGES = ("sketch", "start", "final")  # saving STAGES[i] moves the status to STATUSES[i + 1]
 
 
 class RenderStore:
     """One render's store. Pickles as (url, storage_options, read_only); never prints the options.
+
+    A read-only store refuses every write of the render itself (arrays, progress, ownership, its inputs,
+    outputs and marker) in one place, `_require_writable`; it may still add files of its own beside them
+    (`supergen quality` writes quality.json into a finished render).
 
     Notes: the store does not close the fsspec filesystem it uses (fsspec caches and shares instances).
     """
@@ -65,18 +74,26 @@ class RenderStore:
         return f"RenderStore({self.url!r}{', read_only' if self.read_only else ''})"
 
     # -- plumbing ------------------------------------------------------------------------------------
-    @property
-    def fs(self):
+    def _connect(self) -> tuple[Any, str]:
+        """(fsspec filesystem, the store's path on it), made on first use: the store travels as a recipe."""
         if self._fs is None:
             self._fs, self._path = filesystem(self.url, self.storage_options)
-        return self._fs
+        return self._fs, self._path
+
+    @property
+    def fs(self):
+        return self._connect()[0]
 
     def _key(self, name: str) -> str:
-        self.fs
-        return f"{self._path.rstrip('/')}/{name}"
+        return f"{self._connect()[1].rstrip('/')}/{name}"
 
     def _fail(self, what: str, e: Exception) -> StoreError:
         return StoreError(redact(f"{what} {self.url}: {describe(e)}", self.storage_options))
+
+    def _require_writable(self) -> None:
+        """Refuse a write through a read-only store: the one check every verb that writes the render makes."""
+        if self.read_only:
+            raise StoreError(f"{self.url} is open read-only: this write needs the store opened writable")
 
     @property
     def group(self):
@@ -107,7 +124,7 @@ class RenderStore:
         """The layout of a store written before the Zarr group moved into data.zarr (layout 1)."""
         try:
             return json.loads(self.fs.cat_file(self._key("zarr.json")))["attributes"].get("supergen_layout")
-        except Exception:
+        except MISSING + (ValueError,):  # no zarr.json at the root, or not a Zarr one: not a layout-1 store
             return None
 
     @property
@@ -162,8 +179,8 @@ class RenderStore:
 
     def acquire(self) -> None:
         """Own this store (storage/lease.py), or raise StoreBusy naming the live render that does."""
-        self.fs
-        leases.hold(self.fs, self._path, self._lease_key(), self.url)
+        self._require_writable()
+        leases.hold(*self._connect(), self._lease_key(), self.url)
 
     def release(self) -> None:
         lease = leases.held(self._lease_key())
@@ -181,15 +198,16 @@ class RenderStore:
         lease.check(self.url)
 
     def progress(self) -> dict:
-        """{"status", "checkpoint" (the latest manifest or None)}; a store without progress.json is new."""
+        """{"status", "checkpoint" (the latest `CheckpointManifest` as a dict, or None)}; a store without
+        progress.json is new."""
         try:
             return json.loads(self.fs.cat_file(self._key(PROGRESS)))
-        except FileNotFoundError:
+        except MISSING:
             return {"status": "created", "checkpoint": None}
         except Exception as e:
             raise self._fail("cannot read progress of", e) from None
 
-    def advance(self, status: str | None = None, checkpoint: dict | None = None) -> None:
+    def advance(self, status: str | None = None, checkpoint: checkpoints.CheckpointManifest | None = None) -> None:
         """Move status and/or the checkpoint pointer forward (the owner only). Status never goes back: a
         resumed render that passes a stage again leaves it where it is. A checkpoint older than the
         current one is a bug, refused."""
@@ -200,13 +218,14 @@ class RenderStore:
             new["status"] = max(status, cur.get("status", "created"), key=STATUSES.index)
         if checkpoint is not None:
             old = cur.get("checkpoint")
-            if old is not None and checkpoint["step"] <= old["step"]:
+            if old is not None and checkpoint.step <= old["step"]:
                 raise StoreError(f"{self.url}: checkpoint cannot go back from step {old['step']} to "
-                                 f"{checkpoint['step']}")
-            new["checkpoint"] = checkpoint
+                                 f"{checkpoint.step}")
+            new["checkpoint"] = checkpoint.to_dict()
         self._write_progress(new)
 
     def _write_progress(self, progress: dict) -> None:
+        self._require_writable()
         try:
             self.fs.pipe_file(self._key(PROGRESS), json.dumps({**progress, "updated": time.time()}).encode())
         except Exception as e:
@@ -227,6 +246,8 @@ class RenderStore:
             raise StoreError(f"{store.url} {problem}; pass --overwrite to replace it")
         if problem is None and store.complete:
             return store
+        fresh = problem is not None or not store.exists()  # a store to initialise copies the image: read it now,
+        image = read_image(spec.image) if fresh and spec.image is not None else None  # so a bad one writes nothing
         store.acquire()
         try:
             problem = store.problem_with(spec)  # again, now that no one else can change it
@@ -235,6 +256,8 @@ class RenderStore:
             if problem is None and store.exists():
                 return store
             store.clear()
+            if spec.image is not None:  # before the attributes: a store that exists holds its inputs
+                store.write_file(image_name(spec.image), image if image is not None else read_image(spec.image))
             from supergen.versions import versions
 
             store.group.attrs.update({"supergen_layout": LAYOUT_VERSION, "spec": spec.to_dict(),
@@ -256,7 +279,7 @@ class RenderStore:
             if legacy is not None:
                 raise StoreError(f"{store.url} has store layout {legacy}, written by an older supergen; its "
                                  f"video.mp4 stays readable as a file; render it again to use this version")
-            raise StoreError(f"no render store at {store.url}")
+            raise StoreNotFound(f"no render store at {store.url}")
         layout = store.attrs.get("supergen_layout")
         if layout is None or layout > LAYOUT_VERSION:
             raise StoreError(f"{store.url} has store layout {layout!r}; this supergen reads layout "
@@ -290,6 +313,7 @@ class RenderStore:
     def clear(self) -> None:
         """Remove everything but the lease (the owner only: ownership is what makes clearing safe)."""
         self._owner_check()
+        self._require_writable()
         try:
             if self.fs.exists(self._path):
                 for p in self.fs.ls(self._path, detail=False):
@@ -309,8 +333,10 @@ class RenderStore:
         """True only once the completion marker exists; nothing else makes a render complete."""
         try:
             return self.fs.exists(self._key(MARKER))
-        except Exception:
+        except MISSING:
             return False
+        except Exception as e:
+            raise self._fail("cannot read", e) from None
 
     def finish(self) -> None:
         """The owner's last act: status complete, then the marker, then the lease goes."""
@@ -321,6 +347,7 @@ class RenderStore:
     # -- stage tensors (RenderSink) ------------------------------------------------------------------
     def _write_array(self, name: str, data: np.ndarray, chunks: tuple[int, ...], dims: list[str],
                      compressors=None) -> None:
+        self._require_writable()
         try:
             arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
                                           compressors=compressors, fill_value=0, dimension_names=dims,
@@ -332,14 +359,14 @@ class RenderStore:
     def _read_array(self, name: str) -> np.ndarray | None:
         try:
             return self.group[name][...]
-        except KeyError:
+        except MISSING:
             return None
 
     def has_array(self, name: str) -> bool:
         try:
             self.group[name]
             return True
-        except KeyError:
+        except MISSING:
             return False
 
     def save_stage(self, name: str, tensor: torch.Tensor) -> None:
@@ -349,118 +376,39 @@ class RenderStore:
                                                                             zip(tile, data.shape[-2:]))
         self._write_array(f"{name}/latent", data, chunks, ["batch", "channel", "frame", "y", "x"])
         if self.owned:  # in process; on a cluster the workers write stages and the driver advances
-            self.advance(STAGE_STATUS[name])
+            self.advance(STATUSES[STAGES.index(name) + 1])
 
     def load_stage(self, name: str) -> torch.Tensor | None:
         data = self._read_array(f"{name}/latent")
         return None if data is None else torch.from_numpy(np.ascontiguousarray(data))
 
-    # -- checkpoints (RenderSink) --------------------------------------------------------------------
-    def save_checkpoint(self, ckpt: Checkpoint) -> None:
-        """Write every tile's window of the latent, scheduler and cache maps into the free slot (one chunk
-        per tile), then the manifest. The in-process executor writes all tiles; on a cluster each tile's
-        owner writes its own chunk (`write_checkpoint_tile`) and the driver commits."""
-        tensors = {"latent": ckpt.latent, **{f"scheduler/{k}": v for k, v in ckpt.scheduler.items()},
-                   **{f"cache/{k}": v for k, v in ckpt.cache.items()}}
-        win = ckpt.windows[0]
-        slot = self.begin_checkpoint(len(ckpt.windows), {n: (tuple(t.shape[:-2]) + (win.height, win.width), t.dtype)
-                                                          for n, t in tensors.items()})
-        for k, (w, core) in enumerate(zip(ckpt.windows, ckpt.cores)):
-            self.write_checkpoint_tile(slot, k, w, core, {n: crop(t.detach().cpu(), core) for n, t in tensors.items()},
-                                       tuple(ckpt.latent.shape[-2:]))
-        self.commit_checkpoint(ckpt.step, slot, ckpt.windows, ckpt.cores, tuple(ckpt.latent.shape[-2:]),
-                               sorted(tensors), ckpt.record)
-
-    def begin_checkpoint(self, n_tiles: int, arrays: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
-        """Create the free slot's arrays (metadata only); returns the slot tiles then write into."""
-        latest = self.checkpoint_manifest()
-        slot = 0 if latest is None else 1 - latest["slot"]
-        for name, (shape, dtype) in arrays.items():
-            full = (n_tiles,) + tuple(shape)
-            np_dtype = torch.empty(0, dtype=dtype).numpy().dtype if dtype != torch.bfloat16 else np.float32
-            try:
-                self.group.create_array(f"checkpoints/slot{slot}/{name}", shape=full, dtype=np_dtype,
-                                        chunks=(1,) + tuple(shape), compressors=None, fill_value=0,
-                                        dimension_names=["tile"] + [f"d{i}" for i in range(len(shape) - 2)]
-                                        + ["y", "x"], overwrite=True)
-            except Exception as e:
-                raise self._fail("cannot create checkpoint arrays in", e) from None
-        return slot
-
-    def write_checkpoint_tile(self, slot: int, k: int, win: Window, core: Window, maps: dict[str, torch.Tensor],
-                              canvas: tuple[int, int]) -> None:
-        """Tile k's chunk of every checkpoint array: its core's cells at their place in the window."""
-        ys, xs = local(core, win, canvas)
-        for name, core_data in maps.items():
-            arr = self.group[f"checkpoints/slot{slot}/{name}"]
-            chunk = np.zeros(arr.shape[1:], dtype=arr.dtype)
-            core_data = core_data.detach().cpu()  # tile state may live on a worker's GPU
-            chunk[..., ys, xs] = core_data.float().numpy() if core_data.dtype == torch.bfloat16 else core_data.numpy()
-            arr[k] = chunk
-
-    def commit_checkpoint(self, step: int, slot: int, windows, cores, canvas, names, record: dict) -> None:
-        """The manifest, written after every tile, by the owner: only now does the checkpoint count."""
-        manifest = {"step": step, "slot": slot, "arrays": list(names), "canvas": list(canvas),
-                    "windows": [_win(w) for w in windows], "cores": [_win(c) for c in cores], "record": record}
-        self.advance(checkpoint=json.loads(json.dumps(manifest)))
-
-    def checkpoint_manifest(self) -> dict | None:
-        return self.progress().get("checkpoint")
-
-    def load_checkpoint(self) -> Checkpoint | None:
-        m = self.checkpoint_manifest()
-        if m is None:
-            return None
-        windows = [Window(*w) for w in m["windows"]]
-        cores = [Window(*c) for c in m["cores"]]
-        H, W = m["canvas"]
-        out: dict[str, torch.Tensor] = {}
-        for name in m["arrays"]:
-            tiles = torch.from_numpy(np.ascontiguousarray(self.group[f"checkpoints/slot{m['slot']}/{name}"][...]))
-            canvas = torch.zeros(tiles.shape[1:-2] + (H, W), dtype=tiles.dtype)
-            for t, win, core in zip(tiles, windows, cores):
-                ys, xs = local(core, win, (H, W))
-                paste(canvas, core, t[..., ys, xs])
-            out[name] = canvas
-        return Checkpoint(m["step"], windows, cores, out.pop("latent"),
-                          {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("scheduler/")},
-                          {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("cache/")},
-                          m["record"])
-
-    def checkpoint_pieces(self, win: Window) -> list:
-        """The pieces of `win` from the latest checkpoint, reading only the chunks of tiles whose cores
-        overlap it (what a worker resuming one window needs)."""
-        from supergen.tilework import Piece
-
-        m = self.checkpoint_manifest()
-        canvas = tuple(m["canvas"])
-        pieces = []
-        for k, (w, c) in enumerate(zip(m["windows"], m["cores"])):
-            w, c = Window(*w), Window(*c)
-            rects = intersections(c, win, canvas)
-            if not rects:
-                continue
-            chunk = {n: torch.from_numpy(np.ascontiguousarray(self.group[f"checkpoints/slot{m['slot']}/{n}"][k]))
-                     for n in m["arrays"]}
-            for r in rects:
-                ys, xs = local(r, w, canvas)
-                pieces.append(Piece(r, {_map_name(n): t[..., ys, xs].clone() for n, t in chunk.items()}))
-        return pieces
-
     def stage_pieces(self, name: str, win: Window) -> list:
         """The pieces of `win` (which may wrap) of a stage latent, read region by region."""
-        from supergen.tilework import Piece
+        from supergen.tilestep import Piece
 
         arr = self.group[f"{name}/latent"]
         canvas = tuple(arr.shape[-2:])
         out = []
         for r in intersections(win, Window(0, 0, *canvas), canvas):
             data = arr[..., r.top : r.top + r.height, r.left : r.left + r.width]
-            out.append(Piece(r, {"x": torch.from_numpy(np.ascontiguousarray(data))}))
+            out.append(Piece(r, {"latent": torch.from_numpy(np.ascontiguousarray(data))}))
         return out
 
-    # -- outputs -------------------------------------------------------------------------------------
+    # -- checkpoints: storage/checkpoints.py's slot protocol as this store's verbs (CheckpointStore) ---
+    save_checkpoint = checkpoints.save
+    load_checkpoint = checkpoints.load
+    begin_checkpoint = checkpoints.begin
+    write_checkpoint_tile = checkpoints.write_tile
+    commit_checkpoint = checkpoints.commit
+    checkpoint_manifest = checkpoints.manifest
+    checkpoint_pieces = checkpoints.pieces
+
+    # -- inputs and outputs: bytes and frames as given (supergen/outputs.py encodes them) -------------
     def write_file(self, name: str, data: bytes) -> None:
+        """`data` as the file `name` beside the Zarr group. The render's own files (outputs, marker, inputs)
+        need a writable store; other files annotate a render from outside (quality.json)."""
+        if name in FILES + (MARKER,) or name.startswith(INPUTS):
+            self._require_writable()
         try:
             self.fs.pipe_file(self._key(name), data)
         except Exception as e:
@@ -469,36 +417,34 @@ class RenderStore:
     def read_file(self, name: str) -> bytes:
         try:
             return self.fs.cat_file(self._key(name))
-        except FileNotFoundError:
+        except MISSING:
             raise StoreError(f"{self.url} has no {name}") from None
         except Exception as e:
             raise self._fail(f"cannot read {name} from", e) from None
 
-    def write_outputs(self, result) -> None:
-        """Final latent, frames and files; the owner then calls `finish` (status and marker)."""
-        from supergen import outputs
+    def input_image(self) -> bytes | None:
+        """The conditioning image's file, byte for byte, from the store's copy (no worker needs the original
+        path); None for a render without an image. A store written before it kept the copy reads the path."""
+        path = self.attrs["spec"].get("image")
+        if path is None:
+            return None
+        try:
+            return self.fs.cat_file(self._key(image_name(path)))
+        except MISSING:
+            with open(path, "rb") as f:
+                return f.read()
+        except Exception as e:
+            raise self._fail("cannot read the conditioning image from", e) from None
 
-        spec = result.spec
-        if self.load_stage("final") is None:
-            self.save_stage("final", result.latent)
-        s = spec.canvas_size[0] // result.latent.shape[-1]  # pixels per latent cell
-        frames = result.video.numpy()
-        chunk = (min(len(frames), spec.fps), min(frames.shape[1], spec.tile[0] * s),
-                 min(frames.shape[2], spec.tile[1] * s), 3)
+    def save_frames(self, name: str, frames: np.ndarray, fps: int, tile: tuple[int, int] | None = None) -> None:
+        """`name`/frames: (frames, y, x, rgb) uint8, zstd(1), one chunk per second (`fps` frames) and per
+        `tile` pixels (the whole frame when None), so a reader of one region of one second reads one chunk."""
         from zarr.codecs import ZstdCodec
 
-        self._write_array("video/frames", frames, chunk, ["frame", "y", "x", "rgb"], compressors=[ZstdCodec(level=1)])
-        # lossless, so quality checks compare the output with the sketch itself, not with sketch.mp4's codec
-        sketch = result.sketch_video.numpy()
-        self._write_array("sketch/frames", sketch, (min(len(sketch), spec.fps),) + sketch.shape[1:],
-                          ["frame", "y", "x", "rgb"], compressors=[ZstdCodec(level=1)])
-        self.write_file("video.mp4", outputs.mp4_bytes(result.video, spec.fps))
-        self.write_file("sketch.mp4", outputs.mp4_bytes(result.sketch_video, spec.fps))
-        self.write_file("contact_sheet.png", outputs.png_bytes(outputs.contact_sheet(result.sketch_video,
-                                                                                      result.video)))
-        self.write_file("cache_skips.png", outputs.png_bytes(outputs.skip_heatmap(
-            result.cache.skip_map if result.cache else [])))
-        self.write_file("render.json", json.dumps(result.report(), indent=1).encode())
+        f, h, w, _ = frames.shape
+        th, tw = tile or (h, w)
+        self._write_array(f"{name}/frames", frames, (min(f, fps), min(h, th), min(w, tw), 3), ["frame", "y", "x", "rgb"],
+                          compressors=[ZstdCodec(level=1)])
 
     def video_frames(self, frames: slice = slice(None), y: slice = slice(None), x: slice = slice(None)):
         """A region of the output frames without reading the rest (chunked by frame blocks and tiles)."""
@@ -511,24 +457,24 @@ class RenderStore:
     # -- inspection ----------------------------------------------------------------------------------
     def inspect(self) -> dict:
         attrs, progress = self.attrs, self.progress()
-        m = progress.get("checkpoint")
+        m = self.checkpoint_manifest()
         report = {"url": self.url, "status": progress.get("status"), "complete": self.complete,
                   "layout": attrs.get("supergen_layout"), "seed": attrs.get("seed"),
                   "spec": attrs.get("spec"),
-                  "last_checkpoint_step": None if m is None else m["step"],
-                  "stages": [s for s in ("sketch", "start", "final") if self.has_array(f"{s}/latent")]}
-        if m is not None and m["record"].get("cache", {}).get("skip_map"):
-            sm = m["record"]["cache"]["skip_map"]
+                  "last_checkpoint_step": None if m is None else m.step,
+                  "stages": [s for s in STAGES if self.has_array(f"{s}/latent")]}
+        if m is not None and m.record.get("cache", {}).get("skip_map"):
+            sm = m.record["cache"]["skip_map"]
             total = sum(len(r) for r in sm)
             report["skip_ratio_so_far"] = round(sum(map(sum, sm)) / total, 4) if total else 0.0
         outs = {}
         for name in FILES + (MARKER,):
             try:
                 outs[name] = self.fs.size(self._key(name))
-            except FileNotFoundError:
+            except MISSING:
                 pass
-            except Exception:
-                pass
+            except Exception as e:
+                raise self._fail(f"cannot read {name} of", e) from None
         report["outputs_bytes"] = outs
         report["owner"] = self._owner_report()
         from supergen.executor import memory_summary
@@ -537,7 +483,7 @@ class RenderStore:
         return report
 
     def _owner_report(self) -> dict | None:
-        n, cur = leases.Lease(self.fs, self._path).current()
+        n, cur = leases.Lease(*self._connect()).current()
         if cur is None:
             return None
         now = time.time()
@@ -546,12 +492,6 @@ class RenderStore:
                 "heartbeat_age_s": round(now - float(cur.get("heartbeat", now)), 1)}
 
 
-def _map_name(array_name: str) -> str:
-    """Store array names -> tile-work map names ("latent" -> "x", "scheduler/k" -> "sched/k")."""
-    if array_name == "latent":
-        return "x"
-    return array_name.replace("scheduler/", "sched/", 1)
-
-
-def _win(w: Window) -> list[int]:
-    return [w.top, w.left, w.height, w.width]
+def image_name(path: str) -> str:
+    """Where the store keeps the conditioning image at `path`: `inputs/image` with the file's extension."""
+    return f"{INPUTS}image{os.path.splitext(path)[1].lower()}"

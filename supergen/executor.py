@@ -14,10 +14,11 @@ from . import memory, noise
 from .backends import load_backend, model_info
 from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
+from .errors import SpecError
+from .inputs import decode_image, read_image
 from .progress import NullProgress, Progress
 from .refine import RefinePlan, refine_step
 from .sink import Checkpoint, RenderSink
-from .errors import SpecError
 from .spec import RenderSpec, crop_to_request, device_problem, resolve, size_warnings
 from .tiling import cores
 from .upscale import to_uint8, upscale_video
@@ -86,13 +87,13 @@ def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = 
     return spec
 
 
-def load_image(spec: RenderSpec):
+def load_image(spec: RenderSpec, sink: RenderSink | None = None):
+    """The conditioning image (PIL RGB) or None: the copy kept with the render where the sink has one (a
+    resume needs no original file), else the spec's path, refused early if it does not open."""
     if spec.image is None:
         return None
-    from PIL import Image
-
-    with Image.open(spec.image) as im:
-        return im.convert("RGB")
+    data = sink.input_image() if sink is not None else None
+    return decode_image(data) if data is not None else decode_image(read_image(spec.image), spec.image)
 
 
 def sketch_latent(backend: Backend, spec: RenderSpec, image) -> torch.Tensor:
@@ -129,10 +130,10 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     """
     progress = progress or NullProgress()
     spec = prepare(spec, weights_loaded=backend is not None)  # every spec error surfaces here, before any weights load
+    image = load_image(spec, sink)  # a missing or unreadable image is refused before any weights load
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
         backend = backend or load_backend(spec.model, spec.device, spec.dtype)
-    image = load_image(spec)
     plan = RefinePlan.from_spec(spec, backend.info.vae_spatial)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
     save = sink.save_stage if sink is not None else (lambda name, t: None)

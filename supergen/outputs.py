@@ -1,7 +1,9 @@
-"""Encoding a render's outputs: mp4 videos, the contact sheet and the cache skip heat map."""
+"""Encoding a render's outputs: mp4 videos, the contact sheet and the cache skip heat map, and writing
+them with the lossless frames into a render store (which stores what it is given, encoding nothing)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -99,3 +101,28 @@ def read_mp4_bytes(data: bytes) -> np.ndarray:
         with open(path, "wb") as f:
             f.write(data)
         return read_mp4(path)
+
+
+def encode(result) -> dict[str, bytes]:
+    """A finished render's files (`RenderResult`): the mp4s, the contact sheet and skip heat map (PNG), and
+    render.json."""
+    fps = result.spec.fps
+    return {"video.mp4": mp4_bytes(result.video, fps), "sketch.mp4": mp4_bytes(result.sketch_video, fps),
+            "contact_sheet.png": png_bytes(contact_sheet(result.sketch_video, result.video)),
+            "cache_skips.png": png_bytes(skip_heatmap(result.cache.skip_map if result.cache else [])),
+            "render.json": json.dumps(result.report(), indent=1).encode()}
+
+
+def write_outputs(store, result) -> None:
+    """Write a finished render into its render store: the final latent (unless there), the frames of the
+    output (chunked by second and tile) and of the sketch, then the encoded files. The owner then calls
+    `store.finish()`."""
+    spec = result.spec
+    if not store.has_array("final/latent"):
+        store.save_stage("final", result.latent)
+    s = spec.canvas_size[0] // result.latent.shape[-1]  # pixels per latent cell
+    store.save_frames("video", result.video.numpy(), spec.fps, (spec.tile[0] * s, spec.tile[1] * s))
+    # lossless, so quality checks compare the output with the sketch itself, not with sketch.mp4's codec
+    store.save_frames("sketch", result.sketch_video.numpy(), spec.fps)
+    for name, data in encode(result).items():
+        store.write_file(name, data)

@@ -1,6 +1,6 @@
-"""Stage 2: tiled refinement. `predict_tile` is the unit of work (one tile, one step) that any executor runs
-on one tile's data alone; `refine_step` is one whole step on the canvas, the reference the distributed
-executor must reproduce."""
+"""Stage 2: tiled refinement. `RefinePlan` places the refinement in the schedule and its tiles on the
+canvas; `refine_step` is one whole step on the canvas in this process, the reference the distributed
+executor (`tilestep`, one tile's share of a step) must reproduce."""
 
 from __future__ import annotations
 
@@ -42,15 +42,6 @@ class RefinePlan:
                    tuple(spec.tile), spec.boundary, spec.shift_every, spec.shift_loop)
 
 
-def predict_tile(backend: Backend, cond: Conditioning, steps: int, index: int, x_tile: torch.Tensor,
-                 image_tile: torch.Tensor | None = None) -> torch.Tensor:
-    """The CFG-combined prediction for one tile window (B, C, F, h, w) at schedule index `index`.
-
-    Same prompt for every tile, the crop of the image condition for this window, the unchanged model.
-    """
-    return backend.predict(x_tile, steps, index, cond, image_latent=image_tile)
-
-
 def refine_step(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, x: torch.Tensor,
                 state: dict[str, torch.Tensor], seed: int = 0, cache: TileCache | None = None,
                 on_tile: Callable[[int, int], None] | None = None):
@@ -66,8 +57,8 @@ def refine_step(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, 
         x_tile = crop(x, win)
         image_tile = None if image is None else crop(image, win)
 
-        def predict(x_tile=x_tile, image_tile=image_tile):
-            return predict_tile(backend, cond, plan.steps, index, x_tile, image_tile)
+        def predict(x_tile=x_tile, image_tile=image_tile):  # same prompt, this window's image crop
+            return backend.predict(x_tile, plan.steps, index, cond, image_latent=image_tile)
 
         preds.append(predict() if cache is None else cache.tile(n, x_tile, predict))
         if on_tile is not None:

@@ -36,3 +36,6 @@ class RenderSink(Protocol):
         """Persist `ckpt`; it counts only once fully written (a crash mid-write keeps the previous one)."""
 
     def load_checkpoint(self) -> Checkpoint | None: ...
+
+    def input_image(self) -> bytes | None:
+        """The conditioning image's file as kept with the render, or None (then its path is read)."""

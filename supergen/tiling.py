@@ -246,22 +246,38 @@ def tile_weight(grid: Grid) -> torch.Tensor:
 
 
 def merge(grid: Grid, predictions: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Weighted average of per-window predictions into one canvas prediction shaped like `like`.
+    """Weighted average of per-window predictions into one canvas prediction shaped like `like`
+    (`merge_region` over the whole canvas)."""
+    full, canvas = full_window(grid.canvas), grid.canvas
+    parts = [(n, rect, pred[(..., *local(rect, win, canvas))])
+             for n, (win, pred) in enumerate(zip(grid.windows, predictions))
+             for rect in intersections(win, full, canvas)]
+    return merge_region(grid, full, parts, like.shape[:-2], like.device)
 
-    Where the grid is an exact partition every weight is 1 and the result is the mosaic of predictions,
-    bit for bit; elsewhere each cell is sum(w_i * p_i) / sum(w_i) over the windows that cover it.
+
+def merge_region(grid: Grid, region: Window, parts, lead: tuple[int, ...], device=None) -> torch.Tensor:
+    """The merged prediction over `region`, a canvas rectangle that does not wrap, from `parts`: (window
+    index, canvas rectangle inside both the window and the region, that window's prediction there), any
+    order. The one merge of every executor: in process over the whole canvas, on a cluster per core.
+
+    Windows are added in grid order, so a cell's value does not depend on who sent which part. Where the
+    grid is an exact partition every weight is 1 and the result is the mosaic of predictions, bit for bit;
+    elsewhere each cell is sum(w_i * p_i) / sum(w_i) over the windows that cover it.
     """
-    w = tile_weight(grid).to(like.device)
+    w = tile_weight(grid).to(device)
     exact = bool((w == 1).all())
-    out = torch.zeros_like(like, dtype=torch.float32)
-    wsum = None if exact else torch.zeros(like.shape[-2:], dtype=torch.float32, device=like.device)
-    for win, pred in zip(grid.windows, predictions):
+    acc = torch.zeros(tuple(lead) + (region.height, region.width), dtype=torch.float32, device=device)
+    wsum = None if exact else torch.zeros(region.height, region.width, dtype=torch.float32, device=device)
+    for n, rect, part in sorted(parts, key=lambda p: p[0]):
+        ys, xs = local(rect, grid.windows[n], grid.canvas)
+        yd, xd = local(rect, region, grid.canvas)
+        part = part.to(device).float()
         if exact:
-            paste(out, win, pred.float())
+            acc[..., yd, xd] = part
         else:
-            accumulate(out, win, pred.float() * w)
-            accumulate(wsum, win, w)
-    return out if exact else out / wsum
+            acc[..., yd, xd] += part * w[ys, xs]
+            wsum[yd, xd] += w[ys, xs]
+    return acc if exact else acc / wsum
 
 
 def coverage(grid: Grid) -> torch.Tensor:

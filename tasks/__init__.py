@@ -1,1 +1,1 @@
-"""Units of work that run on cluster workers: sketch, upscale, per-tile denoise step, decode, export (issue 5)."""
+"""Units of work that run on cluster workers: sketch, upscale, per-tile denoise step, decode, export."""

@@ -30,16 +30,13 @@ class ModelHolder(WorkerPlugin):
     def teardown(self, worker):
         import gc
 
+        import torch
+
         self.backends.clear()
         self.conds.clear()
         gc.collect()  # pipelines hold reference cycles: free their GPU memory now, not at some later collection
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:
-            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def backend(self, spec):
         from supergen.backends import load_backend
@@ -54,20 +51,29 @@ class ModelHolder(WorkerPlugin):
         self.backends.move_to_end(key)
         return self.backends[key]
 
-    def conditioning(self, render_id: str, spec):
-        """Text/image conditioning of a render, computed once per worker and kept for its steps."""
+    def conditioning(self, render_id: str, spec, store):
+        """Text/image conditioning of a render, computed once per worker and kept for its steps. The image
+        is the render store's copy: no worker needs the original path."""
         if render_id not in self.conds:
-            from supergen.executor import load_image
-            from supergen.tilework import cpu_conditioning
+            from supergen.tilestep import cpu_conditioning
 
             be = self.backend(spec)
-            cond = be.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, load_image(spec),
+            image = stored_image(store)
+            cond = be.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image,
                                           spec.canvas_size, spec.frames, seed=spec.seed)
             self.conds[render_id] = cpu_conditioning(cond)
             while len(self.conds) > self.max_renders:
                 self.conds.popitem(last=False)
         self.conds.move_to_end(render_id)
         return self.conds[render_id]
+
+
+def stored_image(store):
+    """The render's conditioning image (PIL, RGB) from the store's copy; None for a text-to-video render."""
+    from supergen.inputs import decode_image
+
+    data = store.input_image()
+    return None if data is None else decode_image(data)
 
 
 def holder() -> ModelHolder:

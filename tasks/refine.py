@@ -1,5 +1,5 @@
 """Per-tile refinement tasks run on cluster workers. Each takes ids, geometry and its inputs (pieces or the
-store), calls one `supergen.tilework` function and returns a small result; no algorithm lives here.
+store), calls one `supergen.tilestep` function and returns a small result; no algorithm lives here.
 
 Tile data stays on the worker's device between tasks; the tasks whose output leaves the worker (strips for
 another worker's core, pieces for another worker's window, CFG branch inputs and outputs) hand over host
@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 from supergen.cache.policy import region_thresholds, welford_std
 from supergen.refine import RefinePlan
-from supergen.spec import RenderSpec
 from supergen.tiling import Window, local
-from supergen.tilework import (Denoised, Gathered, Piece, advance, assemble, branch, cut, denoise, gather,
+from supergen.tilestep import (Denoised, Gathered, Piece, advance, assemble, branch, cut, denoise, gather,
                                prediction_pieces, to_host)
 
 from .model import holder
@@ -56,9 +55,8 @@ def start_pieces(store, source: str, win: Window) -> list[Piece]:
     return store.checkpoint_pieces(win) if source == "checkpoint" else store.stage_pieces("start", win)
 
 
-def gather_tile(render: str, spec_d: dict, i: int, m: int, win: Window, core: Window, canvas, *piece_lists) -> Gathered:
+def gather_tile(render: str, spec, i: int, m: int, win: Window, core: Window, canvas, *piece_lists) -> Gathered:
     pieces = [p for lst in piece_lists for p in lst]
-    spec = RenderSpec.from_dict(spec_d)
 
     def run():
         device = holder().backend(spec).device
@@ -89,12 +87,11 @@ class Branch:
     welford: tuple[float, float] = (0.0, 0.0)
 
 
-def _timed(render, spec_d, fn):
+def _timed(render, spec, store, fn):
     """Run fn(backend, conditioning) with the worker's resident model: (result, seconds, worker, calls)."""
-    spec = RenderSpec.from_dict(spec_d)
     h = holder()
     be = h.backend(spec)
-    cond = h.conditioning(render, spec)
+    cond = h.conditioning(render, spec, store)
     t0, calls0 = time.perf_counter(), be.forwards
     out = fn(be, cond)
     if str(be.device).startswith("cuda"):  # kernels run asynchronously: time the work, not its launch
@@ -107,23 +104,23 @@ def _timed(render, spec_d, fn):
 def window_input(g: Gathered):
     """The window's latent alone, on the host (what a branch computed elsewhere needs; the cache state
     stays)."""
-    return g.maps["x"].cpu()
+    return g.maps["latent"].cpu()
 
 
-def branch_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, m: int, win: Window, x, b: int) -> Branch:
+def branch_tile(render: str, spec, store, plan: RefinePlan, i: int, m: int, win: Window, x, b: int) -> Branch:
     def run():
-        pred, sec, worker, calls = _timed(render, spec_d, lambda be, cond: branch(be, cond, plan, i, win, x, b))
+        pred, sec, worker, calls = _timed(render, spec, store, lambda be, cond: branch(be, cond, plan, i, win, x, b))
         return Branch(b, pred.cpu(), sec, worker, calls)
 
     return _guard(run, render, i, m, f"CFG branch {b}")
 
 
-def denoise_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, m: int, g: Gathered, decision,
+def denoise_tile(render: str, spec, store, plan: RefinePlan, i: int, m: int, g: Gathered, decision,
                  *branches: Branch) -> Denoised:
     def run():
         given = {br.branch: br.prediction for br in branches}
         d, sec, worker, calls = _timed(
-            render, spec_d, lambda be, cond: denoise(be, cond, plan, i, g, decision, tuple(plan.canvas), given))
+            render, spec, store, lambda be, cond: denoise(be, cond, plan, i, g, decision, tuple(plan.canvas), given))
         d.seconds, d.worker, d.calls = sec, worker, calls
         return d
 
@@ -157,20 +154,19 @@ def thresholds(threshold: float, alpha: float, *metas: DenoiseMeta) -> list[floa
     return region_thresholds([welford_std(*mt.welford) for mt in metas], threshold, alpha)
 
 
-def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g: Gathered, taus, ckpt, store,
+def advance_tile(render: str, spec, plan: RefinePlan, i: int, k: int, g: Gathered, taus, ckpt, store,
                  *inputs: Denoised | Strips) -> dict[int, list[Piece]]:
     """Merge + scheduler step on core k, optional checkpoint chunk, then the pieces for step i + 1. `inputs`
     are the overlapping windows' predictions: whole when denoised on this worker, else their strips; `taus`
     the new thresholds of every tile, when they change this step."""
 
     def run():
-        spec = RenderSpec.from_dict(spec_d)
         be = holder().backend(spec)
         grid, canvas = plan.grid(i), tuple(plan.canvas)
         core = g.core
         ys, xs = local(core, g.window, canvas)
-        x_core = g.maps["x"][..., ys, xs]
-        sched = {n: v[..., ys, xs] for n, v in g.maps.items() if n.startswith("sched/")}
+        x_core = g.maps["latent"][..., ys, xs]
+        sched = {n: v[..., ys, xs] for n, v in g.maps.items() if n.startswith("scheduler/")}
         own = next(d for d in inputs if isinstance(d, Denoised) and d.window == g.window)
         preds = [(d.window, d.pieces) if isinstance(d, Strips) else
                  (grid.windows.index(d.window), prediction_pieces(d.prediction, d.window, core, canvas))
@@ -178,7 +174,7 @@ def advance_tile(render: str, spec_d: dict, plan: RefinePlan, i: int, k: int, g:
         maps = advance(be, plan, i, grid, k, x_core, sched, own.cache_core, preds, spec.seed,
                        None if taus is None else taus[k])
         if ckpt is not None:
-            store.write_checkpoint_tile(ckpt, k, g.window, core, _store_names(maps), canvas)
+            store.write_checkpoint_tile(ckpt, k, g.window, core, maps, canvas)
         nxt = plan.grid(i + 1).windows if i + 1 < plan.refine_steps else [Window(0, 0, *canvas)]
         return cut(core, maps, nxt, canvas)
 
@@ -192,11 +188,7 @@ def pick(pieces: dict[int, list[Piece]], m: int, leaves: bool = False) -> list[P
     return to_host(out) if leaves else out
 
 
-def _store_names(maps):
-    return {("latent" if n == "x" else n.replace("sched/", "scheduler/", 1)): v for n, v in maps.items()}
-
-
 def write_final(store, canvas, *piece_lists) -> None:
     """Assemble the refined canvas on the host from the last step's pieces and write final/latent."""
-    latents = [Piece(p.rect, {"x": p.maps["x"]}) for lst in piece_lists for p in lst]
-    store.save_stage("final", assemble(Window(0, 0, *canvas), latents, canvas, "cpu")["x"])
+    latents = [Piece(p.rect, {"latent": p.maps["latent"]}) for lst in piece_lists for p in lst]
+    store.save_stage("final", assemble(Window(0, 0, *canvas), latents, canvas, "cpu")["latent"])

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from supergen.executor import RenderResult, load_image, sketch_latent, start_latent
+from supergen.executor import RenderResult, sketch_latent, start_latent
 from supergen.memory import guarded
+from supergen.outputs import write_outputs
 from supergen.refine import RefinePlan
 from supergen.upscale import to_uint8
 
-from .model import holder
+from .model import holder, stored_image
 
 
 def worker_problem(spec, memory: bool = True) -> str | None:
@@ -28,45 +30,55 @@ def worker_problem(spec, memory: bool = True) -> str | None:
     return problem
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage task tells the driver: its time, the transformer calls it made, whether the store
+    already held its output (a resumed render skips finished stages)."""
+
+    seconds: float
+    forwards: int = 0
+    skipped: bool = False
+
+
 def warm_worker(store, render_id: str) -> float:
     """Load the model and this render's conditioning into the worker (seconds taken), so tile tasks
     never pay for it; the flow runs this on every worker while the sketch runs."""
     spec = store.spec()
     t0 = time.perf_counter()
-    holder().conditioning(render_id, spec)
+    holder().conditioning(render_id, spec, store)
     return time.perf_counter() - t0
 
 
 @guarded("sketch")  # an allocator failure becomes InsufficientMemory naming the stage
-def sketch_stage(store) -> dict:
+def sketch_stage(store) -> StageResult:
     """Sketch at native size (skipped when the store already has it)."""
     spec = store.spec()
     if store.load_stage("sketch") is not None:
-        return {"forwards": 0, "seconds": 0.0, "skipped": True}
+        return StageResult(0.0, skipped=True)
     be = holder().backend(spec)
     t0, calls0 = time.perf_counter(), be.forwards
-    store.save_stage("sketch", sketch_latent(be, spec, load_image(spec)).cpu())
-    return {"forwards": be.forwards - calls0, "seconds": time.perf_counter() - t0, "skipped": False}
+    store.save_stage("sketch", sketch_latent(be, spec, stored_image(store)).cpu())
+    return StageResult(time.perf_counter() - t0, be.forwards - calls0)
 
 
 @guarded("upscale")  # an allocator failure becomes InsufficientMemory naming the stage
-def upscale_stage(store) -> dict:
+def upscale_stage(store) -> StageResult:
     """Decode, upscale in pixels, re-encode and re-noise into start/latent (skipped when present)."""
     spec = store.spec()
     if store.load_stage("start") is not None:
-        return {"seconds": 0.0, "skipped": True}
+        return StageResult(0.0, skipped=True)
     be = holder().backend(spec)
     t0 = time.perf_counter()
     video_lo = be.decode(store.load_stage("sketch").to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
     plan = RefinePlan.from_spec(spec, be.info.vae_spatial)
     store.save_stage("start", start_latent(be, spec, video_lo, plan.start).cpu())
-    return {"seconds": time.perf_counter() - t0, "skipped": False}
+    return StageResult(time.perf_counter() - t0)
 
 
 @guarded("export")  # an allocator failure becomes InsufficientMemory naming the stage
-def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache=None) -> dict:
-    """Decode the refined latent and write every output, the completion marker last. The video is the
-    requested centre of the decoded canvas, cropped by the same function as in process."""
+def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache=None) -> StageResult:
+    """Decode the refined latent and write every output (the driver then writes the completion marker).
+    The video is the requested centre of the decoded canvas, cropped by the same function as in process."""
     from supergen.cache import CacheReport
     from supergen.spec import crop_to_request
 
@@ -84,5 +96,5 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
     result = RenderResult(spec=spec, video=crop_to_request(to_uint8(video), spec), sketch_video=to_uint8(video_lo),
                           latent=x, sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step,
                           forwards=forwards, family=be.info.family, cache=report)
-    store.write_outputs(result)
-    return {"seconds": timings["decode"]}
+    write_outputs(store, result)
+    return StageResult(timings["decode"])

@@ -113,7 +113,7 @@ def test_two_concurrent_renders_share_the_cluster(client, tmp_path):
     def go(k, spec):
         try:
             store = RenderStore.create(str(tmp_path / f"s{k}"), prepare(spec))
-            run_stages(client, store, prefect=False)
+            run_stages(client, store)
             results[k] = RenderStore.open(str(tmp_path / f"s{k}")).load_stage("final")
         except Exception as e:  # surfaced below
             errors.append(e)

@@ -186,6 +186,8 @@ OOM_SCRIPT = textwrap.dedent("""
             self.ckpt = ckpt
         def load_checkpoint(self):
             return self.ckpt
+        def input_image(self):
+            return None
 
     class Stop(Exception):
         pass

@@ -52,11 +52,11 @@ def test_store_writes_the_requested_size(renders, tmp_path):
     from PIL import Image
 
     from storage import RenderStore
-    from supergen.outputs import read_mp4
+    from supergen.outputs import read_mp4, write_outputs
 
     off, _ = renders
     store = RenderStore.create(str(tmp_path / "s"), off.spec)
-    store.write_outputs(off)
+    write_outputs(store, off)
     assert torch.equal(torch.from_numpy(store.video_frames()), off.video)
     assert read_mp4(str(tmp_path / "s" / "video.mp4")).shape == (1, 36, 70, 3)
     with Image.open(tmp_path / "s" / "contact_sheet.png") as im:

@@ -33,7 +33,7 @@ BAD = [
     ("fps", 0, ">= 1"),
     ("cache", "teacache", "none"),
     ("cache_threshold", -0.1, ">= 0"),
-    ("image", "/no/such/image.png", "no such file"),
+    ("image", "", "must be a path"),
     ("sketch_width", 64, "both"),
     ("canvas_width", 4, ">= 8"),
     ("canvas_width", 64, "both"),
@@ -67,11 +67,22 @@ def test_device_cuda_is_a_value_refused_only_where_the_render_runs():
         prepare(RenderSpec(prompt="x", device="cuda"))  # to run here
 
 
-def test_bad_image_file(tmp_path):
-    p = tmp_path / "x.png"
-    p.write_text("not an image")
-    with pytest.raises(SpecError, match="`image`.*not a readable image"):
-        RenderSpec(prompt="x", image=str(p))
+def test_image_files_are_checked_where_they_are_read_not_in_the_spec(tmp_path):
+    """The spec is a value: a path another host holds is a valid spec here. Where the file is read (the
+    in-process render, a store being created) a missing or unreadable one is refused before anything loads
+    or is written."""
+    import supergen
+    from storage import RenderStore
+
+    bad = tmp_path / "x.png"
+    bad.write_text("not an image")
+    for path, words in ((str(tmp_path / "none.png"), "no such file"), (str(bad), "not a readable image")):
+        spec = RenderSpec(prompt="x", model="tiny-i2v", image=path, frames=5, steps=2)
+        with pytest.raises(SpecError, match=f"`image`.*{words}"):
+            supergen.render(spec)
+        with pytest.raises(SpecError, match=f"`image`.*{words}"):
+            RenderStore.create(str(tmp_path / "store"), spec)
+        assert not (tmp_path / "store").exists()
 
 
 RESOLVE_BAD = [

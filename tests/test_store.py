@@ -38,14 +38,6 @@ class CrashAfter:
             raise Crash(self.stage)
 
 
-def _render_into(url, spec, progress=None, **opts):
-    spec = prepare(spec)
-    store = RenderStore.create(url, spec, opts or None)
-    result = render(spec, progress=progress, sink=store)
-    store.write_outputs(result)
-    return store, result
-
-
 def test_local_store_layout_and_completion(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["render", *_args(), "--out", str(out), "--quiet"]) == 0
@@ -107,25 +99,6 @@ def test_resume_command_completes_the_store(tmp_path, capsys):
     assert json.loads(_run_capture(capsys, ["inspect", str(out)]))["complete"] is False
     assert main(["resume", str(out), "--quiet"]) == 0
     assert RenderStore.open(str(out)).complete
-
-
-def test_checkpoint_chunks_are_per_tile_and_a_torn_checkpoint_is_ignored():
-    spec = RenderSpec(**{**SMALL, "cache": "region", "cache_threshold": 5.0})
-    store, _ = _render_into("memory://chunks", spec)
-    latest = store.checkpoint_manifest()
-    arr = store.group[f"checkpoints/slot{latest['slot']}/latent"]
-    n = len(latest["windows"])
-    assert arr.shape[0] == n and arr.chunks == (1,) + arr.shape[1:]
-    keys = [k for k in store.fs.find(store._key(f"data.zarr/checkpoints/slot{latest['slot']}/latent")) if "/c/" in k]
-    assert len(keys) == n  # one chunk object per tile: one writer each
-    before = store.load_checkpoint()
-    # a crash while writing the other slot: garbage there, manifest untouched
-    other = store.group[f"checkpoints/slot{1 - latest['slot']}/latent"]
-    other[...] = np.full(other.shape, 7.0, dtype=other.dtype)
-    after = store.load_checkpoint()
-    assert after.step == before.step and torch.equal(after.latent, before.latent)
-    for k in before.cache:
-        assert torch.equal(after.cache[k], before.cache[k])
 
 
 def test_different_spec_is_refused_and_nothing_changes(tmp_path, capsys):

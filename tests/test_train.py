@@ -57,3 +57,26 @@ def test_the_export_is_a_diffusers_folder_that_renders_like_a_users_model(traine
     dit.train(os.path.join(again, "dit"), os.path.join(again, "vae"), minutes=5, device="cpu", batch=2, clips=4,
               max_steps=1)
     assert checkpoint.read_state(os.path.join(again, "dit"))["step"] == 1
+
+
+def test_a_widened_decoder_decodes_exactly_as_the_narrow_one_and_its_new_channels_learn():
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from supergen.train import components
+    from supergen.train.widen import widen_decoder
+
+    narrow = dict(components.VAE_CONFIG, decoder_base_dim=None)
+    torch.manual_seed(0)
+    old = AutoencoderKLWan(**narrow).eval()
+    for p in old.parameters():  # away from the initialisation's symmetries (unit gains, zero biases)
+        p.data.add_(0.05 * torch.randn_like(p))
+    wide = components.vae().eval()
+    wide.load_state_dict(widen_decoder(old.state_dict(), wide))
+    assert sum(p.numel() for p in wide.decoder.parameters()) > 2 * sum(p.numel() for p in old.decoder.parameters())
+    z = torch.randn(1, 16, 2, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(wide.decode(z).sample, old.decode(z).sample, atol=1e-5)
+    wide.decode(z).sample.square().mean().backward()
+    grad = wide.decoder.up_blocks[3].resnets[0].conv1.weight.grad
+    assert grad[narrow["base_dim"]:].abs().sum() > 0  # the new channels' incoming weights are trained

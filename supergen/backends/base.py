@@ -103,6 +103,7 @@ def preprocess_image(pipe, image, width: int, height: int, device) -> torch.Tens
 class Backend(Protocol):
     info: ModelInfo
     device: torch.device
+    forwards: int  # transformer calls so far (sketch and tiles); callers report differences of it
 
     def encode_conditioning(self, prompt: str, negative_prompt: str, guidance: float, image, size: tuple[int, int],
                             frames: int, seed: int = 0) -> Conditioning:
@@ -112,8 +113,10 @@ class Backend(Protocol):
                guidance: float, generator: torch.Generator) -> torch.Tensor:
         """Stage 1 with the stock pipeline: the normalized latent (B, C, F, h, w), float32."""
 
-    def decode(self, z: torch.Tensor, vae_tile: int | None = None) -> torch.Tensor:
-        """Normalized latent (B, C, F, h, w) -> video in [-1, 1] (B, 3, frames, H, W), float32."""
+    def decode(self, z: torch.Tensor, frames: int | None = None, vae_tile: int | None = None) -> torch.Tensor:
+        """Normalized latent (B, C, F, h, w) -> video in [-1, 1] (B, 3, frames, H, W), float32. `frames`,
+        the clip's length, lets a backend whose latent carries padding frames (CogVideoX 1.5) drop them
+        and check what the VAE returns; None decodes every latent frame."""
 
     def encode(self, video: torch.Tensor, vae_tile: int | None = None) -> torch.Tensor:
         """Video in [-1, 1] -> normalized latent (posterior mode), float32."""
@@ -124,8 +127,11 @@ class Backend(Protocol):
         """Forward process from clean `z0` to the noise level of schedule index `index`."""
 
     def predict(self, x: torch.Tensor, steps: int, index: int, cond: Conditioning,
-                image_latent: torch.Tensor | None = None) -> torch.Tensor:
-        """CFG-combined model output for one tile (B, C, F, h, w), float32, in the space `step` expects."""
+                image_latent: torch.Tensor | None = None,
+                given: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """CFG-combined model output for one tile (B, C, F, h, w), float32, in the space `step` expects.
+        `given`: branch outputs already computed elsewhere (`predict_branch` on another worker), used as
+        they are."""
 
     def predict_branch(self, x: torch.Tensor, steps: int, index: int, cond: Conditioning, branch: int,
                        image_latent: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,5 +148,7 @@ class GuidedPredict:
     model calls, so a branch run on another worker gives exactly the numbers it would have given here:
     splitting CFG over GPUs never changes the video."""
 
-    def predict(self, x, steps, index, cond: Conditioning, image_latent=None):
-        return cond.guide([self.predict_branch(x, steps, index, cond, b, image_latent) for b in range(cond.branches)])
+    def predict(self, x, steps, index, cond: Conditioning, image_latent=None, given=None):
+        given = given or {}
+        return cond.guide([given[b].to(x.device) if b in given else
+                           self.predict_branch(x, steps, index, cond, b, image_latent) for b in range(cond.branches)])

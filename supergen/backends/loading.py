@@ -111,8 +111,9 @@ def fresh_scheduler(template, steps: int):
 def vae_tiling(vae_tile: int | None, spatial: int, size: tuple[int, int]) -> tuple[int, int] | None:
     """(tile, stride) pixels for VAE tiling, or None when the frame fits in one tile.
 
-    Stride is 3/4 of the tile; both snap to whole latent cells. Passing both explicitly matters: a tile
-    smaller than the VAE's default stride silently drops columns (diffusers-offline.md §3.4).
+    Stride is 3/4 of the tile; both snap to whole latent cells. Passing both explicitly matters: given only
+    a tile size, diffusers keeps the VAE's default stride, and tiles smaller than that stride leave the
+    pixels between them out of the output without a warning.
     """
     if vae_tile is None or max(size) <= vae_tile:
         return None

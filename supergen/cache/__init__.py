@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..tiling import Grid, cores, crop, full_window
+from ..tiling import Grid, cores, crop
 from .policy import CacheConfig, Decision, decide, region_thresholds, welford_std
-from .state import CanvasState, cached_tile_step, observe
+from .state import CanvasState, cached_tile_step, canvas_observation, core_sums, observe
 
 __all__ = ["CacheConfig", "TileCache", "CacheReport"]
 
@@ -89,8 +89,8 @@ class TileCache:
         if self.cfg.policy != "none":
             self.state.allocate(x)
         if self.cfg.policy == "uniform":  # one decision for the whole canvas (TeaCache-style)
-            win = full_window(grid.canvas)
-            self._uniform = decide(observe(self.state.read(win, win), x), i, self.steps, self.cfg)
+            sums = [core_sums(self.state.read(win, core), crop(x, win)) for win, core in zip(grid.windows, self.cores)]
+            self._uniform = decide(canvas_observation(sums), i, self.steps, self.cfg)
 
     def tile(self, n: int, x_tile: torch.Tensor, predict) -> torch.Tensor:
         """Output for window `n` of the current grid: `predict()` or the cached reconstruction."""

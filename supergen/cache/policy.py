@@ -8,9 +8,9 @@ For a tile at refinement step i, every quantity a mean absolute value over the t
     e_i       = g * d_in / mean|o_r1|          predicted relative change of the output this step
     acc      += e_i while skipping; skip iff acc < threshold; acc := 0 on a real forward
 
-The released code lets reconstructions (x + cached residual) overwrite the previous output, which pins
-g to exactly 1.0 during a skip run (supergen-spec.md §2.7). Here o_r1/o_r2 and x_r1/x_r2 only ever come
-from real forwards, so g keeps its measured value.
+The authors' released code lets reconstructions (x + cached residual) overwrite the previous output,
+which pins g to exactly 1.0 during a skip run. Here o_r1/o_r2 and x_r1/x_r2 only ever come from real
+forwards, so g keeps its measured value.
 """
 
 from __future__ import annotations

@@ -41,6 +41,45 @@ class TileState:
         return float(self.maps[name][dy + h // 2, dx + w // 2])
 
 
+def empty_maps(like: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
+    """The state of a region no refinement step has seen yet, shaped after `like` (its latent): zeros, and
+    the base threshold in force. The one empty state of every executor (a canvas, or one window)."""
+    maps = {name: torch.zeros_like(like, dtype=torch.float32) for name in TENSORS}
+    for name in SCALARS:
+        maps[name] = torch.zeros(like.shape[-2:], dtype=scalar_dtype(name), device=like.device)
+    maps["tau"].fill_(threshold)
+    return maps
+
+
+def core_sums(ts: TileState, x: torch.Tensor) -> dict:
+    """One tile's share of the canvas-wide observation: sums over the cells it owns (its core), in float64.
+    `canvas_observation` adds every tile's, so the uniform policy sees the same numbers whoever computes
+    the parts."""
+    dy, dx, h, w = ts.core
+    c = {k: v[..., dy : dy + h, dx : dx + w] for k, v in ts.maps.items()}
+    xc = x[..., dy : dy + h, dx : dx + w]
+    f64 = torch.float64
+    return {"n": xc.numel(), "d_in": float((xc - c["x_last"]).abs().sum(dtype=f64)),
+            "d_out_real": float((c["o_r1"] - c["o_r2"]).abs().sum(dtype=f64)),
+            "d_in_real": float((c["x_r1"] - c["x_r2"]).abs().sum(dtype=f64)),
+            "out_real": float(c["o_r1"].abs().sum(dtype=f64)), "acc": float(c["acc"].sum(dtype=f64)),
+            "cells": c["acc"].numel(), "run": int(c["run"].max()), "real": int(c["real"].min()),
+            "seen": int(c["seen"].min()), "tau": float(c["tau"].flatten()[0])}
+
+
+def canvas_observation(sums: list[dict]) -> Observation:
+    """The uniform policy's whole-canvas observation from every tile's `core_sums`."""
+    n = sum(s["n"] for s in sums)
+    real, seen = min(s["real"] for s in sums), min(s["seen"] for s in sums)
+    return Observation(
+        d_in=sum(s["d_in"] for s in sums) / n if seen else None,
+        d_out_real=sum(s["d_out_real"] for s in sums) / n if real >= 2 else None,
+        d_in_real=sum(s["d_in_real"] for s in sums) / n if real >= 2 else None,
+        out_real=sum(s["out_real"] for s in sums) / n if real >= 1 else None,
+        acc=sum(s["acc"] for s in sums) / sum(s["cells"] for s in sums),
+        run=max(s["run"] for s in sums), threshold=sums[0]["tau"])
+
+
 def _mean_abs(a: torch.Tensor) -> float:
     return float(a.abs().mean(dtype=torch.float64))
 
@@ -92,17 +131,9 @@ class CanvasState:
         self.maps: dict[str, torch.Tensor] = {}
 
     def allocate(self, canvas: torch.Tensor) -> None:
-        """Zero maps shaped like the latent canvas (once per render)."""
-        if self.maps:
-            return
-        like = canvas
-        for name in TENSORS:
-            self.maps[name] = torch.zeros_like(like, dtype=torch.float32)
-        hw = like.shape[-2:]
-        for name in SCALARS:
-            dtype = scalar_dtype(name)
-            self.maps[name] = torch.zeros(hw, dtype=dtype, device=like.device)
-        self.maps["tau"].fill_(self.cfg.threshold)
+        """Empty maps shaped like the latent canvas (once per render)."""
+        if not self.maps:
+            self.maps = empty_maps(canvas, self.cfg.threshold)
 
     def read(self, win: Window, core: Window) -> TileState:
         H, W = self.maps["acc"].shape

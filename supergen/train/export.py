@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from . import checkpoint, components
+from . import checkpoint, components, vae as vae_training
 
 
 def export(vae_folder: str, dit_folder: str, out: str) -> str:
@@ -15,8 +15,7 @@ def export(vae_folder: str, dit_folder: str, out: str) -> str:
     own VAE states them) and the transformer's moving average, in float16 (the backend casts to the
     render's dtype; the VAE runs in float32), with supergen.json and the training record."""
     stats = checkpoint.read_state(vae_folder)["latent_stats"]
-    vae = components.vae()
-    vae.load_state_dict(checkpoint.load_tensors(vae_folder, "model"))
+    vae = vae_training.load(vae_folder)
     vae.register_to_config(latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
     tr = components.transformer()
     tr.load_state_dict({k: v.float() for k, v in checkpoint.load_tensors(dit_folder, "ema").items()})

@@ -21,18 +21,23 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, components, data
+from .widen import widen_decoder
 from .session import Session, autocast
 
 DECODER = ("decoder.", "post_quant_conv.")
 
 
 def load(folder: str, device="cpu", init: str | None = None):
-    """The VAE `folder` holds; where it holds none yet, the weights of `init` (a warm start), else fresh."""
+    """The VAE `folder` holds; where it holds none yet, the weights of `init` (a warm start), else fresh.
+    Weights of a narrower decoder are widened to `components.VAE_CONFIG`'s, decoding exactly as before."""
     model = components.vae()
     saved = checkpoint.load_tensors(folder, "model")
     if saved is None and init is not None:
         saved = checkpoint.load_tensors(init, "model")
     if saved is not None:
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        if any(saved[k].shape != shapes[k] for k in saved if k in shapes):
+            saved = widen_decoder(saved, model)
         model.load_state_dict(saved)
     return model.to(device)
 

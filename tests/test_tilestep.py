@@ -8,17 +8,17 @@ from supergen.cache import CacheConfig, TileCache
 from supergen.cache.policy import decide, region_thresholds, welford_std
 from supergen.refine import RefinePlan, refine_step
 from supergen.tiling import cores, crop, local, paste
-from supergen.tilework import (Piece, advance, branch, canvas_observation, cut, denoise, empty_cache, gather,
-                               prediction_pieces)
+from supergen.cache.state import canvas_observation, empty_maps
+from supergen.tilestep import Piece, advance, branch, cut, denoise, gather, prediction_pieces
 
 
-def run_tilework(be, cond, plan, x0, cfg, seed=0, split=False):
+def run_tile_steps(be, cond, plan, x0, cfg, seed=0, split=False):
     """The distributed executor's data flow, run sequentially: only pieces cross tile boundaries. With
     `split`, odd windows get their negative-prompt branch computed apart (as on another worker)."""
     grid = plan.grid(0)
-    start = {"x": x0}
+    start = {"latent": x0}
     if cfg.policy != "none":
-        start.update(empty_cache(x0, cfg.threshold))
+        start.update({f"cache/{k}": v for k, v in empty_maps(x0, cfg.threshold).items()})
     held = [Piece(win, {k: crop(v, win) for k, v in start.items()}) for win in cores(grid)]  # step-0 "owners"
     inbox = {m: [q for p in held for q in cut(p.rect, p.maps, [win], grid.canvas).get(0, [])]
              for m, win in enumerate(grid.windows)}
@@ -32,7 +32,7 @@ def run_tilework(be, cond, plan, x0, cfg, seed=0, split=False):
             decisions = [decide(g.observation, i, plan.refine_steps, cfg) for g in gs]
         else:
             decisions = [None] * len(gs)
-        given = [{1: branch(be, cond, plan, i, g.window, g.maps["x"].clone(), 1)} if split and m % 2 else None
+        given = [{1: branch(be, cond, plan, i, g.window, g.maps["latent"].clone(), 1)} if split and m % 2 else None
                  for m, g in enumerate(gs)]
         dn = [denoise(be, cond, plan, i, g, d, grid.canvas, gv) for g, d, gv in zip(gs, decisions, given)]
         taus = [None] * len(gs)
@@ -43,8 +43,8 @@ def run_tilework(be, cond, plan, x0, cfg, seed=0, split=False):
         for k, core in enumerate(cs):
             g = gs[k]
             ys, xs = local(core, g.window, grid.canvas)
-            x_core = g.maps["x"][..., ys, xs]
-            sched = {kk: v[..., ys, xs] for kk, v in g.maps.items() if kk.startswith("sched/")}
+            x_core = g.maps["latent"][..., ys, xs]
+            sched = {kk: v[..., ys, xs] for kk, v in g.maps.items() if kk.startswith("scheduler/")}
             preds = [(n, prediction_pieces(d.prediction, grid.windows[n], core, grid.canvas)) for n, d in enumerate(dn)]
             maps = advance(be, plan, i, grid, k, x_core, sched, dn[k].cache_core, preds, seed, taus[k])
             for m, pieces in cut(core, maps, nxt, grid.canvas).items():
@@ -53,13 +53,13 @@ def run_tilework(be, cond, plan, x0, cfg, seed=0, split=False):
     x = torch.zeros_like(x0)
     for m, pieces in inbox.items():
         for p in pieces:
-            paste(x, p.rect, p.maps["x"])
+            paste(x, p.rect, p.maps["latent"])
     return x
 
 
 @pytest.mark.parametrize("canvas,split", [((16, 16), False), ((14, 20), False), ((14, 20), True)])
 @pytest.mark.parametrize("policy,tau", [("none", 0.0), ("region", 5.0), ("uniform", 5.0)])
-def test_tilework_equals_refine_step(canvas, split, policy, tau):
+def test_tile_steps_equal_refine_step(canvas, split, policy, tau):
     be = load_backend("tiny")
     plan = RefinePlan(12, 10, canvas, (8, 8), "wrap", 1, 4)
     cond = be.encode_conditioning("a red circle", "", 5.0, None, (canvas[1] * 8, canvas[0] * 8), 5)
@@ -68,7 +68,7 @@ def test_tilework_equals_refine_step(canvas, split, policy, tau):
     cache, x, state = TileCache(cfg, plan.refine_steps), x0.clone(), {}
     for i in range(plan.refine_steps):
         x, state, _ = refine_step(be, cond, plan, i, x, state, cache=cache)
-    got = run_tilework(be, cond, plan, x0, cfg, split=split)
+    got = run_tile_steps(be, cond, plan, x0, cfg, split=split)
     assert torch.equal(got, x)
     if policy != "none":
         assert sum(map(sum, cache.report.skip_map)) > 0
@@ -81,7 +81,7 @@ def test_a_branch_computed_elsewhere_is_used_and_exact():
     plan = RefinePlan(6, 4, (8, 8), (8, 8), "wrap", 1, 4)
     cond = be.encode_conditioning("a red circle", "", 5.0, None, (64, 64), 5)
     x = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(2))
-    g = gather(plan.grid(0).windows[0], cores(plan.grid(0))[0], [Piece(plan.grid(0).windows[0], {"x": x})],
+    g = gather(plan.grid(0).windows[0], cores(plan.grid(0))[0], [Piece(plan.grid(0).windows[0], {"latent": x})],
                (8, 8), cache_on=False)
     calls = be.forwards
     whole = denoise(be, cond, plan, 0, g, None, (8, 8)).prediction

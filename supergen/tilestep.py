@@ -1,4 +1,4 @@
-"""Refinement split into tile-local work, for executors that spread tiles over workers.
+"""One tile's share of a refinement step, for executors that spread tiles over workers.
 
 One refinement step `i` becomes three small functions per tile, each needing only one tile's data:
 
@@ -6,15 +6,17 @@ One refinement step `i` becomes three small functions per tile, each needing onl
   previous step's owners sent, and observe it for the cache decision;
 * `denoise` (window m): predict the window (or reuse input + cached residual), update the cache state of
   the cells the window owns (its core); a CFG branch may come ready-made from `branch` run elsewhere;
-* `advance` (core k): merge the predictions of the windows covering the core (in window order, exactly as
-  `tiling.merge`), take the scheduler step on the core, and cut the result into the pieces each next-step
-  window needs. A window computed on another worker sends only the strips of its prediction that overlap
-  the core (`prediction_pieces`), not the whole window.
+* `advance` (core k): merge the predictions of the windows covering the core (`tiling.merge_region`, the
+  merge the in-process step uses over the whole canvas), take the scheduler step on the core, and cut the
+  result into the pieces each next-step window needs. A window computed on another worker sends only the
+  strips of its prediction that overlap the core (`prediction_pieces`), not the whole window.
 
 Between steps only those pieces travel; a piece that stays on its worker costs nothing: tile data lives
 on the worker's device (a GPU worker never copies it to host and back between steps), and only what leaves
-the worker is copied to host (`to_host`). Run in order, these functions give bit-for-bit the canvas of
-`refine.refine_step` (the in-process reference).
+the worker is copied to host (`to_host`). The arithmetic is shared with the in-process step
+(`refine.refine_step`), not copied: one merge (`tiling.merge_region`), one guided prediction
+(`Backend.predict`), one empty cache state and one cache observation (`cache.state`). Run in order, these
+functions give bit-for-bit the canvas of `refine.refine_step`, which tests check.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import torch
 
 from .backends.base import Backend, Conditioning
 from .cache.policy import Decision, Observation
-from .cache.state import SCALARS, TENSORS, TileState, cached_tile_step, observe, scalar_dtype
+from .cache.state import TileState, cached_tile_step, core_sums, empty_maps, observe
 from .refine import RefinePlan
-from .tiling import Grid, Window, cores, crop, intersections, local, tile_weight
+from .tiling import Grid, Window, cores, crop, intersections, local, merge_region
 
-Maps = dict[str, torch.Tensor]  # "x", "sched/<name>", "cache/<name>": tensors over one region
+Maps = dict[str, torch.Tensor]  # "latent", "scheduler/<name>", "cache/<name>": tensors over one region,
+# named as the render store names its arrays, so tile state is written and read back without translation
 
 
 @dataclass
@@ -45,15 +48,6 @@ class Gathered:
     maps: Maps  # window-local
     observation: Observation | None
     sums: dict = field(default_factory=dict)  # core sums for the uniform policy's canvas-wide observation
-
-
-def empty_cache(like_x: torch.Tensor, threshold: float) -> Maps:
-    hw = like_x.shape[-2:]
-    m = {f"cache/{k}": torch.zeros_like(like_x, dtype=torch.float32) for k in TENSORS}
-    for k in SCALARS:
-        m[f"cache/{k}"] = torch.zeros(hw, dtype=scalar_dtype(k), device=like_x.device)
-    m["cache/tau"].fill_(threshold)
-    return m
 
 
 def assemble(win: Window, pieces: list[Piece], canvas: tuple[int, int], device=None) -> Maps:
@@ -93,37 +87,13 @@ def _tile_state(maps: Maps, win: Window, core: Window, canvas) -> TileState:
 def gather(win: Window, core: Window, pieces: list[Piece], canvas, cache_on: bool,
            threshold: float = 0.0, device=None) -> Gathered:
     maps = assemble(win, pieces, canvas, device)
-    if cache_on and "cache/x_last" not in maps:  # the first refinement step: an empty cache
-        maps.update(empty_cache(maps["x"], threshold))
     if not cache_on:
         return Gathered(win, core, maps, None)
+    if "cache/x_last" not in maps:  # the first refinement step: an empty cache
+        maps.update({f"cache/{k}": v for k, v in empty_maps(maps["latent"], threshold).items()})
     ts = _tile_state(maps, win, core, canvas)
-    x = maps["x"]
-    obs = observe(ts, x)
-    ys, xs = local(core, win, canvas)
-    c = {k: v[..., ys, xs] for k, v in ts.maps.items()}
-    xc = x[..., ys, xs]
-    f64 = torch.float64
-    sums = {"n": xc.numel(), "d_in": float((xc - c["x_last"]).abs().sum(dtype=f64)),
-            "d_out_real": float((c["o_r1"] - c["o_r2"]).abs().sum(dtype=f64)),
-            "d_in_real": float((c["x_r1"] - c["x_r2"]).abs().sum(dtype=f64)),
-            "out_real": float(c["o_r1"].abs().sum(dtype=f64)), "acc": float(c["acc"].sum(dtype=f64)),
-            "cells": c["acc"].numel(), "run": int(c["run"].max()), "real": int(c["real"].min()),
-            "seen": int(c["seen"].min()), "tau": float(c["tau"].flatten()[0])}
-    return Gathered(win, core, maps, obs, sums)
-
-
-def canvas_observation(sums: list[dict]) -> Observation:
-    """The uniform policy's whole-canvas observation from every core's sums."""
-    n = sum(s["n"] for s in sums)
-    real, seen = min(s["real"] for s in sums), min(s["seen"] for s in sums)
-    return Observation(
-        d_in=sum(s["d_in"] for s in sums) / n if seen else None,
-        d_out_real=sum(s["d_out_real"] for s in sums) / n if real >= 2 else None,
-        d_in_real=sum(s["d_in_real"] for s in sums) / n if real >= 2 else None,
-        out_real=sum(s["out_real"] for s in sums) / n if real >= 1 else None,
-        acc=sum(s["acc"] for s in sums) / sum(s["cells"] for s in sums),
-        run=max(s["run"] for s in sums), threshold=sums[0]["tau"])
+    x = maps["latent"]
+    return Gathered(win, core, maps, observe(ts, x), core_sums(ts, x))
 
 
 @dataclass
@@ -150,14 +120,11 @@ def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: G
     """Window g's prediction (computed, or reused from the cache); `given` holds CFG branch outputs
     already computed elsewhere by `branch`, combined exactly as `Backend.predict` combines its own."""
     index = plan.start + i
-    x = g.maps["x"].to(backend.device)
+    x = g.maps["latent"].to(backend.device)
     image = None if cond.image_latent is None else crop(cond.image_latent, g.window).to(backend.device)
-    given = given or {}
 
-    def predict():  # Backend.predict's own arithmetic, with the branches computed elsewhere filled in
-        outs = [given[b].to(backend.device) if b in given
-                else backend.predict_branch(x, plan.steps, index, cond, b, image) for b in range(cond.branches)]
-        return cond.guide(outs)
+    def predict():  # the in-process step's guided prediction, with the branches computed elsewhere filled in
+        return backend.predict(x, plan.steps, index, cond, image_latent=image, given=given)
 
     if decision is None:
         return Denoised(g.window, predict(), {}, (0.0, 0.0), True)
@@ -182,28 +149,13 @@ def advance(backend: Backend, plan: RefinePlan, i: int, grid: Grid, k: int, x_co
     `preds` are (window index, `prediction_pieces` of it on core k) for every window overlapping core k, any
     order.
     """
-    canvas = grid.canvas
     core = cores(grid)[k]
     dev = backend.device  # merge where the step runs (on a GPU worker, not its one CPU thread)
-    w = tile_weight(grid).to(dev)
-    exact = bool((w == 1).all())
-    acc = torch.zeros(x_core.shape, dtype=torch.float32, device=dev)
-    wsum = torch.zeros(core.height, core.width, dtype=torch.float32, device=dev)
-    for n, pieces in sorted(preds, key=lambda t: t[0]):  # window order, as tiling.merge adds them
-        win = grid.windows[n]
-        for p in pieces:
-            ys, xs = local(p.rect, win, canvas)
-            yd, xd = local(p.rect, core, canvas)
-            part = p.maps["pred"].to(dev).float()
-            if exact:
-                acc[..., yd, xd] = part
-            else:
-                acc[..., yd, xd] += part * w[ys, xs]
-                wsum[yd, xd] += w[ys, xs]
-    prediction = acc if exact else acc / wsum
+    parts = [(n, p.rect, p.maps["pred"]) for n, pieces in preds for p in pieces]
+    prediction = merge_region(grid, core, parts, x_core.shape[:-2], dev)
     sched = {k2.split("/", 1)[1]: v for k2, v in sched_core.items()}
     x_next, sched = backend.step(plan.steps, plan.start + i, prediction, x_core.to(dev), sched, seed=seed)
-    out = {"x": x_next, **{f"sched/{k2}": v for k2, v in sched.items()}, **cache_core}
+    out = {"latent": x_next, **{f"scheduler/{k2}": v for k2, v in sched.items()}, **cache_core}
     if tau is not None:
         out["cache/tau"] = torch.full_like(out["cache/tau"], tau)
     return out

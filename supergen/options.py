@@ -1,5 +1,5 @@
 """Command-line options for RenderSpec: every field is an option of the same name. The `supergen`
-command itself (render, resume, inspect, compare, serve) is `flows.cli`, the outermost layer."""
+command itself (render, resume, inspect, compare, quality, serve) is `flows.cli`, the outermost layer."""
 
 from __future__ import annotations
 
