@@ -20,8 +20,9 @@ TEXT_DIM = 64
 # vae_tile 512: the 4x and 8x canvases decode whole (a tiled decode would blend seams of its own into the
 # very output whose seams the quality suite measures)
 # steps 20: at 10 the sketch drew the captioned objects' colours in 55% of samples, at 20 in 65%
-# (bench/results/world_adherence_*.json). cache 0.4/0.5: the paper's 0.2 skips 1% of tile-steps on this
-# model; 0.4 skips 30% for 1.42x refinement at 30.3 dB / SSIM 0.968 vs no cache (cache_grid_world_cpu.json)
+# (bench/results/world_adherence_*.json). cache 0.4/0.5: the paper's 0.2 skips nothing on this model; 0.4
+# skips 3-4% of tile-steps at >= 34 dB vs no cache, 0.6 skips 30% but drops to 26.7 dB on one caption, below
+# the 30 dB floor (cache_grid_world_cpu.json): the region preset stays at the last threshold above the floor
 # refine_fraction 0.3 (6 of 20): re-noised to sigma 0.52, the tiles sharpen the sketch and keep its layout
 # (sketch fidelity 29.8 dB, no duplicated objects); at the paper's 0.9 (sigma 0.96 on this shift-3 schedule)
 # every tile repaints the prompt's object: duplicated in 4 of 4 prompts (quality_depth_cpu.json)
