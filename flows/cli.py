@@ -138,8 +138,8 @@ def cmd_render(args) -> int:
     _check_cluster_options(args)
     # field and model checks (configs only, no weights); device and memory where the render runs
     spec = prepare(spec_from_args(args), here=not args.cluster)
-    if spec.image is not None:  # read where the render is submitted (the store keeps a copy): refused here,
-        read_image(spec.image)  # before any cluster starts or store is written
+    if args.cluster and spec.image is not None:  # read where the render is submitted (the store keeps a copy):
+        read_image(spec.image)  # refused before any cluster starts (in process, RenderStore.create reads it)
     if not args.quiet:
         from supergen.spec import size_warnings
 

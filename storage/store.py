@@ -431,8 +431,7 @@ class RenderStore:
         try:
             return self.fs.cat_file(self._key(image_name(path)))
         except MISSING:
-            with open(path, "rb") as f:
-                return f.read()
+            return read_image(path)  # a missing or unreadable original is refused naming its path
         except Exception as e:
             raise self._fail("cannot read the conditioning image from", e) from None
 

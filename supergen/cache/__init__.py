@@ -89,7 +89,7 @@ class TileCache:
         if self.cfg.policy != "none":
             self.state.allocate(x)
         if self.cfg.policy == "uniform":  # one decision for the whole canvas (TeaCache-style)
-            sums = [core_sums(self.state.read(win, core), crop(x, win)) for win, core in zip(grid.windows, self.cores)]
+            sums = [core_sums(self.state.read(core, core), crop(x, core)) for core in self.cores]  # owned cells only
             self._uniform = decide(canvas_observation(sums), i, self.steps, self.cfg)
 
     def tile(self, n: int, x_tile: torch.Tensor, predict) -> torch.Tensor:
