@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -144,7 +145,7 @@ class RenderStore:
             if self.url.startswith("file://") and not self.fs.exists(self._path):
                 self.fs.makedirs(self._path, exist_ok=True)
                 made = True
-            probe = self._key(".supergen-write-probe")
+            probe = self._key(f".supergen-write-probe-{uuid.uuid4().hex}")  # own name: renders may race here
             self.fs.pipe_file(probe, b"ok")
             self.fs.rm_file(probe)
         except StoreError:
