@@ -30,6 +30,21 @@ def test_checkpoints_resume_where_they_stopped(trained):
     assert sizes and max(sizes) <= 16 * 2**20
 
 
+def test_training_embeds_captions_exactly_as_inference_does_and_trains_the_text_encoder(trained):
+    import torch
+
+    from supergen.train import components
+
+    pipe = components.pipeline()
+    captions = ["a red striped circle moving left on a blue gradient background", ""]
+    ids, mask = components.caption_tokens(pipe.tokenizer, captions)
+    with torch.no_grad():
+        trained_path = components.embed_tokens(pipe.text_encoder, ids, mask)
+    assert torch.equal(trained_path, components.caption_embeddings(pipe, captions, "cpu"))
+    text = checkpoint.load_tensors(str(trained / "dit"), "text")
+    assert any(not torch.equal(text[k], v) for k, v in pipe.text_encoder.state_dict().items())
+
+
 def test_freeze_keeps_the_better_candidate_and_its_latent_statistics(trained):
     state = checkpoint.read_state(str(trained / "vae"))
     scores = {c: checkpoint.read_state(str(trained / c))["runs"][-1]["evals"][-1]["psnr_native_db"]
@@ -39,6 +54,8 @@ def test_freeze_keeps_the_better_candidate_and_its_latent_statistics(trained):
 
 
 def test_the_export_is_a_diffusers_folder_that_renders_like_a_users_model(trained, tmp_path):
+    import torch
+
     import supergen
     from supergen import RenderSpec
 
@@ -49,6 +66,11 @@ def test_the_export_is_a_diffusers_folder_that_renders_like_a_users_model(traine
     r = supergen.render(RenderSpec(prompt="a red circle moving left on a blue background", model=out,
                                    width=64, height=64, frames=5, steps=2))
     assert tuple(r.video.shape) == (5, 64, 64, 3) and r.family == "wan2.1-t2v"
+    from transformers import UMT5EncoderModel
+
+    shipped = UMT5EncoderModel.from_pretrained(os.path.join(out, "text_encoder")).state_dict()
+    text_ema = checkpoint.load_tensors(str(trained / "dit"), "text_ema")
+    assert all(torch.equal(shipped[k], v) for k, v in text_ema.items())
 
     # and back: training goes on from a shipped folder, in the same latent space
     again = export.resume_from(out, str(tmp_path / "ck"))

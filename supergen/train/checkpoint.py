@@ -21,7 +21,7 @@ def save_tensors(folder: str, prefix: str, tensors: dict[str, torch.Tensor]) -> 
     os.makedirs(folder, exist_ok=True)
     shards, size = [{}], 0
     for name, t in tensors.items():
-        t = t.detach().contiguous().cpu()
+        t = t.detach().to("cpu", copy=True).contiguous()  # a copy: tied weights (UMT5's embeddings) share memory
         nbytes = t.numel() * t.element_size()
         if shards[-1] and size + nbytes > MAX_SHARD:
             shards.append({})

@@ -1,11 +1,12 @@
 """Training the world model's `WanTransformer3DModel` with the flow-matching objective.
 
 The data are latents of world clips under the frozen encoder, normalised by the statistics `vae.freeze`
-measured, with prompt embeddings computed by the pipeline's own `encode_prompt` (so training sees exactly
-what inference feeds the model, padding included). A tenth of the captions are dropped to the empty
-prompt's embedding, the default negative prompt, which is what classifier-free guidance contrasts with.
+measured, and the captions' tokens as the pipeline's `encode_prompt` makes them; the text encoder trains
+with the transformer (`components.text_encoder` says why), its embeddings zero past the real tokens as
+inference feeds them. A tenth of the captions are dropped to the empty prompt, the default negative
+prompt, which is what classifier-free guidance contrasts with.
 Noise levels follow the inference schedule's shift: sigma = 3u / (1 + 2u), u logit-normal. An exponential
-moving average of the weights is what ships.
+moving average of the weights (the text encoder's too) is what ships.
 
 Zoomed crops (what a tile of a larger canvas sees) are trained at low noise only, sigma <= CROP_SIGMA:
 a tile is refined from a re-noised sketch, never from pure noise, while a crop at high noise, captioned
@@ -29,11 +30,11 @@ CROP_SHARE = 0.4
 
 
 @torch.no_grad()
-def dataset(encoder, stats: dict, pipe, n: int, s: Session, chunk: int = 256):
-    """n clips as (normalised latents fp16, prompt embeddings fp16, whether each is a zoomed crop)."""
+def dataset(encoder, stats: dict, tok, n: int, s: Session, chunk: int = 256):
+    """n clips as (normalised latents fp16, caption token ids, their masks, whether each is a zoomed crop)."""
     mean = torch.tensor(stats["latents_mean"], device=s.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(stats["latents_std"], device=s.device).view(1, -1, 1, 1, 1)
-    lat, emb, crops, cache, chunk = [], [], [], {}, min(chunk, n)
+    lat, ids, masks, crops, chunk = [], [], [], [], min(chunk, n)
     for _ in range(0, n, chunk):
         crop = s.rng.random() < CROP_SHARE
         x, captions = data.clips(s.rng, chunk, components.NATIVE[0], components.FRAMES, s.device,
@@ -42,12 +43,16 @@ def dataset(encoder, stats: dict, pipe, n: int, s: Session, chunk: int = 256):
         with autocast(s.device):
             z = encoder.encode(x).latent_dist.mode().float()
         lat.append(((z - mean) / std).half())
-        new = [c for c in dict.fromkeys(captions) if c not in cache]
-        if new:
-            for c, e in zip(new, components.caption_embeddings(pipe, new, s.device, TEXT_KEEP)):
-                cache[c] = e.half()
-        emb.append(torch.stack([cache[c] for c in captions]))
-    return torch.cat(lat), torch.cat(emb), torch.cat(crops)
+        i, m = components.caption_tokens(tok, captions, TEXT_KEEP)
+        ids.append(i.to(s.device))
+        masks.append(m.to(s.device))
+    return torch.cat(lat), torch.cat(ids), torch.cat(masks), torch.cat(crops)
+
+
+def _weights(folder: str, prefix: str, module: torch.nn.Module) -> None:
+    saved = checkpoint.load_tensors(folder, prefix)
+    if saved is not None:
+        module.load_state_dict({k: v.float() for k, v in saved.items()})
 
 
 def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr: float = 5e-4, batch: int = 256,
@@ -57,36 +62,36 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
                                               transformer=components.TRANSFORMER_CONFIG), seed, max_steps)
     stats = checkpoint.read_state(vae_folder)["latent_stats"]
     encoder = vae_training.load(vae_folder, s.device).eval()
-    model = components.transformer()
-    saved = checkpoint.load_tensors(folder, "model")
-    if saved is not None:
-        model.load_state_dict(saved)
-    ema = copy.deepcopy(model)
-    saved_ema = checkpoint.load_tensors(folder, "ema")
-    if saved_ema is not None:
-        ema.load_state_dict({k: v.float() for k, v in saved_ema.items()})
+    tok = components.tokenizer()
+    model, text = components.transformer(), components.text_encoder(len(tok))
+    _weights(folder, "model", model)
+    _weights(folder, "text", text)
+    ema, text_ema = copy.deepcopy(model), copy.deepcopy(text)
+    _weights(folder, "ema", ema)
+    _weights(folder, "text_ema", text_ema)
     model.to(s.device).train()
-    ema.to(s.device).eval().requires_grad_(False)
-    pipe = components.pipeline(encoder, model)
-    pipe.text_encoder.to(s.device)
-    latents, prompts, cropped = dataset(encoder, stats, pipe, clips, s)
-    null = components.caption_embeddings(pipe, [""], s.device, TEXT_KEEP).half()
+    text.to(s.device).eval()  # trained, but without UMT5's dropout: inference never drops
+    pairs = [(m, e.to(s.device).eval().requires_grad_(False)) for m, e in ((model, ema), (text, text_ema))]
+    latents, ids, masks, cropped = dataset(encoder, stats, tok, clips, s)
+    null_ids, null_mask = (t.to(s.device) for t in components.caption_tokens(tok, [""], TEXT_KEEP))
     s.run["dataset_seconds"] = round(s.elapsed, 1)
     print(f"dataset {tuple(latents.shape)} in {s.elapsed:.0f}s", flush=True)
     del encoder
 
     def save():
-        s.save({"model": model.state_dict(), "ema": {k: v.half() for k, v in ema.state_dict().items()}})
+        s.save({"model": model.state_dict(), "ema": {k: v.half() for k, v in ema.state_dict().items()},
+                "text": text.state_dict(), "text_ema": text_ema.state_dict()})
 
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    params = list(model.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     first = s.step
     pad = torch.zeros(batch, 512 - TEXT_KEEP, components.TEXT_DIM, device=s.device)
     while s.running():
         idx = torch.randint(0, latents.shape[0], (batch,), device=s.device)
         x0 = latents[idx].float()
-        e = prompts[idx]
-        e = torch.where(torch.rand(batch, 1, 1, device=s.device) < drop, null.expand_as(e), e)
-        e = torch.cat([e.float(), pad], dim=1)
+        drop_row = torch.rand(batch, 1, device=s.device) < drop
+        i = torch.where(drop_row, null_ids.expand(batch, -1), ids[idx])
+        m = torch.where(drop_row, null_mask.expand(batch, -1), masks[idx])
         u = torch.sigmoid(torch.randn(batch, device=s.device))
         sigma = 3 * u / (1 + 2 * u)
         sigma = torch.where(cropped[idx], sigma * CROP_SIGMA, sigma)
@@ -96,16 +101,18 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
         for g in opt.param_groups:
             g["lr"] = s.lr(lr, warmup=100 if first else 500)
         with autocast(s.device):
+            e = torch.cat([components.embed_tokens(text, i, m).float(), pad], dim=1)
             pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             decay = min(ema_decay, (1 + s.step) / (10 + s.step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            for m_, e_ in pairs:
+                for pe, pm in zip(e_.parameters(), m_.parameters()):
+                    pe.lerp_(pm, 1 - decay)
         s.record(loss.item())
         if s.due():
             save()
