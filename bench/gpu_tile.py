@@ -110,6 +110,28 @@ def forward_times(model, kwargs, device, n: int, order: str = "torch") -> list[f
         return [timed(lambda: model(**kwargs), device) for _ in range(n)]
 
 
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out.sample
+
+
+def compiled_forwards(model, kwargs, device, n: int, order: str, eager: dict) -> dict:
+    """The tile forward as `--compile` runs it (`supergen.compiled`: static shapes, Inductor's cache):
+    the first call (compile, or a load from a warm cache), the steady forwards, MFU, and the largest
+    difference to eager relative to the output's largest magnitude."""
+    with torch.no_grad(), kernels(order):
+        ref = _first(model(**kwargs)).float()
+        model.compile(dynamic=False)
+        first = timed(lambda: model(**kwargs), device)
+        out = _first(model(**kwargs)).float()
+    times = forward_times(model, kwargs, device, n, order)
+    med = statistics.median(times)
+    return {"first_call_s": round(first, 2), "forward_s": [round(t, 4) for t in times], "forward_median_s": round(med, 4),
+            "speedup_vs_eager": round(eager["forward_median_s"] / med, 3),
+            "mfu_vs_measured_peak": round(eager["flops"] / med / 1e12 / eager["matmul_peak"]["tflops"], 3),
+            "max_abs_diff_vs_eager_rel": float((out - ref).abs().max() / ref.abs().max()),
+            "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+
+
 def attention_kernels(arch, device, scale: str, iters: int = 5) -> dict:
     """Each fused SDPA kernel alone on the architecture's main attention call at the native tile (joint
     text+image attention for CogVideoX and HunyuanVideo, with HunyuanVideo's prompt mask; image
@@ -200,6 +222,8 @@ def main():
     ap.add_argument("--profile", action="store_true", help="also one forward under torch.profiler: kernel times")
     ap.add_argument("--attention", nargs="+", default=["torch", "cudnn"], choices=ORDERS,
                     help="attention kernel orders to time the forwards under (MFU: the fastest)")
+    ap.add_argument("--compile", action="store_true",
+                    help="then the same forwards compiled as --compile compiles them: first call, MFU, difference")
     args = ap.parse_args()
     from common import environment, write_result
 
@@ -237,6 +261,8 @@ def main():
                   mfu_vs_measured_peak=round(result["flops"] / med / 1e12 / result["matmul_peak"]["tflops"], 3))
     if device.type == "cuda":
         result["tile_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.compile:
+        result["compiled"] = compiled_forwards(model, kw, device, args.forwards, best, result)
     if args.profile:
         with kernels(best):
             result["kernel_profile"] = kernel_profile(model, kw, device)

@@ -17,10 +17,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.stages import StageResult, export_stage, sketch_stage, upscale_stage, warm_worker
+from tasks.stages import StageResult, export_stage, start_done, upscale_stage, warm_worker
 
 from .cluster import connect
-from .refine import check_workers, refine_on_cluster, worker_names
+from .refine import check_workers, pin_kwargs, refine_on_cluster, worker_names
+from .sketch import sketch_on_cluster
+from .vae import vae_on_cluster
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -54,12 +56,25 @@ def _on_worker(client, fn, *args, workers: list | None = None):
 
 
 @task(name="sketch", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def sketch(client, store, workers: list | None = None) -> StageResult:
-    return _on_worker(client, sketch_stage, store, workers=workers)
+def sketch(client, store, render_id: str, workers: list | None = None) -> StageResult:
+    """On one worker, or with its CFG branches on two (`flows/sketch.py`)."""
+    from tasks.model import ModelHolder
+
+    client.register_plugin(ModelHolder())
+    return sketch_on_cluster(client, store, workers or worker_names(client), render_id, pin_kwargs(client))
 
 
 @task(name="upscale and re-noise", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def upscale(client, store, workers: list | None = None) -> StageResult:
+    """On one worker, or with the re-encode's tiles over all of them (`flows/vae.py`)."""
+    import time
+
+    names = workers or worker_names(client)
+    if start_done(store):
+        return StageResult(0.0, skipped=True)
+    t0 = time.perf_counter()
+    if vae_on_cluster(client, store, names, pin_kwargs(client), encode=True):
+        return StageResult(time.perf_counter() - t0)
     return _on_worker(client, upscale_stage, store, workers=workers)
 
 
@@ -88,9 +103,16 @@ def refine(client, store, balance: str = "branches", render_id: str | None = Non
 @task(name="decode and export", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def export(client, store, timings: dict, refined: dict, sketch_forwards: int,
            workers: list | None = None) -> StageResult:
+    """The final decode with its tiles over the workers where the VAE is tiled (`flows/vae.py`), then the
+    files on one worker."""
+    import time
+
     forwards = {"sketch": sketch_forwards, "refine": refined["forwards"]}
     cache = refined["cache"] if refined["cache"].get("policy") != "none" else None
-    return _on_worker(client, export_stage, store, timings, refined["tiles_per_step"], forwards, cache,
+    t0 = time.perf_counter()
+    decoded = vae_on_cluster(client, store, workers or worker_names(client), pin_kwargs(client), encode=False)
+    timings = {**timings, "decode": time.perf_counter() - t0} if decoded else timings
+    return _on_worker(client, export_stage, store, timings, refined["tiles_per_step"], forwards, cache, decoded,
                       workers=workers)
 
 
@@ -107,10 +129,20 @@ PREFECT_STAGES = Stages(sketch, upscale, refine, export)  # inside the flow: tas
 PLAIN_STAGES = Stages(sketch.fn, upscale.fn, refine_tiles, export.fn)  # the same code on any Dask client
 
 
+def by_load(client, names: list) -> list:
+    """`names` with the least busy workers first (fewest tasks assigned to them now; ties in name order):
+    a render queued behind another starts its one-worker stages where the other leaves room. Where the
+    work lands never changes the video."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    load = {info[a]["name"]: len(keys) for a, keys in client.processing().items() if a in info}
+    return sorted(names, key=lambda n: load.get(n, 0))
+
+
 def run_stages(client, store, balance: str = "branches", workers: list | None = None,
                stages: Stages = PLAIN_STAGES) -> dict:
-    """The four stages in order, on `workers` (names; default: every worker of the cluster). While the
-    sketch runs on the first worker, every other worker loads the model and the render's conditioning."""
+    """The four stages in order, on `workers` (names; default: every worker of the cluster), the least busy
+    first (`by_load`). While the sketch runs on the first worker (or its two CFG branches on the first two),
+    every other worker loads the model and the render's conditioning."""
     import uuid
 
     from tasks.model import ModelHolder
@@ -118,11 +150,11 @@ def run_stages(client, store, balance: str = "branches", workers: list | None = 
     timings = {}
     rid = uuid.uuid4().hex[:8]
     client.register_plugin(ModelHolder())
-    names = workers or worker_names(client)
+    names = by_load(client, workers or worker_names(client))
     warming = [client.submit(warm_worker, store, rid, workers=[w], pure=False, key=f"warm-{w}-{rid}")
                for w in names[1:]]
     t0 = time.perf_counter()
-    sk = stages.sketch(client, store, names)
+    sk = stages.sketch(client, store, rid, names)
     store.advance("sketched")  # workers write the stages; the driver, which owns the store, moves its status
     timings["sketch"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -305,8 +305,13 @@ class RenderStore:
             return f"was written with store layout {layout}, newer than this supergen's {LAYOUT_VERSION}"
         if layout < LAYOUT_VERSION:
             return f"has store layout {layout}, written by an older supergen"
-        if attrs.get("spec") != json.loads(json.dumps(spec.to_dict())):
-            old, new = attrs.get("spec") or {}, spec.to_dict()
+        old = attrs.get("spec") or {}
+        try:  # a field added since the store was written takes its default, the behaviour it then had
+            old = json.loads(json.dumps(type(spec).from_dict(old).to_dict()))
+        except Exception:
+            pass
+        if old != json.loads(json.dumps(spec.to_dict())):
+            new = spec.to_dict()
             fields = sorted(k for k in set(old) | set(new) if old.get(k) != json.loads(json.dumps(new.get(k))))
             return f"already holds a render of a different spec (differs in {fields})"
         return None
@@ -357,6 +362,25 @@ class RenderStore:
         except Exception as e:
             raise self._fail(f"cannot write {name} to", e) from None
 
+    def _begin_array(self, name: str, shape: tuple[int, ...], dtype, chunks: tuple[int, ...], dims: list[str],
+                     compressors=None) -> None:
+        """An empty array that several writers then fill region by region (`write_region`)."""
+        self._require_writable()
+        try:
+            self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=compressors,
+                                    fill_value=0, dimension_names=dims, overwrite=True)
+        except Exception as e:
+            raise self._fail(f"cannot create {name} in", e) from None
+
+    def write_region(self, name: str, index: tuple, data: np.ndarray) -> None:
+        """`data` into `index` of the array `name`. Zarr rewrites a chunk whole: two writers of one chunk
+        must not overlap in time (`supergen.vaetiles.pieces` orders them)."""
+        self._require_writable()
+        try:
+            self.group[name][index] = data
+        except Exception as e:
+            raise self._fail(f"cannot write {name} to", e) from None
+
     def _read_array(self, name: str) -> np.ndarray | None:
         try:
             return self.group[name][...]
@@ -370,14 +394,29 @@ class RenderStore:
         except MISSING:
             return False
 
+    def _stage_chunks(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        tile = self.attrs["spec"]["tile"]
+        return shape if name == "sketch" else tuple(shape[:-2]) + tuple(min(t, s) for t, s in zip(tile, shape[-2:]))
+
     def save_stage(self, name: str, tensor: torch.Tensor) -> None:
         data = tensor.detach().float().cpu().numpy()
-        tile = self.attrs["spec"]["tile"]
-        chunks = data.shape if name == "sketch" else data.shape[:-2] + tuple(min(t, s) for t, s in
-                                                                            zip(tile, data.shape[-2:]))
-        self._write_array(f"{name}/latent", data, chunks, ["batch", "channel", "frame", "y", "x"])
+        self._write_array(f"{name}/latent", data, self._stage_chunks(name, data.shape),
+                          ["batch", "channel", "frame", "y", "x"])
         if self.owned:  # in process; on a cluster the workers write stages and the driver advances
             self.advance(STATUSES[STAGES.index(name) + 1])
+
+    def begin_stage(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """An empty stage latent (chunked as `save_stage` chunks it) for region writers; its chunk shape."""
+        chunks = self._stage_chunks(name, shape)
+        self._begin_array(f"{name}/latent", shape, np.float32, chunks, ["batch", "channel", "frame", "y", "x"])
+        return chunks
+
+    def stage_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.group[f"{name}/latent"].shape)
+
+    def stage_region(self, name: str, y: slice, x: slice) -> torch.Tensor:
+        """A (y, x) region of a stage latent, all frames and channels."""
+        return torch.from_numpy(np.ascontiguousarray(self.group[f"{name}/latent"][..., y, x]))
 
     def load_stage(self, name: str) -> torch.Tensor | None:
         data = self._read_array(f"{name}/latent")
@@ -436,15 +475,29 @@ class RenderStore:
         except Exception as e:
             raise self._fail("cannot read the conditioning image from", e) from None
 
+    @staticmethod
+    def _frame_chunks(shape: tuple[int, ...], fps: int, tile: tuple[int, int] | None) -> tuple[int, ...]:
+        f, h, w, _ = shape
+        th, tw = tile or (h, w)
+        return min(f, fps), min(h, th), min(w, tw), 3
+
     def save_frames(self, name: str, frames: np.ndarray, fps: int, tile: tuple[int, int] | None = None) -> None:
         """`name`/frames: (frames, y, x, rgb) uint8, zstd(1), one chunk per second (`fps` frames) and per
         `tile` pixels (the whole frame when None), so a reader of one region of one second reads one chunk."""
         from zarr.codecs import ZstdCodec
 
-        f, h, w, _ = frames.shape
-        th, tw = tile or (h, w)
-        self._write_array(f"{name}/frames", frames, (min(f, fps), min(h, th), min(w, tw), 3), ["frame", "y", "x", "rgb"],
+        self._write_array(f"{name}/frames", frames, self._frame_chunks(frames.shape, fps, tile),
+                          ["frame", "y", "x", "rgb"], compressors=[ZstdCodec(level=1)])
+
+    def begin_frames(self, name: str, shape: tuple[int, ...], fps: int, tile: tuple[int, int] | None = None
+                     ) -> tuple[int, ...]:
+        """Empty `name`/frames (chunked as `save_frames` chunks them) for region writers; its chunk shape."""
+        from zarr.codecs import ZstdCodec
+
+        chunks = self._frame_chunks(shape, fps, tile)
+        self._begin_array(f"{name}/frames", shape, np.uint8, chunks, ["frame", "y", "x", "rgb"],
                           compressors=[ZstdCodec(level=1)])
+        return chunks
 
     def video_frames(self, frames: slice = slice(None), y: slice = slice(None), x: slice = slice(None)):
         """A region of the output frames without reading the rest (chunked by frame blocks and tiles)."""

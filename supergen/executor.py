@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import memory, noise
+from . import memory, noise, sketch
 from .backends import load_backend, model_info
 from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
@@ -97,7 +97,11 @@ def load_image(spec: RenderSpec, sink: RenderSink | None = None):
 
 
 def sketch_latent(backend: Backend, spec: RenderSpec, image) -> torch.Tensor:
-    """Stage 1: the whole clip at native size with the full N-step schedule, the stock pipeline."""
+    """Stage 1: the whole clip at native size with the full N-step schedule: the stock pipeline, written
+    out as per-branch calls where the backend allows (`supergen.sketch`: a cluster may then split the CFG
+    branches and still give this latent)."""
+    if backend.info.split_sketch:
+        return sketch.sketch(backend, spec, image)
     return backend.sketch(spec.prompt, spec.negative_prompt, image, spec.sketch_width, spec.sketch_height,
                           spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
 
@@ -133,7 +137,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     image = load_image(spec, sink)  # a missing or unreadable image is refused before any weights load
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
-        backend = backend or load_backend(spec.model, spec.device, spec.dtype)
+        backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile)
     plan = RefinePlan.from_spec(spec, backend.info.vae_spatial)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
     save = sink.save_stage if sink is not None else (lambda name, t: None)

@@ -41,6 +41,8 @@ HELP = {
     "cache_warmup": "refinement steps that always compute",
     "max_consecutive_skips": "a tile computes after this many skips in a row",
     "checkpoint_every": "checkpoint the refinement into the render store every c steps (0: only stages)",
+    "compile": "torch.compile the transformer: one compile per worker and shape, cached on disk for every "
+               "process of the host (Inductor's /tmp/torchinductor_<user>, or SUPERGEN_COMPILE_CACHE)",
 }
 CHOICES = {"dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES}
 
@@ -50,6 +52,9 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = parse_tile if f.name == "tile" else {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
         default = None if f.default is dataclasses.MISSING else f.default
+        if str(f.type) == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
+            continue
         extra = {"choices": CHOICES[f.name]} if f.name in CHOICES else {}
         p.add_argument(flag, type=kind, default=default, required=f.name == "prompt",
                        help=HELP[f.name] + ("" if default is None else " [default: %(default)s]"), **extra)

@@ -113,15 +113,21 @@ def encode(result) -> dict[str, bytes]:
             "render.json": json.dumps(result.report(), indent=1).encode()}
 
 
-def write_outputs(store, result) -> None:
+def frame_tile(spec, latent_width: int) -> tuple[int, int]:
+    """The output frames' chunk (y, x) in pixels: one refinement tile."""
+    s = spec.canvas_size[0] // latent_width  # pixels per latent cell
+    return spec.tile[0] * s, spec.tile[1] * s
+
+
+def write_outputs(store, result, frames_written: bool = False) -> None:
     """Write a finished render into its render store: the final latent (unless there), the frames of the
-    output (chunked by second and tile) and of the sketch, then the encoded files. The owner then calls
-    `store.finish()`."""
+    output (chunked by second and tile; unless the workers wrote them region by region) and of the
+    sketch, then the encoded files. The owner then calls `store.finish()`."""
     spec = result.spec
     if not store.has_array("final/latent"):
         store.save_stage("final", result.latent)
-    s = spec.canvas_size[0] // result.latent.shape[-1]  # pixels per latent cell
-    store.save_frames("video", result.video.numpy(), spec.fps, (spec.tile[0] * s, spec.tile[1] * s))
+    if not frames_written:
+        store.save_frames("video", result.video.numpy(), spec.fps, frame_tile(spec, result.latent.shape[-1]))
     # lossless, so quality checks compare the output with the sketch itself, not with sketch.mp4's codec
     store.save_frames("sketch", result.sketch_video.numpy(), spec.fps)
     for name, data in encode(result).items():

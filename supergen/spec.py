@@ -73,6 +73,7 @@ class RenderSpec:
     cache_warmup: int = 5  # refinement steps that always compute
     max_consecutive_skips: int = 3
     checkpoint_every: int = 5  # checkpoint the refinement every c steps into the render store; 0: never
+    compile: bool = False  # torch.compile the transformer(s) (supergen/compiled.py)
 
     def __post_init__(self):
         _check_fields(self)
@@ -186,6 +187,8 @@ def _check_fields(s: RenderSpec) -> None:
     _float(s, "guidance", lo=1.0)
     _int(s, "seed", lo=0, hi=2**63 - 1, optional=False)
     _choice(s, "dtype", DTYPES)
+    if not isinstance(s.compile, bool):
+        raise SpecError("compile", f"must be true or false, got {s.compile!r}")
     if not isinstance(s.device, str) or not _DEVICE.match(s.device):
         raise SpecError("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {s.device!r}")
     if s.tile is not None:

@@ -23,8 +23,8 @@ class ModelHolder(WorkerPlugin):
 
     def setup(self, worker):
         self.worker = worker
-        self.backends: OrderedDict = OrderedDict()  # (model, device, dtype) -> backend
-        self.conds: OrderedDict = OrderedDict()  # render id -> conditioning (text, image condition canvas)
+        self.backends: OrderedDict = OrderedDict()  # (model, device, dtype, compile) -> backend
+        self.conds: OrderedDict = OrderedDict()  # (render id, frame size) -> conditioning (text, image condition)
         self.loads = 0
 
     def teardown(self, worker):
@@ -41,31 +41,34 @@ class ModelHolder(WorkerPlugin):
     def backend(self, spec):
         from supergen.backends import load_backend
 
-        key = (spec.model, spec.device, spec.dtype)
+        key = (spec.model, spec.device, spec.dtype, spec.compile)
         if key not in self.backends:
             while len(self.backends) >= self.max_models:  # one model per GPU: evict the least recent
                 self.backends.popitem(last=False)
                 self.conds.clear()
-            self.backends[key] = load_backend(spec.model, spec.device, spec.dtype)
+            self.backends[key] = load_backend(spec.model, spec.device, spec.dtype, spec.compile)
             self.loads += 1
         self.backends.move_to_end(key)
         return self.backends[key]
 
-    def conditioning(self, render_id: str, spec, store):
-        """Text/image conditioning of a render, computed once per worker and kept for its steps. The image
-        is the render store's copy: no worker needs the original path."""
-        if render_id not in self.conds:
+    def conditioning(self, render_id: str, spec, store, size: tuple[int, int] | None = None):
+        """Text/image conditioning of a render for a frame of `size` (width, height; default the canvas),
+        computed once per worker and kept for its steps. The image is the render store's copy: no worker
+        needs the original path."""
+        size = tuple(size or spec.canvas_size)
+        key = (render_id, size)
+        if key not in self.conds:
             from supergen.tilestep import cpu_conditioning
 
             be = self.backend(spec)
             image = stored_image(store)
-            cond = be.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image,
-                                          spec.canvas_size, spec.frames, seed=spec.seed)
-            self.conds[render_id] = cpu_conditioning(cond)
-            while len(self.conds) > self.max_renders:
+            cond = be.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image, size,
+                                          spec.frames, seed=spec.seed)
+            self.conds[key] = cpu_conditioning(cond)
+            while len(self.conds) > 2 * self.max_renders:  # a sketch's and a canvas's per render
                 self.conds.popitem(last=False)
-        self.conds.move_to_end(render_id)
-        return self.conds[render_id]
+        self.conds.move_to_end(key)
+        return self.conds[key]
 
 
 def stored_image(store):

@@ -61,11 +61,17 @@ def sketch_stage(store) -> StageResult:
     return StageResult(time.perf_counter() - t0, be.forwards - calls0)
 
 
+def start_done(store) -> bool:
+    """Whether the store holds the whole start latent: written, and the driver has moved past it (workers
+    writing it region by region leave a half-written array behind if they die)."""
+    return store.has_array("start/latent") and store.progress().get("status") not in ("created", "sketched")
+
+
 @guarded("upscale")  # an allocator failure becomes InsufficientMemory naming the stage
 def upscale_stage(store) -> StageResult:
     """Decode, upscale in pixels, re-encode and re-noise into start/latent (skipped when present)."""
     spec = store.spec()
-    if store.load_stage("start") is not None:
+    if start_done(store):
         return StageResult(0.0, skipped=True)
     be = holder().backend(spec)
     t0 = time.perf_counter()
@@ -76,9 +82,14 @@ def upscale_stage(store) -> StageResult:
 
 
 @guarded("export")  # an allocator failure becomes InsufficientMemory naming the stage
-def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache=None) -> StageResult:
+def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache=None,
+                 decoded: bool = False) -> StageResult:
     """Decode the refined latent and write every output (the driver then writes the completion marker).
-    The video is the requested centre of the decoded canvas, cropped by the same function as in process."""
+    The video is the requested centre of the decoded canvas, cropped by the same function as in process.
+    `decoded`: the workers already decoded it into the store's frames (`flows/vae.py`); the files are
+    encoded from those."""
+    import torch
+
     from supergen.cache import CacheReport
     from supergen.spec import crop_to_request
 
@@ -86,15 +97,18 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
     be = holder().backend(spec)
     t0 = time.perf_counter()
     z_lo, x = store.load_stage("sketch"), store.load_stage("final")
-    video = be.decode(x.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
+    if decoded:
+        video = torch.from_numpy(store.video_frames())
+    else:
+        video = crop_to_request(to_uint8(be.decode(x.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)), spec)
     video_lo = be.decode(z_lo.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
     report = None
     if cache:
         report = CacheReport(cache["policy"], cache["threshold"], cache["alpha"], cache["skip_map"],
                              cache["thresholds"], cache["reasons"])
-    timings = {**timings, "decode": time.perf_counter() - t0}
-    result = RenderResult(spec=spec, video=crop_to_request(to_uint8(video), spec), sketch_video=to_uint8(video_lo),
+    timings = {**timings, "decode": timings.get("decode", 0.0) + time.perf_counter() - t0}
+    result = RenderResult(spec=spec, video=video, sketch_video=to_uint8(video_lo),
                           latent=x, sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step,
                           forwards=forwards, family=be.info.family, cache=report)
-    write_outputs(store, result)
+    write_outputs(store, result, frames_written=decoded)
     return StageResult(timings["decode"])

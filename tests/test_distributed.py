@@ -44,15 +44,28 @@ def reference():
 
 @pytest.mark.parametrize("n_workers", [1, 2, 3])
 def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
+    import uuid
+
+    from distributed import get_task_stream
+
+    from flows.refine import pin_kwargs
+    from flows.sketch import sketch_on_cluster
     from tasks.model import ModelHolder
-    from tasks.stages import export_stage, sketch_stage, upscale_stage
+    from tasks.stages import export_stage, upscale_stage
 
     spec = prepare(RenderSpec(**SPEC))
     store = RenderStore.create(str(tmp_path / "s"), spec)
     names = sorted(client.scheduler_info(n_workers=-1)["workers"].values(), key=lambda w: str(w["name"]))
     use = [w["name"] for w in names][:n_workers]
     client.register_plugin(ModelHolder())
-    client.submit(sketch_stage, store, workers=use[:1], pure=False).result()
+    with get_task_stream(client) as stream:  # with 2 or more workers, the sketch's CFG branches are split
+        sk = sketch_on_cluster(client, store, use, uuid.uuid4().hex[:8], pin_kwargs(client))
+    assert torch.equal(store.load_stage("sketch"), reference.sketch_latent)
+    assert sk.forwards == reference.forwards["sketch"] == 2 * spec.steps
+    ran = {(t["key"].split("-")[1], t["worker"]) for t in stream.data if str(t["key"]).startswith("sketch-")}
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    branch_workers = {str(info[w]["name"]) for kind, w in ran if kind == "branch" and w in info}
+    assert branch_workers == ({str(w) for w in use[:2]} if n_workers > 1 else set())
     client.submit(upscale_stage, store, workers=use[:1], pure=False).result()
     stats = refine_on_cluster(client, store, spec, workers=use)
     client.submit(export_stage, store, {}, stats.tiles_per_step, {"sketch": 0, "refine": stats.forwards},
@@ -103,6 +116,37 @@ def test_killed_worker_mid_refinement(client, reference, tmp_path):
     deadline = time.time() + 30
     while len(client.scheduler_info(n_workers=-1)["workers"]) < 3 and time.time() < deadline:
         time.sleep(0.2)
+
+
+# a request inside a larger canvas (its centre is the output) under 64-px VAE tiles: 3 x 3 tiles to decode
+# and to encode, whose blocks cross the output frames' chunks and the start latent's
+VAE_SPEC = dict(SPEC, width=120, height=104, vae_tile=64, cache="none", checkpoint_every=0)
+
+
+@pytest.fixture(scope="module")
+def vae_reference():
+    return supergen.render(RenderSpec(**VAE_SPEC))
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_the_vae_spread_over_workers_gives_the_same_video(n_workers, client, vae_reference, tmp_path):
+    from distributed import get_task_stream
+
+    spec = prepare(RenderSpec(**VAE_SPEC))
+    assert spec.canvas_size != (spec.width, spec.height)
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    names = sorted(client.scheduler_info(n_workers=-1)["workers"].values(), key=lambda w: str(w["name"]))
+    use = [w["name"] for w in names][:n_workers]
+    with get_task_stream(client) as stream:
+        run_stages(client, store, workers=use)
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert st.complete
+    assert torch.equal(st.load_stage("final"), vae_reference.latent)  # the start latent was the same
+    assert torch.equal(torch.from_numpy(st.video_frames()), vae_reference.video)
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    tiles = {str(info[t["worker"]]["name"]) for t in stream.data
+             if str(t["key"]).startswith("tile-") and t["worker"] in info}
+    assert tiles == ({str(w) for w in use} if n_workers > 1 else set())  # one worker: the stages as before
 
 
 def test_two_concurrent_renders_share_the_cluster(client, tmp_path):

@@ -31,15 +31,22 @@ def model_info(model: str) -> ModelInfo:
     return backend_class(c["index"]["_class_name"]).info_from_configs(c)
 
 
-def load_backend(model: str, device: str = "cpu", dtype: str = "float32") -> Backend:
+def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compile: bool = False) -> Backend:
+    """The backend of `model`; with `compile`, its transformers compile at their first forward
+    (`supergen.compiled`)."""
     if model in tiny.EMBEDDED:
         pipe = tiny.build(tiny.EMBEDDED[model])
     else:
         c = _configs(model)
         pipe = load_pipeline(models.folder(model) or model, c["index"]["_class_name"])
         pipe.set_progress_bar_config(disable=True)
-    return backend_for_pipeline(pipe, device, dtype, sidecar=None if model not in tiny.EMBEDDED else tiny.sidecar(),
-                                configs=_configs(model))
+    be = backend_for_pipeline(pipe, device, dtype, sidecar=None if model not in tiny.EMBEDDED else tiny.sidecar(),
+                              configs=_configs(model))
+    if compile:
+        from ..compiled import compile_backend
+
+        compile_backend(be)
+    return be
 
 
 def backend_for_pipeline(pipe, device: str = "cpu", dtype: str = "float32", sidecar=None, configs=None) -> Backend:

@@ -27,6 +27,7 @@ class ModelInfo:
     frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
     sketch_multiple: int = 1  # pixels the stock pipeline demands of the sketch size (Wan's checks 16)
     scheduler: str = ""  # scheduler class name
+    split_sketch: bool = False  # the stock sketch calls CFG branches one by one: `supergen.sketch` equals it
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
 
     @property
@@ -120,6 +121,19 @@ class Backend(Protocol):
 
     def encode(self, video: torch.Tensor, vae_tile: int | None = None) -> torch.Tensor:
         """Video in [-1, 1] -> normalized latent (posterior mode), float32."""
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
+        """(1, C, F', h, w) of a clip of `frames` at (height, width) pixels, as `encode` returns it."""
+
+    def vae_tiling(self, size: tuple[int, int], vae_tile: int | None, encode: bool = False):
+        """The tiles (`supergen.vaetiles.Tiling`) `decode` (a latent of (h, w) `size`) or `encode` (a video
+        of that size) runs with `vae_tile`, or None where it runs untiled."""
+
+    def vae_tile(self, window: torch.Tensor, encode: bool = False, frames: int | None = None) -> torch.Tensor:
+        """One tile of the tiled VAE before blending (decode: a normalised latent window)."""
+
+    def vae_finish(self, out: torch.Tensor, encode: bool = False, frames: int | None = None) -> torch.Tensor:
+        """What `decode` (or `encode`) returns for the tiled VAE's blended output (or any region of it)."""
 
     def timesteps(self, steps: int) -> torch.Tensor: ...
 

@@ -15,6 +15,7 @@ import torch
 from .. import noise
 from ..errors import BackendError
 from .base import Conditioning, GuidedPredict, ModelInfo, preprocess_image, stock_latents, text_conditioning
+from ..vaetiles import Axis, Tiling
 from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
 
 # vae_tile: CogVideoX's VAE decodes a 1024-px tile of a 4K clip in over 110 GiB (measured on an H200, see
@@ -69,6 +70,12 @@ class CogVideoXBackend(GuidedPredict):
         self.max_sequence_length = cfg.max_text_seq_length
         self.forwards = 0
 
+    def latent_shape(self, frames, height, width):
+        """(1, C, F', h, w) of a clip of `frames` at (height, width) pixels, 1.5's pad frames included."""
+        n, pad = self._latent_frames(frames)
+        s = self.info.vae_spatial
+        return (1, self.info.latent_channels, n + pad, height // s, width // s)
+
     def _latent_frames(self, frames: int) -> tuple[int, int]:
         """(real latent frames, front padding frames)."""
         n = (frames - 1) // self.info.vae_temporal + 1
@@ -110,6 +117,44 @@ class CogVideoXBackend(GuidedPredict):
             overlap = 1 - t[1] / t[0]
             vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0],
                               tile_overlap_factor_height=overlap, tile_overlap_factor_width=overlap)
+
+    def vae_tiling(self, size, vae_tile, encode=False):
+        """The tiled VAE's tiles (`vaetiles.Tiling`) for a latent (decode, without 1.5's pad frame) or video
+        (encode) of (h, w) `size`, with diffusers' own arithmetic; None where the VAE runs untiled."""
+        s, vae = self.info.vae_spatial, self.pipe.vae
+        self._tiling(vae_tile, *(tuple(size) if encode else (size[0] * s, size[1] * s)))
+        if not vae.use_tiling:
+            return None
+        f, tsm, tlm = vae.tile_overlap_factor_height, vae.tile_sample_min_height, vae.tile_latent_min_height
+        if encode:
+            blend = int(tlm * f)
+            return Tiling(*(Axis(n, tsm, int(tsm * (1 - f)), 1 / s, blend, tlm - blend) for n in size))
+        blend = int(tsm * f)
+        return Tiling(*(Axis(n, tlm, int(tlm * (1 - f)), s, blend, tsm - blend) for n in size))
+
+    @torch.no_grad()
+    def vae_tile(self, window, encode=False, frames=None):
+        """One tile as the tiled VAE computes it before blending: its frame-batched loop is the untiled
+        one (`_decode`/`_encode` on a window no larger than a tile). Decoding drops 1.5's pad frames
+        (`frames`: the clip's length)."""
+        vae = self.pipe.vae
+        if encode:
+            return vae._encode(window.to(self.device, torch.float32))
+        if frames is not None:
+            window = window[:, :, self._latent_frames(frames)[1]:]
+        return vae._decode(window.to(self.device, torch.float32) / self.sf, return_dict=False)[0]
+
+    def vae_finish(self, out, encode=False, frames=None):
+        """What `decode`/`encode` make of the tiled VAE's blended output."""
+        if not encode:
+            if frames is not None and out.shape[2] != frames:
+                raise BackendError(f"decode: the VAE returned {out.shape[2]} frames, expected {frames}")
+            return out.float().clamp(-1, 1)
+        z = out[:, : self.info.latent_channels] * self.sf
+        pad = (-z.shape[2]) % self.p_t
+        if pad:
+            z = torch.cat([z[:, :, :1].expand(-1, -1, pad, -1, -1), z], dim=2)
+        return z.float()
 
     @torch.no_grad()
     def decode(self, z, frames=None, vae_tile=None):

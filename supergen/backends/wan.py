@@ -12,6 +12,7 @@ import torch
 
 from ..errors import BackendError
 from .base import Conditioning, GuidedPredict, ModelInfo, preprocess_image, stock_latents, text_conditioning
+from ..vaetiles import Axis, Tiling
 from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
 
 PRESETS = dict(scale=2, frames=81, steps=50, guidance=5.0, fps=16, cache_threshold=0.20, cache_alpha=0.5)
@@ -45,6 +46,7 @@ class WanBackend(GuidedPredict):
             scheduler=c["scheduler"].get("_class_name", ""),
             presets=presets,
             sketch_multiple=16,  # WanPipeline.check_inputs, whatever the patch (the world model's is 1x1)
+            split_sketch=True,
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32"):
@@ -76,13 +78,14 @@ class WanBackend(GuidedPredict):
             if self.pipe.image_encoder is not None:
                 cond.extra["encoder_hidden_states_image"] = self.pipe.encode_image(image, self.device).to(self.dtype)
             pixels = preprocess_image(self.pipe, image, width, height, self.device)
-            shape = self._latent_shape(frames, height, width)
+            shape = self.latent_shape(frames, height, width)
             _, condition = self.pipe.prepare_latents(pixels, 1, shape[1], height, width, frames, torch.float32,
                                                      self.device, None, torch.zeros(shape))
             cond.image_latent = condition.float()
         return cond
 
-    def _latent_shape(self, frames, height, width):
+    def latent_shape(self, frames, height, width):
+        """(1, C, F', h, w) of a clip of `frames` at (height, width) pixels."""
         s, t = self.info.vae_spatial, self.info.vae_temporal
         return (1, self.info.latent_channels, (frames - 1) // t + 1, height // s, width // s)
 
@@ -95,6 +98,13 @@ class WanBackend(GuidedPredict):
         self.forwards += n_calls
         return out.float()
 
+    def initial_latent(self, width, height, frames, generator):
+        """The noise `WanPipeline.prepare_latents` starts from (float32, drawn on the generator's device)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(self.latent_shape(frames, height, width), generator=generator, device=self.device,
+                            dtype=torch.float32)
+
     # -- VAE -------------------------------------------------------------------------------------
     def _tiling(self, vae_tile, height, width):
         vae, t = self.pipe.vae, vae_tiling(vae_tile, self.info.vae_spatial, (height, width))
@@ -103,6 +113,51 @@ class WanBackend(GuidedPredict):
         else:
             vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0],
                               tile_sample_stride_height=t[1], tile_sample_stride_width=t[1])
+
+    def vae_tiling(self, size, vae_tile, encode=False):
+        """The tiled VAE's tiles (`vaetiles.Tiling`) for a latent (decode) or video (encode) of (h, w)
+        `size`, as `vae.tiled_decode`/`tiled_encode` walk them; None where the VAE runs untiled (or packs
+        pixels into patches, Wan 2.2's, which the tiles do not model)."""
+        s, vae = self.info.vae_spatial, self.pipe.vae
+        px = tuple(size) if encode else (size[0] * s, size[1] * s)
+        self._tiling(vae_tile, *px)
+        if not vae.use_tiling or vae.config.patch_size is not None:
+            return None
+        tile, stride = vae.tile_sample_min_height, vae.tile_sample_stride_height
+        if encode:
+            return Tiling(*(Axis(n, tile, stride, 1 / s, tile // s - stride // s, stride // s) for n in size))
+        return Tiling(*(Axis(n, tile // s, stride // s, s, tile - stride, stride) for n in size))
+
+    @torch.no_grad()
+    def vae_tile(self, window, encode=False, frames=None):
+        """One tile as `tiled_decode` (normalised latent -> pixels) or `tiled_encode` (pixels -> moments)
+        computes it, before any blending."""
+        vae, dev = self.pipe.vae, self.device
+        vae.clear_cache()
+        parts = []
+        if encode:
+            x = window.to(dev, torch.float32)
+            for k in range(1 + (x.shape[2] - 1) // 4):
+                vae._enc_conv_idx = [0]
+                chunk = x[:, :, :1] if k == 0 else x[:, :, 1 + 4 * (k - 1) : 1 + 4 * k]
+                parts.append(vae.quant_conv(vae.encoder(chunk, feat_cache=vae._enc_feat_map,
+                                                        feat_idx=vae._enc_conv_idx)))
+        else:
+            z = window.to(dev, torch.float32) * self.std.to(dev) + self.mean.to(dev)
+            for k in range(z.shape[2]):
+                vae._conv_idx = [0]
+                parts.append(vae.decoder(vae.post_quant_conv(z[:, :, k : k + 1]), feat_cache=vae._feat_map,
+                                         feat_idx=vae._conv_idx, first_chunk=(k == 0)))
+        vae.clear_cache()
+        return torch.cat(parts, dim=2)
+
+    def vae_finish(self, out, encode=False, frames=None):
+        """What `decode`/`encode` make of the tiled VAE's blended output: the clamped video, or the
+        normalised posterior mode."""
+        if not encode:
+            return out.float().clamp(-1, 1)
+        z = out[:, : self.info.latent_channels].float()
+        return (z - self.mean.to(z.device)) / self.std.to(z.device)
 
     @torch.no_grad()
     def decode(self, z, frames=None, vae_tile=None):
@@ -116,7 +171,7 @@ class WanBackend(GuidedPredict):
         b, _, f, h, w = video.shape
         self._tiling(vae_tile, h, w)
         z = self.pipe.vae.encode(video.to(self.device, torch.float32)).latent_dist.mode()
-        check_latent_shape(z, self._latent_shape(f, h, w), "encode")
+        check_latent_shape(z, self.latent_shape(f, h, w), "encode")
         return (z.float() - self.mean.to(self.device)) / self.std.to(self.device)
 
     # -- schedule --------------------------------------------------------------------------------

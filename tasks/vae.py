@@ -1,0 +1,101 @@
+"""The tiled VAE's tasks when its tiles are spread over workers (`flows/vae.py` submits them): a tile on
+its worker, the strips it hands its neighbours, a block from a tile and three strips, and the writes of
+blocks into the store's arrays, chunk by chunk. Decoding reads the final latent's windows from the store
+and writes the output frames; encoding reads the upscaled sketch (made on each worker) and writes the
+re-noised start latent. Tiles and blocks stay in the workers' memory; only strips move between them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from supergen import noise, vaetiles
+from supergen.memory import guarded
+from supergen.refine import RefinePlan
+from supergen.upscale import to_uint8, upscale_video
+
+from .model import holder
+
+FRAMES, START = "video/frames", "start/latent"  # what decoding and encoding write
+
+
+def _model(store):
+    spec = store.spec()
+    return spec, holder().backend(spec)
+
+
+def tiling(store, encode: bool) -> vaetiles.Tiling | None:
+    """The tiles of the render's final decode (or of its re-encode); None where the VAE runs untiled."""
+    spec, be = _model(store)
+    cw, ch = spec.canvas_size
+    s = be.info.vae_spatial
+    return be.vae_tiling((ch, cw) if encode else (ch // s, cw // s), spec.vae_tile, encode)
+
+
+@guarded("upscale")
+def upscaled(store) -> torch.Tensor:
+    """The sketch decoded and bicubic-upscaled to the canvas, on this worker (CPU), for its encode tiles."""
+    spec, be = _model(store)
+    video_lo = be.decode(store.load_stage("sketch").to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
+    cw, ch = spec.canvas_size
+    return upscale_video(video_lo, (ch, cw)).cpu()
+
+
+@guarded("upscale")
+def renoise_noise(store) -> torch.Tensor:
+    """The canvas's re-noising noise, drawn whole (one generator) so any block is a slice of it."""
+    spec, be = _model(store)
+    cw, ch = spec.canvas_size
+    return noise.gaussian(be.latent_shape(spec.frames, ch, cw), spec.seed, "renoise")
+
+
+@guarded("vae")
+def tile(store, tiling: vaetiles.Tiling, r: int, c: int, source: torch.Tensor | None = None) -> torch.Tensor:
+    """Tile (r, c) before blending: of `source` (encoding) or of the final latent in the store."""
+    spec, be = _model(store)
+    ys, xs = tiling.window(r, c)
+    if source is not None:
+        return be.vae_tile(source[..., ys, xs], True).cpu()
+    return be.vae_tile(store.stage_region("final", ys, xs), False, spec.frames).cpu()
+
+
+def strip(raw: torch.Tensor, tiling: vaetiles.Tiling, which: str) -> torch.Tensor:
+    return vaetiles.strips(raw, tiling)[which]
+
+
+@guarded("vae")
+def block(store, tiling: vaetiles.Tiling, encode: bool, raw: torch.Tensor, up=None, left=None, corner=None,
+          eps: torch.Tensor | None = None, r: int = 0, c: int = 0):
+    """Block (r, c) as its array holds it: frames (F, h, w, 3) uint8 when decoding; when encoding the
+    normalised latent re-noised to the refinement's start, with `eps` the canvas's noise."""
+    spec, be = _model(store)
+    out = be.vae_finish(vaetiles.assemble(be.pipe.vae, tiling, raw, up, left, corner), encode, spec.frames)
+    if not encode:
+        return to_uint8(out).numpy()
+    ys, xs = tiling.block(r, c)
+    start = RefinePlan.from_spec(spec, be.info.vae_spatial).start
+    return be.renoise(out, eps[..., ys, xs].to(out), spec.steps, start).float().numpy()
+
+
+def write_piece(store, name: str, box: tuple[int, int, int, int], offset: tuple[int, int],
+                tiling: vaetiles.Tiling, ids: list, *blocks, after=None) -> None:
+    """Paste `blocks` (of tiles `ids`) into `box` (y0, y1, x0, x1, array coordinates, which are the output's
+    shifted by -`offset`) of the array `name` and write it. `after`: the write of the same chunk that must
+    land first (only its completion matters)."""
+    y0, y1, x0, x1 = box
+    axis = 1 if name == FRAMES else 3  # frames (F, y, x, rgb); latents (B, C, F, y, x)
+    first = blocks[0]
+    shape = list(first.shape)
+    shape[axis], shape[axis + 1] = y1 - y0, x1 - x0
+    piece = np.zeros(shape, first.dtype)
+    lead = (slice(None),) * axis
+    for (r, c), data in zip(ids, blocks):
+        ys, xs = tiling.block(r, c)
+        by0, by1 = max(y0, ys.start - offset[0]), min(y1, ys.stop - offset[0])
+        bx0, bx1 = max(x0, xs.start - offset[1]), min(x1, xs.stop - offset[1])
+        if by1 <= by0 or bx1 <= bx0:
+            continue
+        src = data[lead + (slice(by0 + offset[0] - ys.start, by1 + offset[0] - ys.start),
+                           slice(bx0 + offset[1] - xs.start, bx1 + offset[1] - xs.start))]
+        piece[lead + (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))] = src
+    store.write_region(name, lead + (slice(y0, y1), slice(x0, x1)), piece)

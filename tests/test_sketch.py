@@ -1,0 +1,65 @@
+"""The sketch written out as per-branch calls (`supergen.sketch`) is the stock pipeline's sketch, so its
+branches can run on two workers without changing the video."""
+
+import pytest
+import torch
+
+from supergen import RenderSpec, sketch
+from supergen.backends import load_backend
+from supergen.executor import prepare
+
+
+def _spec(model, **kw):
+    return prepare(RenderSpec(**{"prompt": "a red circle moving left on a blue background", "model": model,
+                                 "width": 128, "height": 128, "frames": 5, "steps": 4, "guidance": 4.5,
+                                 "seed": 7, **kw}))
+
+
+@pytest.mark.parametrize("kind", ["wan-t2v", "wan22-t2v", "wan-i2v"])
+def test_the_written_out_sketch_is_the_stock_pipelines(kind, tiny_dir, tmp_path):
+    from PIL import Image
+
+    from supergen.executor import load_image
+
+    image = None
+    if kind.endswith("i2v"):
+        path = tmp_path / "in.png"
+        Image.new("RGB", (96, 64), (200, 30, 40)).save(path)
+        image = str(path)
+    spec = _spec(tiny_dir(kind), image=image)
+    be = load_backend(spec.model)
+    assert be.info.split_sketch
+    img = load_image(spec)
+    stock = be.sketch(spec.prompt, spec.negative_prompt, img, spec.sketch_width, spec.sketch_height, spec.frames,
+                      spec.steps, spec.guidance, __import__("supergen").noise.generator(spec.seed, "sketch"))
+    calls = be.forwards
+    ours = sketch.sketch(be, spec, img)
+    assert torch.equal(ours, stock)
+    assert be.forwards - calls == 2 * spec.steps
+
+
+def test_the_sketch_of_a_batched_cfg_pipeline_is_not_split(tiny_dir):
+    assert not load_backend(tiny_dir("cogvideox15-t2v")).info.split_sketch
+
+
+def test_compile_compiles_the_transformer_lazily_with_a_shared_cache(tiny_dir, monkeypatch, tmp_path):
+    """--compile reaches the backend: the transformer's forward is compiled (at its first call: the
+    compiled numbers and the cache's warm start are measured in bench/compile_cpu.py, a compile costs
+    a minute on two cores), and SUPERGEN_COMPILE_CACHE places the cache the workers share."""
+    from supergen import compiled
+    from supergen.options import add_render_options, spec_from_args
+
+    monkeypatch.setenv(compiled.CACHE_ENV, "/tmp/elsewhere")
+    monkeypatch.setenv(compiled.SUPERGEN_ENV, str(tmp_path / "cache"))
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_render_options(p)
+    spec = spec_from_args(p.parse_args(["--prompt", "x", "--model", tiny_dir("wan-t2v"), "--compile"]))
+    assert spec.compile is True and RenderSpec.from_dict(spec.to_dict()).compile is True
+    be = load_backend(spec.model, compile=spec.compile)
+    assert be.pipe.transformer._compiled_call_impl is not None
+    assert load_backend(spec.model).pipe.transformer._compiled_call_impl is None
+    assert __import__("os").environ[compiled.CACHE_ENV] == str(tmp_path / "cache")
+    with pytest.raises(Exception, match="compile"):
+        RenderSpec(prompt="x", compile="yes")

@@ -1,0 +1,71 @@
+"""The tiled VAE as tiles and blocks (`supergen.vaetiles`): every block made from its tile and three strips
+of its neighbours is the single-process tiled VAE's output, bit for bit, for Wan and CogVideoX."""
+
+import pytest
+import torch
+
+from supergen import vaetiles
+from supergen.backends import load_backend
+
+
+@pytest.mark.parametrize("kind,frames", [("wan-t2v", 5), ("cogvideox15-t2v", 9), ("cogvideox-t2v", 9)])
+def test_blocks_are_the_tiled_vae_bit_for_bit(kind, frames, tiny_dir):
+    be = load_backend(tiny_dir(kind))
+    g = torch.Generator().manual_seed(0)
+    s = be.info.vae_spatial
+    # a 3 x 3 grid of 64-px tiles (stride 48) over a 136 x 120 frame, the last row and column clipped
+    video = torch.rand(1, 3, frames, 136, 120, generator=g) * 2 - 1
+    tiling = be.vae_tiling((136, 120), 64, encode=True)
+    assert tiling.shape == (3, 3)
+    z = vaetiles.run(be, video, tiling, encode=True)
+    assert torch.equal(z, be.encode(video, vae_tile=64))
+
+    z = torch.randn(z.shape, generator=g)
+    tiling = be.vae_tiling(tuple(z.shape[-2:]), 64)
+    assert tiling.shape == (3, 3) and (tiling.rows.out_size, tiling.cols.out_size) == (z.shape[-2] * s, z.shape[-1] * s)
+    assert torch.equal(vaetiles.run(be, z, tiling, frames=frames), be.decode(z, frames=frames, vae_tile=64))
+
+
+def test_an_untiled_size_has_no_tiling(tiny_dir):
+    be = load_backend(tiny_dir("wan-t2v"))
+    assert be.vae_tiling((8, 8), 64) is None and be.vae_tiling((64, 64), None, encode=True) is None
+
+
+def _tiling(h, w, tile=8, stride=6, scale=8):
+    return vaetiles.Tiling(vaetiles.Axis(h, tile, stride, scale, (tile - stride) * scale, stride * scale),
+                           vaetiles.Axis(w, tile, stride, scale, (tile - stride) * scale, stride * scale))
+
+
+@pytest.mark.parametrize("h,w,n", [(14, 16, 1), (14, 16, 2), (14, 16, 3), (30, 13, 2), (40, 70, 5)])
+def test_bands_split_the_tiles_contiguously_and_evenly(h, w, n):
+    t = _tiling(h, w)
+    groups = vaetiles.bands(t, n)
+    assert sorted(x for g in groups for x in g) == t.tiles()
+    across = t.shape[1] >= t.shape[0]
+    lines = [{x[1] if across else x[0] for x in g} for g in groups]
+    assert all(max(a) + 1 == min(b) for a, b in zip(lines, lines[1:]))  # contiguous, in order
+    assert max(map(len, lines)) - min(map(len, lines)) <= 1
+
+
+@pytest.mark.parametrize("h,w,n,chunk,offset,size", [
+    (14, 16, 2, (64, 64), (0, 0), None), (14, 16, 3, (40, 56), (5, 3), (100, 120)),
+    (30, 13, 2, (96, 33), (8, 1), (230, 100)), (40, 70, 5, (128, 200), (0, 0), None)])
+def test_pieces_write_every_output_pixel_once_and_order_the_writers_of_a_chunk(h, w, n, chunk, offset, size):
+    t = _tiling(h, w)
+    groups = vaetiles.bands(t, n)
+    ps = vaetiles.pieces(t, groups, chunk, offset, size)
+    H, W = size or (t.rows.out_size, t.cols.out_size)
+    hits = torch.zeros(H, W, dtype=torch.int32)
+    for p in ps:
+        y0, y1, x0, x1 = p.box
+        hits[y0:y1, x0:x1] += 1
+        assert y0 // chunk[0] == (y1 - 1) // chunk[0] and x0 // chunk[1] == (x1 - 1) // chunk[1]  # one chunk
+        owned = {x for g in [groups[p.worker]] for x in g}
+        assert set(p.blocks) <= owned
+        if p.after is not None:  # the previous writer of the same chunk, another worker
+            q = ps[p.after]
+            assert (q.box[0] // chunk[0], q.box[2] // chunk[1]) == (y0 // chunk[0], x0 // chunk[1])
+            assert q.worker < p.worker
+    assert torch.equal(hits, torch.ones_like(hits))
+    if n == 1:
+        assert all(p.after is None for p in ps)
