@@ -65,22 +65,31 @@ def main():
     eager = in_process(cache, False)
     cold = in_process(cache, True)
     warm = in_process(cache, True)
-    t0 = time.time()
-    url = on_cluster(cache, 2)
-    cluster_s = round(time.time() - t0, 2)
     from storage import RenderStore
 
+    stores, walls = {}, {}
+    for n in (1, 2):
+        t0 = time.time()
+        stores[n] = RenderStore.open(on_cluster(cache, n))
+        walls[f"{n}_workers"] = round(time.time() - t0, 2)
     ref, comp = torch.load(eager["result"]), torch.load(warm["result"])
-    st = RenderStore.open(url)
+    video = {n: torch.from_numpy(st.video_frames()) for n, st in stores.items()}
+    latent = {n: st.load_stage("final") for n, st in stores.items()}
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
     result = environment(" ".join(["python"] + sys.argv))
-    rel = float((comp["latent"] - ref["latent"]).abs().max() / ref["latent"].abs().max())
     result.update(prompt=PROMPT, eager=eager, compiled_cold_cache=cold, compiled_warm_cache=warm,
-                  compiled_2_workers_wall_s=cluster_s,
-                  final_latent_max_diff_compiled_vs_eager_rel=rel,
+                  compiled_on_cluster_wall_s=walls,
+                  final_latent_max_diff_compiled_vs_eager_rel=rel(comp["latent"], ref["latent"]),
                   video_max_abs_diff_compiled_vs_eager=int((comp["video"].int() - ref["video"].int()).abs().max()),
-                  same_video_2_workers_vs_in_process=bool(torch.equal(torch.from_numpy(st.video_frames()),
-                                                                      comp["video"])),
-                  same_final_latent_2_workers_vs_in_process=bool(torch.equal(st.load_stage("final"), comp["latent"])))
+                  same_video_1_vs_2_workers=bool(torch.equal(video[1], video[2])),
+                  same_final_latent_1_vs_2_workers=bool(torch.equal(latent[1], latent[2])),
+                  # in process torch runs 2 threads, each worker 1: Inductor's CPU kernels split reductions by
+                  # thread count (GPU kernels do not depend on it)
+                  final_latent_max_diff_cluster_vs_in_process_rel=rel(latent[2], comp["latent"]),
+                  video_max_abs_diff_cluster_vs_in_process=int((video[2].int() - comp["video"].int()).abs().max()))
     for k in ("eager", "compiled_cold_cache", "compiled_warm_cache"):
         result[k].pop("result")
     write_result(args.out, result)

@@ -79,8 +79,10 @@ def main():
                 out = run_stages(client, store)
                 rows[k] = {"prompt": specs[k].prompt, "wall_s": round(time.perf_counter() - t, 2),
                            "timings_s": {n: round(v, 2) for n, v in out["timings"].items()}}
-            except Exception as e:  # reported below
-                errors.append(repr(e))
+            except Exception:  # reported below
+                import traceback
+
+                errors.append(traceback.format_exc())
 
         with get_task_stream(client) as ts:
             t0 = time.time()

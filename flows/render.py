@@ -48,11 +48,13 @@ STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_f
 
 
 def _on_worker(client, fn, *args, workers: list | None = None):
-    """Run a stage on the first worker (of `workers`, else of the cluster) and wait for it."""
+    """Run a stage on the least busy worker now (of `workers`, in their order for ties; else of the
+    cluster) and wait for it."""
     from tasks.model import ModelHolder
 
     client.register_plugin(ModelHolder())
-    return client.submit(fn, *args, workers=[(workers or worker_names(client))[0]], pure=False).result()
+    first = by_load(client, workers or worker_names(client))[0]
+    return client.submit(fn, *args, workers=[first], pure=False).result()
 
 
 @task(name="sketch", cache_policy=NO_CACHE, **STORAGE_RETRIES)
@@ -129,13 +131,15 @@ PREFECT_STAGES = Stages(sketch, upscale, refine, export)  # inside the flow: tas
 PLAIN_STAGES = Stages(sketch.fn, upscale.fn, refine_tiles, export.fn)  # the same code on any Dask client
 
 
-def by_load(client, names: list) -> list:
-    """`names` with the least busy workers first (fewest tasks assigned to them now; ties in name order):
-    a render queued behind another starts its one-worker stages where the other leaves room. Where the
-    work lands never changes the video."""
+def by_load(client, names: list, rotate: int = 0) -> list:
+    """`names` with the least busy workers first (fewest tasks assigned to them now), ties broken in name
+    order rotated by `rotate`, so renders started together begin on different workers: one render's
+    one-worker stages go where the others leave room. Where work lands never changes the video."""
     info = client.scheduler_info(n_workers=-1)["workers"]
     load = {info[a]["name"]: len(keys) for a, keys in client.processing().items() if a in info}
-    return sorted(names, key=lambda n: load.get(n, 0))
+    names = list(names)
+    k = rotate % len(names) if names else 0
+    return sorted(names[k:] + names[:k], key=lambda n: load.get(n, 0))
 
 
 def run_stages(client, store, balance: str = "branches", workers: list | None = None,
@@ -150,7 +154,7 @@ def run_stages(client, store, balance: str = "branches", workers: list | None = 
     timings = {}
     rid = uuid.uuid4().hex[:8]
     client.register_plugin(ModelHolder())
-    names = by_load(client, workers or worker_names(client))
+    names = by_load(client, workers or worker_names(client), rotate=int(rid, 16))
     warming = [client.submit(warm_worker, store, rid, workers=[w], pure=False, key=f"warm-{w}-{rid}")
                for w in names[1:]]
     t0 = time.perf_counter()

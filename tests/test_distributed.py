@@ -149,6 +149,14 @@ def test_the_vae_spread_over_workers_gives_the_same_video(n_workers, client, vae
     assert tiles == ({str(w) for w in use} if n_workers > 1 else set())  # one worker: the stages as before
 
 
+def test_renders_started_together_begin_on_different_workers(client):
+    from flows.render import by_load
+
+    names = sorted((w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()), key=str)
+    assert by_load(client, names) == names  # an idle cluster: name order
+    assert by_load(client, names, rotate=1) == names[1:] + names[:1]
+
+
 def test_two_concurrent_renders_share_the_cluster(client, tmp_path):
     specs = [RenderSpec(**{**SPEC, "seed": s, "cache": "none"}) for s in (1, 2)]
     refs = [supergen.render(s) for s in specs]
