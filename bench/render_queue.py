@@ -37,6 +37,7 @@ def main():
     from distributed import Client, get_task_stream
 
     from flows.cluster import make_cluster
+    from flows.refine import workers_info
     from flows.render import run_stages
     from storage import RenderStore
     from supergen import RenderSpec
@@ -92,7 +93,7 @@ def main():
             for th in threads:
                 th.join()
             t1 = time.time()
-        info = client.scheduler_info(n_workers=-1)["workers"]
+        info = workers_info(client)
         busy = busy_fractions(ts.data, info, t0, t1)
     same = bool(RenderStore.open(f"{root}/r0").load_stage("final").equal(RenderStore.open(f"{root}/alone")
                                                                           .load_stage("final")))

@@ -9,7 +9,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 
 from supergen.errors import SupergenError
 from supergen.options import add_render_options, spec_from_args
@@ -372,8 +374,18 @@ COMMANDS = {"serve": cmd_serve, "render": cmd_render, "resume": cmd_resume, "ins
             "compare": cmd_compare, "quality": cmd_quality}
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        # Python's own handler, but not *the* default one: an asyncio runner (Prefect drives its API calls
+        # through one) takes SIGINT over only from `default_int_handler` and turns it into a cancellation,
+        # which a call that retries can swallow: a full-suite CI run saw a render finish through its Ctrl-C
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:  # Ctrl-C: what the command started has been stopped on the way out

@@ -82,17 +82,24 @@ class RefineStats:
         return {**self.summary(), "per_step": [asdict(s) for s in self.steps]}
 
 
+def workers_info(client: Client) -> dict:
+    """Every worker's scheduler record by address, asked of the scheduler now. Not `scheduler_info()`: it
+    returns the client's shared copy, which the client's periodic refresh replaces with one that lists no
+    workers, so a driver thread reading it while another render's thread refreshes it can find a worker
+    missing (seen: a render of a queue failed with KeyError for a worker's name)."""
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 def worker_names(client: Client) -> list:
     """Exact worker names from the scheduler (pinning to a name that does not exist hangs silently)."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
-    return sorted((w["name"] for w in info.values()), key=str)
+    return sorted((w["name"] for w in workers_info(client).values()), key=str)
 
 
 def pin_kwargs(client: Client) -> dict:
     """submit() arguments that pin a task to each worker: its pin resource when it has one (survives
     restarts), else a hard name restriction."""
     out = {}
-    for w in client.scheduler_info(n_workers=-1)["workers"].values():
+    for w in workers_info(client).values():
         res = pin_resource(w["name"])
         out[w["name"]] = ({"resources": {res: 1}} if res in (w.get("resources") or {})
                           else {"workers": [w["name"]], "allow_other_workers": False})
@@ -112,7 +119,7 @@ def check_workers(client: Client, spec, memory: bool = False) -> list:
     if not memory and not spec.device.startswith("cuda"):
         return names  # every worker has a CPU: nothing to ask them
     found = client.run(worker_problem, spec, memory)
-    info = client.scheduler_info(n_workers=-1)["workers"]
+    info = workers_info(client)
     problems = sorted((str(info[a]["name"]), p) for a, p in found.items() if p and a in info)
     if problems:
         raise SupergenError("; ".join(f"worker {name} cannot run this render: {p}" for name, p in problems))

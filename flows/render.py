@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.stages import StageResult, export_stage, start_done, upscale_stage, warm_worker
 
 from .cluster import connect
-from .refine import check_workers, pin_kwargs, refine_on_cluster, worker_names
+from .refine import check_workers, pin_kwargs, refine_on_cluster, worker_names, workers_info
 from .sketch import sketch_on_cluster
 from .vae import vae_on_cluster
 
@@ -135,7 +135,7 @@ def by_load(client, names: list, rotate: int = 0) -> list:
     """`names` with the least busy workers first (fewest tasks assigned to them now), ties broken in name
     order rotated by `rotate`, so renders started together begin on different workers: one render's
     one-worker stages go where the others leave room. Where work lands never changes the video."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
+    info = workers_info(client)
     load = {info[a]["name"]: len(keys) for a, keys in client.processing().items() if a in info}
     names = list(names)
     k = rotate % len(names) if names else 0
