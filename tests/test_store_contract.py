@@ -100,6 +100,9 @@ class RenderStoreTests:
         writes = {
             "save_stage": lambda: reader.save_stage("start", torch.ones(1, 16, 2, *CANVAS)),
             "save_frames": lambda: reader.save_frames("video", np.zeros((2, 8, 8, 3), np.uint8), 8),
+            "begin_frames": lambda: reader.begin_frames("video", (2, 8, 8, 3), 8),
+            "begin_stage": lambda: reader.begin_stage("start", (1, 16, 2, *CANVAS)),
+            "write_region": lambda: reader.write_region("video/frames", (slice(None),), np.zeros((2, 8, 8, 3))),
             "write output": lambda: reader.write_file("video.mp4", b"x"),
             "write marker": lambda: reader.write_file("COMPLETE", b""),
             "write input": lambda: reader.write_file("inputs/image.png", b"x"),
@@ -135,6 +138,22 @@ class RenderStoreTests:
         assert np.array_equal(store.video_frames(slice(1, 3), slice(16, 24), slice(0, 32)), frames[1:3, 16:24])
         store.write_file("render.json", b"{}")
         assert store.read_file("render.json") == b"{}" and self.raw(store, "render.json") == b"{}"
+
+    def test_arrays_filled_region_by_region_as_workers_fill_them(self, store):
+        """What a spread VAE writes (`flows/vae.py`): an empty array, then regions, two of them in one
+        chunk one after the other; each region lands, the chunking is the whole-array writer's."""
+        frames = np.random.default_rng(1).integers(0, 255, (5, 24, 32, 3), dtype=np.uint8)
+        assert store.begin_frames("video", frames.shape, 2, (16, 16)) == (2, 16, 16, 3)
+        for y, x in ((slice(0, 10), slice(0, 20)), (slice(10, 24), slice(0, 20)), (slice(0, 24), slice(20, 32))):
+            store.write_region("video/frames", (slice(None), y, x), frames[:, y, x])
+        assert np.array_equal(store.video_frames(), frames)
+        x = torch.randn(1, 16, 2, *CANVAS)
+        store.begin_stage("start", tuple(x.shape))
+        assert store.stage_shape("start") == tuple(x.shape)
+        for xs in (slice(0, 5), slice(5, 16)):
+            store.write_region("start/latent", (..., slice(None), xs), x[..., xs].numpy())
+        assert torch.equal(store.load_stage("start"), x)
+        assert torch.equal(store.stage_region("start", slice(2, 7), slice(3, 11)), x[..., 2:7, 3:11])
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def test_the_store_speaks_the_checkpoint_protocol(self, store):
