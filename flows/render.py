@@ -71,11 +71,10 @@ def upscale(client, store, workers: list | None = None) -> StageResult:
     """On one worker, or with the re-encode's tiles over all of them (`flows/vae.py`)."""
     import time
 
-    names = workers or worker_names(client)
     if start_done(store):
         return StageResult(0.0, skipped=True)
     t0 = time.perf_counter()
-    if vae_on_cluster(client, store, names, pin_kwargs(client), encode=True):
+    if vae_on_cluster(client, store, workers or worker_names(client), pin_kwargs(client), encode=True):
         return StageResult(time.perf_counter() - t0)
     return _on_worker(client, upscale_stage, store, workers=workers)
 

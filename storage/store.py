@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from supergen.errors import SpecError
 from supergen.inputs import read_image
 from supergen.tiling import Window, intersections
 
@@ -308,7 +309,7 @@ class RenderStore:
         old = attrs.get("spec") or {}
         try:  # a field added since the store was written takes its default, the behaviour it then had
             old = json.loads(json.dumps(type(spec).from_dict(old).to_dict()))
-        except Exception:
+        except SpecError:  # not a spec this supergen reads: compared as stored
             pass
         if old != json.loads(json.dumps(spec.to_dict())):
             new = spec.to_dict()

@@ -106,13 +106,22 @@ def sketch_latent(backend: Backend, spec: RenderSpec, image) -> torch.Tensor:
                           spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
 
 
+def canvas_video(spec: RenderSpec, video_lo: torch.Tensor) -> torch.Tensor:
+    """Stage 2's bicubic upscale of the decoded sketch, in pixel space, to the canvas."""
+    cw, ch = spec.canvas_size
+    return upscale_video(video_lo, (ch, cw))
+
+
+def renoise_noise(spec: RenderSpec, shape) -> torch.Tensor:
+    """The canvas latent's re-noising noise (CPU), drawn whole from one generator: a region is a slice."""
+    return noise.gaussian(shape, spec.seed, "renoise")
+
+
 def start_latent(backend: Backend, spec: RenderSpec, video_lo: torch.Tensor, start: int) -> torch.Tensor:
     """Stage 2: bicubic upscale in pixel space to the canvas, re-encode, re-noise to schedule index
     `start` = N - k."""
-    cw, ch = spec.canvas_size
-    z_hi = backend.encode(upscale_video(video_lo, (ch, cw)), vae_tile=spec.vae_tile)
-    eps = noise.gaussian(z_hi.shape, spec.seed, "renoise").to(z_hi.device)
-    return backend.renoise(z_hi, eps, spec.steps, start)
+    z_hi = backend.encode(canvas_video(spec, video_lo), vae_tile=spec.vae_tile)
+    return backend.renoise(z_hi, renoise_noise(spec, z_hi.shape).to(z_hi.device), spec.steps, start)
 
 
 @contextmanager

@@ -61,6 +61,11 @@ def sketch_stage(store) -> StageResult:
     return StageResult(time.perf_counter() - t0, be.forwards - calls0)
 
 
+def sketch_video(store, spec, be):
+    """The stored sketch latent decoded, on the worker's device."""
+    return be.decode(store.load_stage("sketch").to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
+
+
 def start_done(store) -> bool:
     """Whether the store holds the whole start latent: written, and the driver has moved past it (workers
     writing it region by region leave a half-written array behind if they die)."""
@@ -75,7 +80,7 @@ def upscale_stage(store) -> StageResult:
         return StageResult(0.0, skipped=True)
     be = holder().backend(spec)
     t0 = time.perf_counter()
-    video_lo = be.decode(store.load_stage("sketch").to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
+    video_lo = sketch_video(store, spec, be)
     plan = RefinePlan.from_spec(spec, be.info.vae_spatial)
     store.save_stage("start", start_latent(be, spec, video_lo, plan.start).cpu())
     return StageResult(time.perf_counter() - t0)
@@ -101,7 +106,7 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
         video = torch.from_numpy(store.video_frames())
     else:
         video = crop_to_request(to_uint8(be.decode(x.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)), spec)
-    video_lo = be.decode(z_lo.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
+    video_lo = sketch_video(store, spec, be)
     report = None
     if cache:
         report = CacheReport(cache["policy"], cache["threshold"], cache["alpha"], cache["skip_map"],

@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from supergen import noise, vaetiles
+from supergen import vaetiles
+from supergen.executor import canvas_video, renoise_noise as canvas_noise
 from supergen.memory import guarded
 from supergen.refine import RefinePlan
-from supergen.upscale import to_uint8, upscale_video
+from supergen.upscale import to_uint8
 
 from .model import holder
+from .stages import sketch_video
 
 FRAMES, START = "video/frames", "start/latent"  # what decoding and encoding write
 
@@ -36,9 +38,7 @@ def tiling(store, encode: bool) -> vaetiles.Tiling | None:
 def upscaled(store) -> torch.Tensor:
     """The sketch decoded and bicubic-upscaled to the canvas, on this worker (CPU), for its encode tiles."""
     spec, be = _model(store)
-    video_lo = be.decode(store.load_stage("sketch").to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
-    cw, ch = spec.canvas_size
-    return upscale_video(video_lo, (ch, cw)).cpu()
+    return canvas_video(spec, sketch_video(store, spec, be)).cpu()
 
 
 @guarded("upscale")
@@ -46,7 +46,7 @@ def renoise_noise(store) -> torch.Tensor:
     """The canvas's re-noising noise, drawn whole (one generator) so any block is a slice of it."""
     spec, be = _model(store)
     cw, ch = spec.canvas_size
-    return noise.gaussian(be.latent_shape(spec.frames, ch, cw), spec.seed, "renoise")
+    return canvas_noise(spec, be.latent_shape(spec.frames, ch, cw))
 
 
 @guarded("vae")

@@ -13,7 +13,7 @@ import torch
 
 import supergen
 from flows.cluster import announce, connect, make_cluster
-from flows.refine import refine_on_cluster
+from flows.refine import refine_on_cluster, worker_names
 from flows.render import run_stages
 from storage import RenderStore
 from supergen import RenderSpec
@@ -55,8 +55,7 @@ def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
 
     spec = prepare(RenderSpec(**SPEC))
     store = RenderStore.create(str(tmp_path / "s"), spec)
-    names = sorted(client.scheduler_info(n_workers=-1)["workers"].values(), key=lambda w: str(w["name"]))
-    use = [w["name"] for w in names][:n_workers]
+    use = worker_names(client)[:n_workers]
     client.register_plugin(ModelHolder())
     with get_task_stream(client) as stream:  # with 2 or more workers, the sketch's CFG branches are split
         sk = sketch_on_cluster(client, store, use, uuid.uuid4().hex[:8], pin_kwargs(client))
@@ -135,8 +134,7 @@ def test_the_vae_spread_over_workers_gives_the_same_video(n_workers, client, vae
     spec = prepare(RenderSpec(**VAE_SPEC))
     assert spec.canvas_size != (spec.width, spec.height)
     store = RenderStore.create(str(tmp_path / "s"), spec)
-    names = sorted(client.scheduler_info(n_workers=-1)["workers"].values(), key=lambda w: str(w["name"]))
-    use = [w["name"] for w in names][:n_workers]
+    use = worker_names(client)[:n_workers]
     with get_task_stream(client) as stream:
         run_stages(client, store, workers=use)
     st = RenderStore.open(str(tmp_path / "s"))
@@ -152,7 +150,7 @@ def test_the_vae_spread_over_workers_gives_the_same_video(n_workers, client, vae
 def test_renders_started_together_begin_on_different_workers(client):
     from flows.render import by_load
 
-    names = sorted((w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()), key=str)
+    names = worker_names(client)
     assert by_load(client, names) == names  # an idle cluster: name order
     assert by_load(client, names, rotate=1) == names[1:] + names[:1]
 

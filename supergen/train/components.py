@@ -98,18 +98,6 @@ def sidecar() -> dict:
     return {"native_size": list(NATIVE), "presets": PRESETS, "trained_on": "supergen.world"}
 
 
-@torch.no_grad()
-def caption_embeddings(pipe, captions: list[str], device, keep: int = 32) -> torch.Tensor:
-    """(B, keep, TEXT_DIM) prompt embeddings exactly as the pipeline computes them at inference
-    (`encode_prompt`: real tokens, then zeros up to 512), cut to the first `keep` positions. Everything
-    past them must be padding; a caption too long for `keep` is refused rather than silently cut."""
-    emb, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=512,
-                                device=device)
-    if emb[:, keep:].abs().amax() > 0:
-        raise ValueError(f"a caption is longer than {keep} tokens")
-    return emb[:, :keep].float()
-
-
 def caption_tokens(tok, captions: list[str], keep: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, keep) token ids and attention mask as `encode_prompt` tokenizes, cut to `keep` positions
     (a caption too long for them is refused): what `embed_tokens` turns into embeddings in training."""
@@ -121,6 +109,7 @@ def caption_tokens(tok, captions: list[str], keep: int = 32) -> tuple[torch.Tens
 
 
 def embed_tokens(encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`caption_embeddings` with gradients: the encoder's states at real tokens, zeros at padding."""
+    """Prompt embeddings as `encode_prompt` computes them (the encoder's states at real tokens, zeros at
+    padding), cut to the tokens' positions, with gradients."""
     h = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     return h * mask[..., None].to(h.dtype)

@@ -110,9 +110,9 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
         opt.step()
         with torch.no_grad():
             decay = min(ema_decay, (1 + s.step) / (10 + s.step))
-            for m_, e_ in pairs:
-                for pe, pm in zip(e_.parameters(), m_.parameters()):
-                    pe.lerp_(pm, 1 - decay)
+            for live, average in pairs:
+                for pa, pl in zip(average.parameters(), live.parameters()):
+                    pa.lerp_(pl, 1 - decay)
         s.record(loss.item())
         if s.due():
             save()
