@@ -55,10 +55,13 @@ def main():
     ap.add_argument("--frames", type=int)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--refine-steps", type=int)
+    ap.add_argument("--vae-tile", type=int)
+    ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
     base = {k: v for k, v in dict(model=args.model, device=args.device, dtype=args.dtype, width=args.width,
                                   height=args.height, frames=args.frames, steps=args.steps,
-                                  refine_steps=args.refine_steps, checkpoint_every=0).items() if v is not None}
+                                  refine_steps=args.refine_steps, vae_tile=args.vae_tile, compile=args.compile,
+                                  checkpoint_every=0).items() if v is not None}
     prompts = ["a red striped circle moving left on a blue background",
                "a yellow square moving up on a purple gradient background",
                "a white diamond bouncing on a green background",

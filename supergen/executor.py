@@ -98,12 +98,9 @@ def load_image(spec: RenderSpec, sink: RenderSink | None = None):
 
 def sketch_latent(backend: Backend, spec: RenderSpec, image) -> torch.Tensor:
     """Stage 1: the whole clip at native size with the full N-step schedule: the stock pipeline, written
-    out as per-branch calls where the backend allows (`supergen.sketch`: a cluster may then split the CFG
-    branches and still give this latent)."""
-    if backend.info.split_sketch:
-        return sketch.sketch(backend, spec, image)
-    return backend.sketch(spec.prompt, spec.negative_prompt, image, spec.sketch_width, spec.sketch_height,
-                          spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
+    out as per-branch calls (`supergen.sketch`: a cluster may then split the CFG branches and still give
+    this latent)."""
+    return sketch.sketch(backend, spec, image)
 
 
 def canvas_video(spec: RenderSpec, video_lo: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,15 @@
 """Stage 1, the sketch, as a loop of per-branch model calls.
 
 The stock pipeline's denoising loop written out with the backend's own calls: the initial noise from the
-same generator, each step's CFG branches as separate transformer calls combined by `Conditioning.guide`,
-then one scheduler step. Written out, the two branches of a step can run on two workers
-(`tasks/sketch.py`) and give exactly the numbers one worker gives, so a render's sketch is the same
-whatever the cluster. Wan's stock pipeline calls its branches separately too, and this loop equals it
-(tests/test_sketch.py); a backend whose pipeline batches the branches (CogVideoX) keeps the stock pipeline
-on one worker (`ModelInfo.split_sketch`).
+sketch's generator, each step's CFG branches as separate transformer calls combined by `Conditioning.guide`,
+then one scheduler step. Written out, the two branches of a step can run on two workers (`tasks/sketch.py`)
+and give exactly the numbers one worker gives, so a render's sketch is the same whatever the cluster.
+
+What the loop carries from step to step is `(x, state)`: the latent, the scheduler's history (a multistep
+solver's previous x0) and the generator's state, so a stochastic solver (CogVideoX's DPM) draws its noise
+from the generator that drew the initial latent, in the stock pipeline's order, wherever a step runs.
+Wan's pipeline calls its branches separately and this loop equals it bit for bit; CogVideoX's batches them
+(one call of batch 2), which this loop equals to rounding (tests/test_sketch.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 from . import noise
 from .backends.base import Backend, Conditioning
 
+Carry = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
 
 def conditioning(backend: Backend, spec, image) -> Conditioning:
     """Text (and image) conditioning at the sketch's size."""
@@ -23,10 +28,11 @@ def conditioning(backend: Backend, spec, image) -> Conditioning:
                                        (spec.sketch_width, spec.sketch_height), spec.frames, seed=spec.seed)
 
 
-def first_latent(backend: Backend, spec) -> torch.Tensor:
-    """The pure noise the stock pipeline starts from, drawn from the same generator."""
-    return backend.initial_latent(spec.sketch_width, spec.sketch_height, spec.frames,
-                                  noise.generator(spec.seed, "sketch"))
+def first(backend: Backend, spec) -> Carry:
+    """The pure noise the stock pipeline starts from, and the generator's state after drawing it."""
+    g = noise.generator(spec.seed, "sketch")
+    x = backend.initial_latent(spec.sketch_width, spec.sketch_height, spec.frames, g)
+    return x, {"rng": g.get_state()}
 
 
 def branch(backend: Backend, spec, cond: Conditioning, index: int, x: torch.Tensor, b: int) -> torch.Tensor:
@@ -35,18 +41,29 @@ def branch(backend: Backend, spec, cond: Conditioning, index: int, x: torch.Tens
     return backend.predict_branch(x, spec.steps, index, cond, b, image)
 
 
-def advance(backend: Backend, spec, cond: Conditioning, index: int, x: torch.Tensor,
-            outputs: list[torch.Tensor]) -> torch.Tensor:
+def advance(backend: Backend, spec, cond: Conditioning, index: int, carry: Carry,
+            outputs: list[torch.Tensor]) -> Carry:
     """The guided prediction of step `index` from its branch outputs, and the scheduler step."""
-    pred = cond.guide([o.to(x.device) for o in outputs])
-    return backend.step(spec.steps, index, pred, x, {}, seed=spec.seed)[0]
+    x, state = carry
+    g = torch.Generator().set_state(state["rng"])
+    state = {k: v.to(x.device) for k, v in state.items() if k != "rng"}
+    x, state = backend.step(spec.steps, index, cond.guide([o.to(x.device) for o in outputs]), x, state,
+                            seed=spec.seed, generator=g)
+    return x, {**state, "rng": g.get_state()}
+
+
+def to_cpu(carry: Carry) -> Carry:
+    x, state = carry
+    return x.cpu(), {k: v.cpu() for k, v in state.items()}
 
 
 @torch.no_grad()
 def sketch(backend: Backend, spec, image) -> torch.Tensor:
     """The whole sketch in this process: the reference the split sketch reproduces."""
     cond = conditioning(backend, spec, image)
-    x = first_latent(backend, spec)
+    carry = first(backend, spec)
     for i in range(spec.steps):
-        x = advance(backend, spec, cond, i, x, [branch(backend, spec, cond, i, x, b) for b in range(cond.branches)])
-    return x.float()
+        x = carry[0]
+        carry = advance(backend, spec, cond, i, carry, [branch(backend, spec, cond, i, x, b)
+                                                        for b in range(cond.branches)])
+    return carry[0].float()

@@ -1,5 +1,6 @@
 """The sketch's tasks when its CFG branches run on two workers (`supergen.sketch` written out as tasks):
-each takes the step's latent, the worker's resident model and the render's conditioning at sketch size."""
+each takes the step's carry (latent and scheduler state), the worker's resident model and the render's
+conditioning at sketch size."""
 
 from __future__ import annotations
 
@@ -18,23 +19,28 @@ def _model(store, render_id: str):
     return spec, be, h.conditioning(render_id, spec, store, size=(spec.sketch_width, spec.sketch_height))
 
 
+def _on(device, carry: sketch.Carry) -> sketch.Carry:
+    x, state = carry
+    return x.to(device), state
+
+
 @guarded("sketch")
-def first(store, render_id: str) -> torch.Tensor:
+def first(store, render_id: str) -> sketch.Carry:
     spec, be, _ = _model(store, render_id)
-    return sketch.first_latent(be, spec).cpu()
+    return sketch.to_cpu(sketch.first(be, spec))
 
 
 @guarded("sketch")
-def branch(store, render_id: str, x: torch.Tensor, index: int, b: int) -> torch.Tensor:
+def branch(store, render_id: str, carry: sketch.Carry, index: int, b: int) -> torch.Tensor:
     spec, be, cond = _model(store, render_id)
-    return sketch.branch(be, spec, cond, index, x.to(be.device), b).cpu()
+    return sketch.branch(be, spec, cond, index, carry[0].to(be.device), b).cpu()
 
 
 @guarded("sketch")
-def advance(store, render_id: str, x: torch.Tensor, index: int, *outputs: torch.Tensor) -> torch.Tensor:
+def advance(store, render_id: str, carry: sketch.Carry, index: int, *outputs: torch.Tensor) -> sketch.Carry:
     spec, be, cond = _model(store, render_id)
-    return sketch.advance(be, spec, cond, index, x.to(be.device), list(outputs)).cpu()
+    return sketch.to_cpu(sketch.advance(be, spec, cond, index, _on(be.device, carry), list(outputs)))
 
 
-def save(store, x: torch.Tensor) -> None:
-    store.save_stage("sketch", x.float())
+def save(store, carry: sketch.Carry) -> None:
+    store.save_stage("sketch", carry[0].float())

@@ -86,6 +86,27 @@ def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
     assert {str(w) for w in use} >= {w for st_ in stats.steps for w, b in st_.busy_s.items() if b > 0}
 
 
+@pytest.mark.parametrize("kind", ["cogvideox-t2v", "cogvideox15-t2v"])
+def test_split_sketch_of_a_batched_cfg_model(kind, client, tiny_dir, tmp_path):
+    """CogVideoX's sketch with its branches on two workers is the in-process sketch, bit for bit, the DPM
+    solver's per-step noise (cogvideox-t2v) and multistep state travelling with the latent."""
+    import uuid
+
+    from flows.refine import pin_kwargs
+    from flows.sketch import sketch_on_cluster
+    from supergen.backends import load_backend
+    from supergen.executor import sketch_latent
+    from tasks.model import ModelHolder
+
+    spec = prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir(kind), width=128, height=128, frames=9,
+                              steps=4, seed=5))
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    client.register_plugin(ModelHolder())
+    sk = sketch_on_cluster(client, store, worker_names(client)[:2], uuid.uuid4().hex[:8], pin_kwargs(client))
+    assert sk.forwards == 2 * spec.steps
+    assert torch.equal(store.load_stage("sketch"), sketch_latent(load_backend(spec.model), spec, None))
+
+
 def test_killed_worker_mid_refinement(client, reference, tmp_path):
     """A worker process dies after step 2 (its nanny restarts it): the render completes and equals the
     reference; checkpoints bound how much is recomputed."""

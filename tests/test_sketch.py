@@ -4,7 +4,7 @@ branches can run on two workers without changing the video."""
 import pytest
 import torch
 
-from supergen import RenderSpec, sketch
+from supergen import RenderSpec, noise, sketch
 from supergen.backends import load_backend
 from supergen.executor import prepare
 
@@ -15,7 +15,13 @@ def _spec(model, **kw):
                                  "seed": 7, **kw}))
 
 
-@pytest.mark.parametrize("kind", ["wan-t2v", "wan22-t2v", "wan-i2v"])
+# CogVideoX's pipeline batches its two branches into one call, which the separate calls equal to rounding;
+# cogvideox-t2v's DPM solver draws noise every step, from the generator of the initial latent, as there
+EXACT = {"wan-t2v": True, "wan22-t2v": True, "wan-i2v": True, "cogvideox-t2v": False, "cogvideox15-t2v": False,
+         "cogvideox15-i2v": False}
+
+
+@pytest.mark.parametrize("kind", list(EXACT))
 def test_the_written_out_sketch_is_the_stock_pipelines(kind, tiny_dir, tmp_path):
     from PIL import Image
 
@@ -26,20 +32,28 @@ def test_the_written_out_sketch_is_the_stock_pipelines(kind, tiny_dir, tmp_path)
         path = tmp_path / "in.png"
         Image.new("RGB", (96, 64), (200, 30, 40)).save(path)
         image = str(path)
-    spec = _spec(tiny_dir(kind), image=image)
+    spec = _spec(tiny_dir(kind), image=image, frames=5 if kind.startswith("wan") else 9)
     be = load_backend(spec.model)
-    assert be.info.split_sketch
     img = load_image(spec)
-    stock = be.sketch(spec.prompt, spec.negative_prompt, img, spec.sketch_width, spec.sketch_height, spec.frames,
-                      spec.steps, spec.guidance, __import__("supergen").noise.generator(spec.seed, "sketch"))
+    if kind.startswith("cogvideox") and image is not None:
+        # CogVideoX's I2V pipeline samples the image's latent from its generator before the noise, where
+        # supergen draws it from its own; given both, the stock pipeline makes the same draws
+        stock = be.pipe(prompt=spec.prompt, negative_prompt=spec.negative_prompt, image=img, height=spec.sketch_height,
+                        width=spec.sketch_width, num_frames=spec.frames, num_inference_steps=spec.steps,
+                        guidance_scale=spec.guidance, output_type="latent", max_sequence_length=be.max_sequence_length,
+                        generator=noise.generator(spec.seed, "image-latent"),
+                        latents=sketch.first(be, spec)[0].permute(0, 2, 1, 3, 4)).frames.permute(0, 2, 1, 3, 4)
+    else:
+        stock = be.sketch(spec.prompt, spec.negative_prompt, img, spec.sketch_width, spec.sketch_height,
+                          spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))
     calls = be.forwards
     ours = sketch.sketch(be, spec, img)
-    assert torch.equal(ours, stock)
+    if EXACT[kind]:
+        assert torch.equal(ours, stock)
+    else:
+        assert ours.shape == stock.shape and stock.abs().max() > 0.5
+        torch.testing.assert_close(ours, stock, rtol=0, atol=1e-4)
     assert be.forwards - calls == 2 * spec.steps
-
-
-def test_the_sketch_of_a_batched_cfg_pipeline_is_not_split(tiny_dir):
-    assert not load_backend(tiny_dir("cogvideox15-t2v")).info.split_sketch
 
 
 def test_compile_compiles_the_transformer_lazily_with_a_shared_cache(tiny_dir, monkeypatch, tmp_path):

@@ -27,7 +27,6 @@ class ModelInfo:
     frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
     sketch_multiple: int = 1  # pixels the stock pipeline demands of the sketch size (Wan's checks 16)
     scheduler: str = ""  # scheduler class name
-    split_sketch: bool = False  # the stock sketch calls CFG branches one by one: `supergen.sketch` equals it
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
 
     @property
@@ -151,10 +150,15 @@ class Backend(Protocol):
                        image_latent: torch.Tensor | None = None) -> torch.Tensor:
         """One CFG branch's model output for one tile, float32 (see `Conditioning.branches`)."""
 
+    def initial_latent(self, width: int, height: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+        """The noise the stock pipeline starts from (float32, BCFHW), drawn from `generator`."""
+
     def step(self, steps: int, index: int, prediction: torch.Tensor, x: torch.Tensor,
-             state: dict[str, torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             state: dict[str, torch.Tensor], seed: int = 0,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One scheduler step on the canvas. `state` holds canvas-aligned scheduler history (a multistep
-        solver's previous x0); `seed` keys any noise a stochastic solver draws."""
+        solver's previous x0); a stochastic solver draws its noise from `generator` (the sketch's, as the
+        stock pipeline does), else from a generator keyed by (`seed`, step)."""
 
 
 class GuidedPredict:

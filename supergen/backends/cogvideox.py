@@ -2,7 +2,8 @@
 
 Conventions hidden here: the transformer takes BFCHW (the sampler sees BCFHW); latents are scaled by the
 VAE's `scaling_factor`; the scheduler is DDIM or DPM (v-prediction, zero terminal SNR); CFG is two calls,
-not the pipeline's one batched call, so a branch can run on another GPU and give the same numbers; RoPE is
+not the pipeline's one batched call, so a branch can run on another GPU and give the same numbers (the
+sketch too: `supergen.sketch`); RoPE is
 built for the tile's own shape (the paper's origin-anchored RoPE); CogVideoX 1.5 pads the latent clip at the
 front to a multiple of `patch_size_t` (the pad frame lives on the canvas and is dropped at decode); the 1.0
 I2V model has learned positional embeddings, so only its native tile works.
@@ -101,6 +102,15 @@ class CogVideoXBackend(GuidedPredict):
         return cond
 
     # -- stage 1 ---------------------------------------------------------------------------------
+    def initial_latent(self, width, height, frames, generator):
+        """The noise `CogVideoXPipeline.prepare_latents` starts from, 1.5's pad frames included, drawn in
+        its BFCHW layout (float32: the pipeline draws in the prompt's dtype, bfloat16 on GPUs)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        _, c, f, h, w = self.latent_shape(frames, height, width)
+        z = randn_tensor((1, f, c, h, w), generator=generator, device=self.device, dtype=torch.float32)
+        return (z * self.scheduler.init_noise_sigma).permute(0, 2, 1, 3, 4)
+
     @torch.no_grad()
     def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
         out = stock_latents(self.pipe, prompt, negative_prompt, image, width, height, frames, steps, guidance,
@@ -192,16 +202,18 @@ class CogVideoXBackend(GuidedPredict):
         t = s.timesteps[index : index + 1].long()
         return s.add_noise(z0, eps.to(z0), t)
 
-    def step(self, steps, index, prediction, x, state, seed=0):
+    def step(self, steps, index, prediction, x, state, seed=0, generator=None):
         s = fresh_scheduler(self.scheduler, steps)
         t = s.timesteps[index]
         mo, xx = prediction.float().permute(0, 2, 1, 3, 4), x.permute(0, 2, 1, 3, 4)  # -> BFCHW
         if self.multistep:  # DPM keeps the previous x0 estimate: canvas-aligned state
             old = state.get("old_x0")
             back = s.timesteps[index - 1] if old is not None else None
-            # DPM adds noise every step: draw it from a generator keyed by (seed, step), as for all noise
+            # DPM adds noise every step: the sketch's generator goes on drawing it, as in the stock pipeline;
+            # on the canvas, a generator keyed by (seed, step), as for all noise
+            g = generator if generator is not None else noise.generator(seed, f"scheduler-step-{index}")
             xx, x0 = s.step(mo, None if old is None else old.permute(0, 2, 1, 3, 4), t, back, xx,
-                            generator=noise.generator(seed, f"scheduler-step-{index}"), return_dict=False)
+                            generator=g, return_dict=False)
             state = {**state, "old_x0": x0.permute(0, 2, 1, 3, 4).float()}
         else:
             xx = s.step(mo, t, xx, return_dict=False)[0]

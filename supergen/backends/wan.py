@@ -46,7 +46,6 @@ class WanBackend(GuidedPredict):
             scheduler=c["scheduler"].get("_class_name", ""),
             presets=presets,
             sketch_multiple=16,  # WanPipeline.check_inputs, whatever the patch (the world model's is 1x1)
-            split_sketch=True,
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32"):
@@ -184,7 +183,7 @@ class WanBackend(GuidedPredict):
         s.set_begin_index(index)
         return s.scale_noise(z0, s.timesteps[index : index + 1], eps.to(z0))
 
-    def step(self, steps, index, prediction, x, state, seed=0):
+    def step(self, steps, index, prediction, x, state, seed=0, generator=None):
         s = fresh_scheduler(self.scheduler, steps)
         s.set_begin_index(index)
         return s.step(prediction.float(), s.timesteps[index], x, return_dict=False)[0].float(), state

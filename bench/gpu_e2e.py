@@ -1,0 +1,259 @@
+"""Issue 14's end-to-end benchmark: a whole render (sketch, upscale + re-encode, tiled refinement, decode +
+export) on one host's GPUs, one LocalCUDACluster worker per GPU, before and after the work that spreads
+the stages, in one run:
+
+* `before`: the sketch, the upscale and the decode on one worker (as before issue 14), the refinement on
+  every worker, eager;
+* `after`:  every stage on every worker (CFG branches of the sketch on two, VAE tiles in bands), the
+  transformer compiled (`--compile`), after a warm-up render that pays the compile;
+* `after-1gpu`: `after` on one worker.
+
+A reduced schedule (N = --steps, k = --refine-steps) keeps a run inside a device call; a sketch step and a
+refinement step cost the same at every schedule index, so the stage times extrapolate to the full schedule
+(--full-steps, --full-refine); the VAE stages are timed whole. Per stage: wall time, the GPU memory peak
+of every worker, and each worker's busy fraction (compute time of its tasks over the stage's wall time).
+
+    python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 2560x1440 --out '$OUT/e2e_{arch}_{size}.json'
+    python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --full-refine 35 --vae-tile 512
+    python3 bench/gpu_e2e.py --scale tiny --size 256x128 --frames 9 --out '/tmp/e2e_{arch}_{size}.json'  # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from archs import ARCHS, T5_DIM, build  # noqa: E402
+
+MODES = ("before", "after", "after-1gpu")
+
+
+def build_model(arch: str, path: str, scale: str) -> str:
+    """The architecture's transformer and VAE configs with random weights and a one-layer text encoder with
+    the real output width (one call per render), saved with `save_pretrained` as users' models are."""
+    if os.path.exists(os.path.join(path, "model_index.json")):
+        return path
+    if arch.startswith("cogvideox"):
+        from gpu_stage2 import build_cogvideox15
+
+        return build_cogvideox15(path, scale)
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from supergen.backends.tiny import t5_tokenizer
+
+    a = ARCHS[arch]
+    tr = build(a, "cuda" if torch.cuda.is_available() else "cpu", scale).cpu()
+    tok = t5_tokenizer()
+    d = T5_DIM if scale == "full" else 32
+    te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=d, d_kv=64, d_ff=1024, num_layers=1, num_heads=8,
+                                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    vae = (AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                            temperal_downsample=[False, True, True]) if scale == "full" else
+           AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]))
+    WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0)).save_pretrained(path)
+    native = list(a.native[:2]) if scale == "full" else [64, 32]
+    with open(os.path.join(path, "supergen.json"), "w") as f:
+        json.dump({"native_size": native}, f)
+    return path
+
+
+def _memory_reset():
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _memory_peak() -> float:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else 0.0
+
+
+def busy(stream: list, info: dict, t0: float, t1: float) -> dict:
+    """Per worker name: the compute time of its tasks within [t0, t1], over t1 - t0."""
+    out: dict = {}
+    for t in stream:
+        name = str(info.get(t["worker"], {}).get("name", t["worker"]))
+        for ss in t.get("startstops", ()):
+            if ss["action"] == "compute":
+                out[name] = out.get(name, 0.0) + max(0.0, min(ss["stop"], t1) - max(ss["start"], t0))
+    return {w: round(b / max(t1 - t0, 1e-9), 3) for w, b in sorted(out.items())}
+
+
+def run_render(client, store, serial: list, spread: list) -> dict:
+    """The four stages as `flows.render.run_stages` drives them, the sketch, upscale and decode on `serial`
+    and the refinement on `spread` (worker names), each stage timed with its memory peaks and busy
+    fractions."""
+    from distributed import get_task_stream
+
+    from flows.refine import workers_info
+    from flows.render import PLAIN_STAGES as S
+    from tasks.model import ModelHolder
+    from tasks.stages import warm_worker
+
+    rid = uuid.uuid4().hex[:8]
+    client.register_plugin(ModelHolder())
+    client.gather([client.submit(warm_worker, store, rid, workers=[w], pure=False) for w in spread])
+    info = workers_info(client)
+    stages, timings = {}, {}
+
+    def timed(name, fn, *args):
+        client.run(_memory_reset)
+        with get_task_stream(client) as ts:
+            t0 = time.time()
+            out = fn(*args)
+            t1 = time.time()
+        peaks = client.run(_memory_peak)
+        stages[name] = {"s": round(t1 - t0, 2), "busy": busy(ts.data, info, t0, t1),
+                        "peak_memory_gib": {str(info[a]["name"]): v for a, v in peaks.items() if a in info}}
+        timings[name] = t1 - t0
+        return out
+
+    sk = timed("sketch", S.sketch, client, store, rid, serial)
+    store.advance("sketched")
+    timed("upscale", S.upscale, client, store, serial)
+    store.advance("refining")
+    refined = timed("refine", S.refine, client, store, "branches", rid, spread)
+    store.advance("refined")
+    timed("decode_export", S.export, client, store, dict(timings), refined, sk.forwards, serial)
+    store.finish()
+    return {"stages": stages, "forwards": {"sketch": sk.forwards, "refine": refined["forwards"]},
+            "tiles_per_step": refined["tiles_per_step"]}
+
+
+def warm_up(client, spec, root: str, workers: list) -> float:
+    """Pay the compile: a two-step sketch and one refinement step of the same sizes on every worker (the
+    start latent is noise: only the shapes matter), so the measured render runs warm, as every render after
+    a worker's first does (the compile cache also serves other workers and restarts)."""
+    from flows.render import PLAIN_STAGES as S
+    from storage import RenderStore
+    from supergen import RenderSpec
+    from supergen.executor import prepare
+
+    s = prepare(RenderSpec(**{**spec, "steps": 2, "refine_steps": 1}), here=False)
+    store = RenderStore.create(os.path.join(root, f"warm-{uuid.uuid4().hex[:6]}"), s)
+    t0 = time.time()
+    rid = uuid.uuid4().hex[:8]
+    S.sketch(client, store, rid, workers)
+    store.save_stage("start", torch.randn(_latent_shape(s)))
+    S.refine(client, store, "branches", rid, workers)
+    return round(time.time() - t0, 1)
+
+
+def _latent_shape(spec) -> tuple:
+    from supergen.backends import model_info
+
+    info = model_info(spec.model)
+    w, h = spec.canvas_size
+    s, t = info.vae_spatial, info.vae_temporal
+    n = (spec.frames - 1) // t + 1
+    pt = info.patch[0]
+    return (1, info.latent_channels, n + (-n) % pt, h // s, w // s)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="cogvideox1.5-t2v-5b", choices=["cogvideox1.5-t2v-5b", "wan2.1-t2v-14b",
+                                                                      "wan2.1-t2v-1.3b"])
+    ap.add_argument("--size", nargs="+", default=["2560x1440"], help="WxH of each render")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--frames", type=int, default=41)
+    ap.add_argument("--steps", type=int, default=3, help="N run: the sketch's steps")
+    ap.add_argument("--refine-steps", type=int, default=2, help="k run")
+    ap.add_argument("--full-steps", type=int, default=50)
+    ap.add_argument("--full-refine", type=int, default=45)
+    ap.add_argument("--vae-tile", type=int)
+    ap.add_argument("--scale", choices=["full", "tiny"], default="full")
+    ap.add_argument("--model-dir", help="[default: a folder per architecture under the temp dir]")
+    ap.add_argument("--out", required=True, help="JSON per size; {arch} and {size} are replaced")
+    args = ap.parse_args()
+    from distributed import Client
+
+    from common import environment, write_result
+    from flows.cluster import make_cluster
+    from flows.refine import worker_names
+    from storage import RenderStore
+    from supergen import RenderSpec
+    from supergen.executor import prepare
+
+    gpus = torch.cuda.device_count()
+    env = environment(" ".join(["python3"] + sys.argv))
+    t0 = time.time()
+    model = build_model(args.arch, args.model_dir or os.path.join(tempfile.gettempdir(), "supergen-bench",
+                                                                  f"{args.arch}-{args.scale}"), args.scale)
+    build_s = round(time.time() - t0, 1)
+    root = tempfile.mkdtemp(prefix="e2e-")
+    warm = {}
+    with make_cluster(gpus or 2) as cluster, Client(cluster, set_as_default=False) as client:
+        names = worker_names(client)
+        for size in args.size:
+            width, height = (int(v) for v in size.split("x"))
+            base = dict(prompt="a lion walking through tall grass at sunset", model=model, width=width, height=height,
+                        frames=args.frames, steps=args.steps, refine_steps=args.refine_steps, cache="none",
+                        checkpoint_every=0, vae_tile=args.vae_tile, seed=0,
+                        **({"device": "cuda", "dtype": "bfloat16"} if gpus else {}))
+            out = {**env, "arch": args.arch, "scale": args.scale, "model_build_s": build_s, "spec": base,
+                   "workers": [str(n) for n in names], "runs": {}}
+            path = args.out.replace("{arch}", args.arch).replace("{size}", size)
+            for mode in args.modes:
+                spec = {**base, "compile": mode != "before"}
+                use = names[:1] if mode == "after-1gpu" else names
+                serial = use[:1] if mode == "before" else use
+                if spec["compile"] and not warm.get(size):
+                    warm[size] = warm_up(client, spec, root, names)
+                    out["warm_up_s"] = warm[size]
+                store = RenderStore.create(os.path.join(root, f"{size}-{mode}"), prepare(RenderSpec(**spec), here=False))
+                t1 = time.time()
+                rec = run_render(client, store, serial, use)
+                rec["wall_s"] = round(time.time() - t1, 2)
+                rec["store"] = store.url
+                rec["extrapolated_s"] = extrapolate(rec["stages"], args)
+                out["runs"][mode] = rec
+                write_result(path, out)  # written now: a call cut short keeps what it measured
+                print(size, mode, json.dumps({k: rec[k] for k in ("wall_s", "extrapolated_s")}), flush=True)
+            compare(out)
+            write_result(path, out)
+            print(size, json.dumps({m: {k: v for k, v in r.items() if k.startswith(("max_abs", "speedup"))}
+                                    for m, r in out["runs"].items()}), flush=True)
+
+
+def extrapolate(stages: dict, args) -> dict:
+    """The full schedule's stage times: the sketch and refine per step, the VAE stages as measured."""
+    s = {"sketch": stages["sketch"]["s"] / args.steps * args.full_steps,
+         "upscale": stages["upscale"]["s"],
+         "refine": stages["refine"]["s"] / args.refine_steps * args.full_refine,
+         "decode_export": stages["decode_export"]["s"]}
+    return {**{k: round(v, 1) for k, v in s.items()}, "total": round(sum(s.values()), 1)}
+
+
+def compare(out: dict) -> None:
+    """Each run's final latent and video against the first run of the same kind (eager or compiled: the
+    same video whatever the worker count) and against `before`, and the speedup over `before`."""
+    import numpy as np
+
+    from storage import RenderStore
+
+    runs = out["runs"]
+    loaded = {m: RenderStore.open(r["store"]) for m, r in runs.items()}
+    loaded = {m: (st.load_stage("final"), st.video_frames().astype(int)) for m, st in loaded.items()}
+    for name, r in runs.items():
+        same_kind = next(m for m in runs if (m == "before") == (name == "before"))
+        for ref in dict.fromkeys([same_kind, "before"]):
+            if ref in runs and ref != name:
+                r[f"max_abs_latent_diff_vs_{ref}"] = float((loaded[name][0] - loaded[ref][0]).abs().max())
+                r[f"max_abs_video_diff_vs_{ref}"] = int(np.abs(loaded[name][1] - loaded[ref][1]).max())
+        if "before" in runs:
+            r["speedup_vs_before"] = round(runs["before"]["extrapolated_s"]["total"] / r["extrapolated_s"]["total"], 3)
+
+if __name__ == "__main__":
+    main()
