@@ -90,6 +90,21 @@ def busy(stream: list, info: dict, t0: float, t1: float) -> dict:
     return {w: round(b / max(t1 - t0, 1e-9), 3) for w, b in sorted(out.items())}
 
 
+def by_task(stream: list, info: dict) -> dict:
+    """Per worker name: compute seconds by kind of task (the key's first word: tile, block, write_piece,
+    upscaled, branch, advance, export_stage, ...)."""
+    out: dict = {}
+    for t in stream:
+        name = str(info.get(t["worker"], {}).get("name", t["worker"]))
+        kind = str(t["key"]).strip("('").split("-")[0]
+        kind = "branch" if kind == "sketch" and "-branch-" in str(t["key"]) else kind
+        for ss in t.get("startstops", ()):
+            if ss["action"] == "compute":
+                w = out.setdefault(name, {})
+                w[kind] = round(w.get(kind, 0.0) + ss["stop"] - ss["start"], 2)
+    return out
+
+
 def run_render(client, store, serial: list, spread: list) -> dict:
     """The four stages as `flows.render.run_stages` drives them, the sketch, upscale and decode on `serial`
     and the refinement on `spread` (worker names), each stage timed with its memory peaks and busy
@@ -115,7 +130,8 @@ def run_render(client, store, serial: list, spread: list) -> dict:
             t1 = time.time()
         peaks = client.run(_memory_peak)
         stages[name] = {"s": round(t1 - t0, 2), "busy": busy(ts.data, info, t0, t1),
-                        "peak_memory_gib": {str(info[a]["name"]): v for a, v in peaks.items() if a in info}}
+                        "peak_memory_gib": {str(info[a]["name"]): v for a, v in peaks.items() if a in info},
+                        "compute_s_by_task": by_task(ts.data, info)}
         timings[name] = t1 - t0
         return out
 
@@ -209,9 +225,9 @@ def main():
                 spec = {**base, "compile": mode != "before"}
                 use = names[:1] if mode == "after-1gpu" else names
                 serial = use[:1] if mode == "before" else use
-                if spec["compile"] and not warm.get(size):
+                if spec["compile"] and not warm:  # the sketch and tile shapes of every size here are alike
                     warm[size] = warm_up(client, spec, root, names)
-                    out["warm_up_s"] = warm[size]
+                out["warm_up_s"] = warm
                 store = RenderStore.create(os.path.join(root, f"{size}-{mode}"), prepare(RenderSpec(**spec), here=False))
                 t1 = time.time()
                 rec = run_render(client, store, serial, use)

@@ -68,13 +68,16 @@ def sketch(client, store, render_id: str, workers: list | None = None) -> StageR
 
 @task(name="upscale and re-noise", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def upscale(client, store, workers: list | None = None) -> StageResult:
-    """On one worker, or with the re-encode's tiles over all of them (`flows/vae.py`)."""
+    """On one worker, or with the sketch decode's and the re-encode's tiles over all of them
+    (`flows/vae.py`)."""
     import time
 
     if start_done(store):
         return StageResult(0.0, skipped=True)
     t0 = time.perf_counter()
-    if vae_on_cluster(client, store, workers or worker_names(client), pin_kwargs(client), encode=True):
+    workers, pins = workers or worker_names(client), pin_kwargs(client)
+    vae_on_cluster(client, store, workers, pins, "sketch")  # decoded once, for every worker and the export
+    if vae_on_cluster(client, store, workers, pins, "encode"):
         return StageResult(time.perf_counter() - t0)
     return _on_worker(client, upscale_stage, store, workers=workers)
 
@@ -111,7 +114,7 @@ def export(client, store, timings: dict, refined: dict, sketch_forwards: int,
     forwards = {"sketch": sketch_forwards, "refine": refined["forwards"]}
     cache = refined["cache"] if refined["cache"].get("policy") != "none" else None
     t0 = time.perf_counter()
-    decoded = vae_on_cluster(client, store, workers or worker_names(client), pin_kwargs(client), encode=False)
+    decoded = vae_on_cluster(client, store, workers or worker_names(client), pin_kwargs(client), "decode")
     timings = {**timings, "decode": time.perf_counter() - t0} if decoded else timings
     return _on_worker(client, export_stage, store, timings, refined["tiles_per_step"], forwards, cache, decoded,
                       workers=workers)

@@ -3,6 +3,7 @@
 #   bash infra/gpu_e2e.sh OUTDIR cog-2k|cog-4k|queue|wan14b|cp|tile14b ...
 #   cog-2k   CogVideoX-1.5-5B at 2560x1440x41: before, after, after on one GPU (bench/gpu_e2e.py)
 #   cog-4k   the same at 3840x2160x41: before, after
+#   cog-after  `after` alone at both sizes (one warm-up)
 #   queue    four CogVideoX-1.5-5B renders at 2560x1440x41 queued on one cluster, compiled (bench/render_queue.py)
 #   wan14b   Wan2.1-14B at 2560x1440x81: before, after (VAE tiles of 512 px)
 #   cp       the peer: diffusers' context-parallel direct forward of Wan2.1-14B at 2560x1440x81 (bench/cp_direct.py)
@@ -21,6 +22,8 @@ for part in "$@"; do
     cog-2k) python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 2560x1440 --out "$OUT/e2e_{arch}_{size}.json" ;;
     cog-4k) python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 3840x2160 --modes before after \
               --out "$OUT/e2e_{arch}_{size}.json" ;;
+    cog-after) python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 2560x1440 3840x2160 --modes after \
+                 --out "$OUT/e2e_{arch}_{size}.json" ;;
     queue) python3 bench/render_queue.py --model /tmp/supergen-bench/cogvideox1.5-t2v-5b-full --device cuda \
              --dtype bfloat16 --width 2560 --height 1440 --frames 41 --steps 3 --refine-steps 2 --compile \
              --out "$OUT/render_queue_cogvideox_2k.json" ;;

@@ -10,6 +10,7 @@ Layout 2 (docs/store.md has shapes, chunking and dtypes):
                                     one chunk per tile, so concurrent tile writers never share a chunk
       final/latent                  the refined latent
       video/frames, sketch/frames   uint8 (frame, y, x, rgb) of the output and of the decoded sketch
+      sketch/video                  float32 (batch, 3, frame, y, x): the sketch decoded by the workers together
     <url>/progress.json             status and the checkpoint manifest: written only by the lease owner,
                                     only forward
     <url>/lease/<n>.json            ownership (storage/lease.py): one live render per store
@@ -418,6 +419,17 @@ class RenderStore:
     def stage_region(self, name: str, y: slice, x: slice) -> torch.Tensor:
         """A (y, x) region of a stage latent, all frames and channels."""
         return torch.from_numpy(np.ascontiguousarray(self.group[f"{name}/latent"][..., y, x]))
+
+    def begin_video(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """An empty decoded video (B, 3, F, H, W) float32 in [-1, 1] for region writers (the decoded sketch,
+        which the upscale and the export both read); its chunk shape."""
+        chunks = tuple(shape[:3]) + tuple(min(256, n) for n in shape[3:])
+        self._begin_array(f"{name}/video", shape, np.float32, chunks, ["batch", "channel", "frame", "y", "x"])
+        return chunks
+
+    def load_video(self, name: str) -> torch.Tensor | None:
+        data = self._read_array(f"{name}/video")
+        return None if data is None else torch.from_numpy(np.ascontiguousarray(data))
 
     def load_stage(self, name: str) -> torch.Tensor | None:
         data = self._read_array(f"{name}/latent")

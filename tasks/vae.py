@@ -18,7 +18,7 @@ from supergen.upscale import to_uint8
 from .model import holder
 from .stages import sketch_video
 
-FRAMES, START = "video/frames", "start/latent"  # what decoding and encoding write
+FRAMES, START, SKETCH = "video/frames", "start/latent", "sketch/video"  # what decode, encode, sketch write
 
 
 def _model(store):
@@ -26,17 +26,18 @@ def _model(store):
     return spec, holder().backend(spec)
 
 
-def tiling(store, encode: bool) -> vaetiles.Tiling | None:
-    """The tiles of the render's final decode (or of its re-encode); None where the VAE runs untiled."""
+def tiling(store, job: str) -> vaetiles.Tiling | None:
+    """The tiles of `job` (`flows/vae.py`); None where the VAE runs untiled."""
     spec, be = _model(store)
-    cw, ch = spec.canvas_size
+    w, h = (spec.sketch_width, spec.sketch_height) if job == "sketch" else spec.canvas_size
     s = be.info.vae_spatial
-    return be.vae_tiling((ch, cw) if encode else (ch // s, cw // s), spec.vae_tile, encode)
+    return be.vae_tiling((h, w) if job == "encode" else (h // s, w // s), spec.vae_tile, job == "encode")
 
 
 @guarded("upscale")
 def upscaled(store) -> torch.Tensor:
-    """The sketch decoded and bicubic-upscaled to the canvas, on this worker (CPU), for its encode tiles."""
+    """The decoded sketch (the store's, or decoded here) bicubic-upscaled to the canvas, on this worker
+    (CPU), for its encode tiles."""
     spec, be = _model(store)
     return canvas_video(spec, sketch_video(store, spec, be)).cpu()
 
@@ -50,13 +51,15 @@ def renoise_noise(store) -> torch.Tensor:
 
 
 @guarded("vae")
-def tile(store, tiling: vaetiles.Tiling, r: int, c: int, source: torch.Tensor | None = None) -> torch.Tensor:
-    """Tile (r, c) before blending: of `source` (encoding) or of the final latent in the store."""
+def tile(store, tiling: vaetiles.Tiling, r: int, c: int, source: torch.Tensor | None = None,
+         job: str = "decode") -> torch.Tensor:
+    """Tile (r, c) before blending: of `source` (encoding) or of the final (sketch) latent in the store."""
     spec, be = _model(store)
     ys, xs = tiling.window(r, c)
-    if source is not None:
+    if job == "encode":
         return be.vae_tile(source[..., ys, xs], True).cpu()
-    return be.vae_tile(store.stage_region("final", ys, xs), False, spec.frames).cpu()
+    stage = "sketch" if job == "sketch" else "final"
+    return be.vae_tile(store.stage_region(stage, ys, xs), False, spec.frames).cpu()
 
 
 def strip(raw: torch.Tensor, tiling: vaetiles.Tiling, which: str) -> torch.Tensor:
@@ -64,13 +67,17 @@ def strip(raw: torch.Tensor, tiling: vaetiles.Tiling, which: str) -> torch.Tenso
 
 
 @guarded("vae")
-def block(store, tiling: vaetiles.Tiling, encode: bool, raw: torch.Tensor, up=None, left=None, corner=None,
+def block(store, tiling: vaetiles.Tiling, job: str, raw: torch.Tensor, up=None, left=None, corner=None,
           eps: torch.Tensor | None = None, r: int = 0, c: int = 0):
-    """Block (r, c) as its array holds it: frames (F, h, w, 3) uint8 when decoding; when encoding the
-    normalised latent re-noised to the refinement's start, with `eps` the canvas's noise."""
+    """Block (r, c) as its array holds it: frames (F, h, w, 3) uint8 when decoding, the float video when
+    decoding the sketch; when encoding the normalised latent re-noised to the refinement's start, with
+    `eps` the canvas's noise."""
     spec, be = _model(store)
+    encode = job == "encode"
     out = be.vae_finish(vaetiles.assemble(be.pipe.vae, tiling, raw, up, left, corner), encode, spec.frames)
-    if not encode:
+    if job == "sketch":
+        return out.float().numpy()
+    if job == "decode":
         return to_uint8(out).numpy()
     ys, xs = tiling.block(r, c)
     start = RefinePlan.from_spec(spec, be.info.vae_spatial).start
@@ -83,7 +90,7 @@ def write_piece(store, name: str, box: tuple[int, int, int, int], offset: tuple[
     shifted by -`offset`) of the array `name` and write it. `after`: the write of the same chunk that must
     land first (only its completion matters)."""
     y0, y1, x0, x1 = box
-    axis = 1 if name == FRAMES else 3  # frames (F, y, x, rgb); latents (B, C, F, y, x)
+    axis = 1 if name == FRAMES else 3  # frames (F, y, x, rgb); latents and videos (B, C, F, y, x)
     first = blocks[0]
     shape = list(first.shape)
     shape[axis], shape[axis + 1] = y1 - y0, x1 - x0

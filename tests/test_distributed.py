@@ -138,9 +138,9 @@ def test_killed_worker_mid_refinement(client, reference, tmp_path):
         time.sleep(0.2)
 
 
-# a request inside a larger canvas (its centre is the output) under 64-px VAE tiles: 3 x 3 tiles to decode
-# and to encode, whose blocks cross the output frames' chunks and the start latent's
-VAE_SPEC = dict(SPEC, width=120, height=104, vae_tile=64, cache="none", checkpoint_every=0)
+# a request inside a larger canvas (its centre is the output) under 32-px VAE tiles: tiles to decode and to
+# encode whose blocks cross the output frames' chunks and the start latent's, and a sketch decoded in tiles
+VAE_SPEC = dict(SPEC, width=120, height=104, vae_tile=32, cache="none", checkpoint_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +162,13 @@ def test_the_vae_spread_over_workers_gives_the_same_video(n_workers, client, vae
     assert st.complete
     assert torch.equal(st.load_stage("final"), vae_reference.latent)  # the start latent was the same
     assert torch.equal(torch.from_numpy(st.video_frames()), vae_reference.video)
+    assert torch.equal(torch.from_numpy(st.sketch_frames()), vae_reference.sketch_video)
     info = client.scheduler_info(n_workers=-1)["workers"]
     tiles = {str(info[t["worker"]]["name"]) for t in stream.data
              if str(t["key"]).startswith("tile-") and t["worker"] in info}
     assert tiles == ({str(w) for w in use} if n_workers > 1 else set())  # one worker: the stages as before
+    # the sketch decoded once, by the workers together, for the upscale and the export
+    assert st.has_array("sketch/video") == (n_workers > 1)
 
 
 def test_renders_started_together_begin_on_different_workers(client):
