@@ -137,16 +137,20 @@ def run(backend, x: torch.Tensor, tiling: Tiling, encode: bool = False, frames: 
 # -- spreading the tiles over workers ----------------------------------------------------------------
 
 def bands(tiling: Tiling, n: int) -> list[list[tuple[int, int]]]:
-    """The tiles in `n` contiguous bands of near-equal count (columns of tiles for a wide grid, rows for a
-    tall one), so only the tiles along a band's edge hand strips to another worker; fewer bands when
-    the grid has fewer columns (rows)."""
+    """The tiles in `n` contiguous bands of near-equal work (columns of tiles for a wide grid, rows for a
+    tall one), so only the tiles along a band's edge hand strips to another worker. A line's work is its
+    tiles' extent across it (a clipped last column is narrower): each line goes to the band whose share
+    of the total holds its middle. Fewer bands when the grid has fewer columns (rows)."""
     rows, cols = tiling.shape
     across = cols >= rows
-    lines = cols if across else rows
-    n = max(1, min(n, lines))
-    cuts = [round(k * lines / n) for k in range(n + 1)]
-    return [[(r, c) for r in range(rows) for c in range(cols) if cuts[k] <= (c if across else r) < cuts[k + 1]]
-            for k in range(n)]
+    axis = tiling.cols if across else tiling.rows
+    work = [b - a for a, b in (axis.span(k) for k in range(cols if across else rows))]
+    n = max(1, min(n, len(work)))
+    total, acc, band = sum(work), 0, []
+    for w in work:
+        band.append(min(n - 1, int((acc + w / 2) * n / total)))
+        acc += w
+    return [[(r, c) for r in range(rows) for c in range(cols) if band[c if across else r] == k] for k in range(n)]
 
 
 @dataclass(frozen=True)

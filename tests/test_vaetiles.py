@@ -36,15 +36,28 @@ def _tiling(h, w, tile=8, stride=6, scale=8):
                            vaetiles.Axis(w, tile, stride, scale, (tile - stride) * scale, stride * scale))
 
 
-@pytest.mark.parametrize("h,w,n", [(14, 16, 1), (14, 16, 2), (14, 16, 3), (30, 13, 2), (40, 70, 5)])
+@pytest.mark.parametrize("h,w,n", [(14, 16, 1), (14, 16, 2), (14, 16, 3), (30, 13, 2), (40, 70, 5), (16, 50, 2)])
 def test_bands_split_the_tiles_contiguously_and_evenly(h, w, n):
     t = _tiling(h, w)
-    groups = vaetiles.bands(t, n)
+    groups = [g for g in vaetiles.bands(t, n) if g]
     assert sorted(x for g in groups for x in g) == t.tiles()
     across = t.shape[1] >= t.shape[0]
     lines = [{x[1] if across else x[0] for x in g} for g in groups]
     assert all(max(a) + 1 == min(b) for a, b in zip(lines, lines[1:]))  # contiguous, in order
-    assert max(map(len, lines)) - min(map(len, lines)) <= 1
+    assert len(groups) == min(n, t.shape[1] if across else t.shape[0])
+    # even by work (a tile's window area), within one line's work of each other
+    work = [sum((ys.stop - ys.start) * (xs.stop - xs.start) for ys, xs in (t.window(*x) for x in g)) for g in groups]
+    axis = t.cols if across else t.rows
+    line = max(b - a for a, b in (axis.span(k) for k in range(len(axis.starts))))
+    other = (t.rows if across else t.cols).span
+    assert max(work) - min(work) <= line * sum(b - a for a, b in (other(k) for k in range(t.shape[0 if across else 1])))
+
+
+def test_a_narrow_last_column_does_not_unbalance_the_bands():
+    """7 columns of which the last is half as wide: 3 and 4 columns (6 x 512 + 256 px), not 4 and 3."""
+    t = _tiling(12, 40)  # 8-cell tiles every 6 cells: 7 columns, the last 4 cells wide
+    assert t.shape[1] == 7 and (lambda a: a[1] - a[0])(t.cols.span(6)) < 8
+    assert [sorted({c for _, c in g}) for g in vaetiles.bands(t, 2)] == [[0, 1, 2], [3, 4, 5, 6]]
 
 
 @pytest.mark.parametrize("h,w,n,chunk,offset,size", [
