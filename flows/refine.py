@@ -199,7 +199,7 @@ class _Driver:
         check_distributable(spec, info)
         self.client, self.store, self.spec, self.balance, self.rid, self.on_step = \
             client, store, spec, balance, rid, on_step
-        self.plan = RefinePlan.from_spec(spec, info.vae_spatial)
+        self.plan = RefinePlan.from_spec(spec, info.vae_spatial, info.native_latent)
         self.canvas = tuple(self.plan.canvas)
         self.cfg = CacheConfig.from_spec(spec)
         self.cache_on = self.cfg.policy != "none"

@@ -144,7 +144,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
         backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile)
-    plan = RefinePlan.from_spec(spec, backend.info.vae_spatial)  # the canvas's tile geometry
+    plan = RefinePlan.from_spec(spec, backend.info.vae_spatial, backend.info.native_latent)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
     save = sink.save_stage if sink is not None else (lambda name, t: None)
     forwards = {"sketch": 0, "refine": 0}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .spec import BOUNDARIES, CACHE_POLICIES, DTYPES, RenderSpec, parse_tile
+from .spec import BOUNDARIES, CACHE_POLICIES, DTYPES, ROPE_MODES, RenderSpec, parse_tile
 
 HELP = {
     "prompt": "text prompt (required)",
@@ -33,6 +33,9 @@ HELP = {
     "shift_every": "shift the tile grid before every s-th refinement step; 0 disables shifting",
     "shift_loop": "shift quantum = tile // loop per axis; offsets cycle every `loop` shifts (paper: 16)",
     "boundary": "wrap: windows wrap around the canvas (the paper's torus); clamp: windows stay inside",
+    "rope": "the tiles' rotary positions: local (every tile at the origin, the paper's), canvas (each tile's "
+            "cells' canvas positions), canvas-ntk (those, NTK-scaled bases), canvas-interp (those, scaled into "
+            "the native extent) [default: local]",
     "vae_tile": "VAE tiling tile in pixels, stride 3/4 of it (default: 2x the native size)",
     "fps": "frames per second of the written videos (default per model)",
     "cache": "tile cache policy",
@@ -44,7 +47,7 @@ HELP = {
     "compile": "torch.compile the transformer: one compile per worker and shape, cached on disk for every "
                "process of the host (Inductor's /tmp/torchinductor_<user>, or SUPERGEN_COMPILE_CACHE)",
 }
-CHOICES = {"dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES}
+CHOICES = {"dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES, "rope": ROPE_MODES}
 
 
 def _add_spec_options(p: argparse.ArgumentParser) -> None:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import rope
 from .backends.base import Backend, Conditioning
 from .cache import TileCache
-from .tiling import Grid, crop, merge, step_grid
+from .tiling import Grid, Window, crop, merge, step_grid
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class RefinePlan:
     boundary: str
     shift_every: int
     shift_loop: int
+    rope: str = "local"  # the tiles' rotary positions (`supergen.rope`)
+    native: tuple[int, int] | None = None  # the model's native latent (H, W); None: the tile
 
     @property
     def start(self) -> int:
@@ -34,12 +37,17 @@ class RefinePlan:
     def grid(self, i: int) -> Grid:
         return step_grid(i, self.canvas, self.tile, self.boundary, self.shift_every, self.shift_loop)
 
+    def place(self, win: Window) -> rope.Place | None:
+        """Where window `win`'s tokens are told they are (None: the stock positions)."""
+        return rope.place(self.rope, win.top, win.left, self.canvas, self.native or self.tile)
+
     @classmethod
-    def from_spec(cls, spec, vae_spatial: int) -> RefinePlan:
+    def from_spec(cls, spec, vae_spatial: int, native: tuple[int, int] | None = None) -> RefinePlan:
         """The plan of a resolved spec: the grid covers the canvas (the output is its centre crop)."""
         width, height = spec.canvas_size
         return cls(spec.steps, spec.refine_steps, (height // vae_spatial, width // vae_spatial),
-                   tuple(spec.tile), spec.boundary, spec.shift_every, spec.shift_loop)
+                   tuple(spec.tile), spec.boundary, spec.shift_every, spec.shift_loop,
+                   getattr(spec, "rope", None) or "local", tuple(native) if native else None)
 
 
 def refine_step(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, x: torch.Tensor,
@@ -57,8 +65,8 @@ def refine_step(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, 
         x_tile = crop(x, win)
         image_tile = None if image is None else crop(image, win)
 
-        def predict(x_tile=x_tile, image_tile=image_tile):  # same prompt, this window's image crop
-            return backend.predict(x_tile, plan.steps, index, cond, image_latent=image_tile)
+        def predict(x_tile=x_tile, image_tile=image_tile, at=plan.place(win)):  # same prompt, own image crop
+            return backend.predict(x_tile, plan.steps, index, cond, image_latent=image_tile, place=at)
 
         preds.append(predict() if cache is None else cache.tile(n, x_tile, predict))
         if on_tile is not None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DTYPES = ("float32", "bfloat16", "float16")
 BOUNDARIES = ("wrap", "clamp")
+ROPE_MODES = ("local", "canvas", "canvas-ntk", "canvas-interp")  # supergen/rope.py MODES
 CACHE_POLICIES = ("none", "region", "uniform")
 EMBEDDED_MODELS = ("world", "tiny", "tiny-i2v")  # world: trained, the default; tiny*: random weights, for tests
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -65,6 +66,7 @@ class RenderSpec:
     shift_every: int = 1  # shift the tile grid before every s-th refinement step; 0: never shift
     shift_loop: int = 16  # shift quantum = tile // shift_loop per axis (the paper's loop_step)
     boundary: str = "wrap"  # "wrap": windows wrap around the canvas (paper's torus); "clamp": stay inside
+    rope: str | None = None  # the tiles' rotary positions (supergen/rope.py); preset: local, the paper's
     vae_tile: int | None = None  # VAE tiling tile size in pixels (stride = 3/4 of it); preset: the model's, else 2x native
     fps: int | None = None
     cache: str = "none"  # tile cache policy: none | region | uniform
@@ -201,6 +203,8 @@ def _check_fields(s: RenderSpec) -> None:
     _int(s, "shift_every", lo=0, hi=1000, optional=False)
     _int(s, "shift_loop", lo=1, hi=1024, optional=False)
     _choice(s, "boundary", BOUNDARIES)
+    if s.rope is not None:
+        _choice(s, "rope", ROPE_MODES)
     _int(s, "vae_tile", lo=16, hi=16384)
     _int(s, "fps", lo=1, hi=240)
     _choice(s, "cache", CACHE_POLICIES)
@@ -349,6 +353,11 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         tile = spec.tile
     _check_tile(tile, canvas, info)
 
+    rope = spec.rope or p.get("rope", "local")
+    if rope != "local" and not info.canvas_rope:
+        raise SpecError("rope", f"{info.family}'s transformer takes no rotary positions a tile can be given "
+                                f"(canvas modes: Wan, CogVideoX 1.5); use local")
+
     if info.is_i2v and spec.image is None:
         raise SpecError("image", f"{info.family} is an image-to-video model: pass a conditioning image")
     if not info.is_i2v and spec.image is not None:
@@ -358,7 +367,7 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         width=width, height=height, canvas_width=cw, canvas_height=ch, sketch_width=sw, sketch_height=sh,
         frames=frames, steps=steps, refine_steps=k,
         guidance=spec.guidance if spec.guidance is not None else p["guidance"],
-        tile=tuple(tile), vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
+        tile=tuple(tile), rope=rope, vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
         fps=spec.fps or p["fps"],
         cache_threshold=spec.cache_threshold if spec.cache_threshold is not None else p["cache_threshold"],
         cache_alpha=spec.cache_alpha if spec.cache_alpha is not None else p["cache_alpha"],

@@ -112,7 +112,8 @@ def branch(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, win: 
            b: int) -> torch.Tensor:
     """CFG branch `b` of window `win`'s prediction (a finer unit of work than the tile, for balancing)."""
     image = None if cond.image_latent is None else crop(cond.image_latent, win).to(backend.device)
-    return backend.predict_branch(x.to(backend.device), plan.steps, plan.start + i, cond, b, image)
+    return backend.predict_branch(x.to(backend.device), plan.steps, plan.start + i, cond, b, image,
+                                  place=plan.place(win))
 
 
 def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: Gathered,
@@ -124,7 +125,8 @@ def denoise(backend: Backend, cond: Conditioning, plan: RefinePlan, i: int, g: G
     image = None if cond.image_latent is None else crop(cond.image_latent, g.window).to(backend.device)
 
     def predict():  # the in-process step's guided prediction, with the branches computed elsewhere filled in
-        return backend.predict(x, plan.steps, index, cond, image_latent=image, given=given)
+        return backend.predict(x, plan.steps, index, cond, image_latent=image, given=given,
+                               place=plan.place(g.window))
 
     if decision is None:
         return Denoised(g.window, predict(), {}, (0.0, 0.0), True)

@@ -107,6 +107,26 @@ def test_split_sketch_of_a_batched_cfg_model(kind, client, tiny_dir, tmp_path):
     assert torch.equal(store.load_stage("sketch"), sketch_latent(load_backend(spec.model), spec, None))
 
 
+def test_canvas_positions_on_the_cluster_are_the_in_process_ones(client, tmp_path):
+    """--rope canvas-ntk on the trained world model: every window is told its own canvas position, on
+    whichever worker it runs (the positions come from the plan, not the worker), and the video is the
+    in-process one."""
+    base = dict(prompt="a red striped circle moving left on a blue background", model="world", width=128,
+                height=128, frames=5, steps=6, refine_steps=3, checkpoint_every=0)
+    spec = prepare(RenderSpec(**base, rope="canvas-ntk"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs: the world model's matmuls round by thread count
+    try:
+        ours = supergen.render(spec)
+    finally:
+        torch.set_num_threads(threads)
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:2])
+    assert torch.equal(RenderStore.open(str(tmp_path / "s")).load_stage("final"), ours.latent)
+    local = supergen.render(prepare(RenderSpec(**base)))
+    assert (ours.latent - local.latent).abs().max() > 1e-2  # the positions changed the tiles' predictions
+
+
 def test_killed_worker_mid_refinement(client, reference, tmp_path):
     """A worker process dies after step 2 (its nanny restarts it): the render completes and equals the
     reference; checkpoints bound how much is recomputed."""

@@ -26,8 +26,8 @@ def _truncated(scheduler, start):
     return Continue.from_config(scheduler.config)
 
 
-def _ours(be, x0, steps, k, prompt, neg, g, frames, seed=0):
-    plan = RefinePlan(steps, k, tuple(x0.shape[-2:]), tuple(x0.shape[-2:]), "wrap", 1, 16)
+def _ours(be, x0, steps, k, prompt, neg, g, frames, seed=0, rope="local"):
+    plan = RefinePlan(steps, k, tuple(x0.shape[-2:]), tuple(x0.shape[-2:]), "wrap", 1, 16, rope)
     cond = be.encode_conditioning(prompt, neg, g, None, (x0.shape[-1] * 8, x0.shape[-2] * 8), frames)
     x, state = x0.clone(), {}
     for i in range(k):
@@ -37,11 +37,15 @@ def _ours(be, x0, steps, k, prompt, neg, g, frames, seed=0):
     return x
 
 
-@pytest.mark.parametrize("kind,frames,k", [("wan-t2v", 5, 3), ("wan22-t2v", 5, 4), ("cogvideox15-t2v", 9, 3),
-                                           ("cogvideox-t2v", 9, 1)])
-def test_native_single_tile_equals_the_stock_pipeline(kind, frames, k, tiny_dir):
+@pytest.mark.parametrize("kind,frames,k,rope", [
+    ("wan-t2v", 5, 3, "local"), ("wan22-t2v", 5, 4, "local"), ("cogvideox15-t2v", 9, 3, "local"),
+    ("cogvideox-t2v", 9, 1, "local"), ("wan-t2v", 5, 2, "canvas"), ("wan-t2v", 5, 2, "canvas-ntk"),
+    ("wan22-t2v", 5, 4, "canvas-interp"), ("cogvideox15-t2v", 9, 2, "canvas"),
+    ("cogvideox15-t2v", 9, 2, "canvas-ntk"), ("cogvideox15-t2v", 9, 2, "canvas-interp")])
+def test_native_single_tile_equals_the_stock_pipeline(kind, frames, k, rope, tiny_dir):
     """Output size == native: our refinement == the diffusers pipeline continuing from the same latent and
-    timestep index (same scheduler, same CFG). Pins scheduler use, CFG and the expert switch (Wan 2.2)."""
+    timestep index (same scheduler, same CFG). Pins scheduler use, CFG and the expert switch (Wan 2.2); at
+    native size every `--rope` mode is the stock positions."""
     from supergen import noise
 
     be = load_backend(tiny_dir(kind))
@@ -50,7 +54,7 @@ def test_native_single_tile_equals_the_stock_pipeline(kind, frames, k, tiny_dir)
     lat_f = be._latent_frames(frames)[0] + be._latent_frames(frames)[1] if hasattr(be, "_latent_frames") \
         else (frames - 1) // 4 + 1
     x0 = torch.randn(1, be.info.latent_channels, lat_f, 8, 8, generator=torch.Generator().manual_seed(3))
-    ours = _ours(be, x0, steps, k, prompt, neg, g, frames, seed=11)
+    ours = _ours(be, x0, steps, k, prompt, neg, g, frames, seed=11, rope=rope)
 
     pipe = copy.copy(be.pipe)
     pipe.scheduler = _truncated(be.pipe.scheduler, start)

@@ -24,6 +24,7 @@ class ModelInfo:
     is_i2v: bool
     exact_tile: bool = False  # learned positional embeddings: the tile must be the native size
     max_tile: tuple[int, int] | None = None  # (h, w) latent limit of the positional embedding
+    canvas_rope: bool = False  # the transformer takes rotary positions a tile can be given (`supergen.rope`)
     frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
     sketch_multiple: int = 1  # pixels the stock pipeline demands of the sketch size (Wan's checks 16)
     scheduler: str = ""  # scheduler class name
@@ -141,13 +142,13 @@ class Backend(Protocol):
 
     def predict(self, x: torch.Tensor, steps: int, index: int, cond: Conditioning,
                 image_latent: torch.Tensor | None = None,
-                given: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+                given: dict[int, torch.Tensor] | None = None, place=None) -> torch.Tensor:
         """CFG-combined model output for one tile (B, C, F, h, w), float32, in the space `step` expects.
         `given`: branch outputs already computed elsewhere (`predict_branch` on another worker), used as
-        they are."""
+        they are. `place`: the tile's `supergen.rope.Place` (None: the stock positions)."""
 
     def predict_branch(self, x: torch.Tensor, steps: int, index: int, cond: Conditioning, branch: int,
-                       image_latent: torch.Tensor | None = None) -> torch.Tensor:
+                       image_latent: torch.Tensor | None = None, place=None) -> torch.Tensor:
         """One CFG branch's model output for one tile, float32 (see `Conditioning.branches`)."""
 
     def initial_latent(self, width: int, height: int, frames: int, generator: torch.Generator) -> torch.Tensor:
@@ -166,7 +167,8 @@ class GuidedPredict:
     model calls, so a branch run on another worker gives exactly the numbers it would have given here:
     splitting CFG over GPUs never changes the video."""
 
-    def predict(self, x, steps, index, cond: Conditioning, image_latent=None, given=None):
+    def predict(self, x, steps, index, cond: Conditioning, image_latent=None, given=None, place=None):
         given = given or {}
         return cond.guide([given[b].to(x.device) if b in given else
-                           self.predict_branch(x, steps, index, cond, b, image_latent) for b in range(cond.branches)])
+                           self.predict_branch(x, steps, index, cond, b, image_latent, place=place)
+                           for b in range(cond.branches)])

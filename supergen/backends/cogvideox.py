@@ -3,8 +3,8 @@
 Conventions hidden here: the transformer takes BFCHW (the sampler sees BCFHW); latents are scaled by the
 VAE's `scaling_factor`; the scheduler is DDIM or DPM (v-prediction, zero terminal SNR); CFG is two calls,
 not the pipeline's one batched call, so a branch can run on another GPU and give the same numbers (the
-sketch too: `supergen.sketch`); RoPE is
-built for the tile's own shape (the paper's origin-anchored RoPE); CogVideoX 1.5 pads the latent clip at the
+sketch too: `supergen.sketch`); RoPE is built for the tile's own shape (the paper's origin-anchored RoPE),
+or, for 1.5, from the tile's canvas positions (`supergen.rope`); CogVideoX 1.5 pads the latent clip at the
 front to a multiple of `patch_size_t` (the pad frame lives on the canvas and is dropped at decode); the 1.0
 I2V model has learned positional embeddings, so only its native tile works.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import noise
+from .. import noise, rope as rope_positions
 from ..errors import BackendError
 from .base import Conditioning, GuidedPredict, ModelInfo, preprocess_image, stock_latents, text_conditioning
 from ..vaetiles import Axis, Tiling
@@ -51,6 +51,7 @@ class CogVideoXBackend(GuidedPredict):
             scheduler=c["scheduler"].get("_class_name", ""),
             exact_tile=bool(tr.get("use_learned_positional_embeddings")),
             max_tile=max_tile,
+            canvas_rope=v15 and bool(tr.get("use_rotary_positional_embeddings")),
             # the VAE's time upsampler keeps the first frame apart only for an odd latent count
             frame_step=2 * vae["temporal_compression_ratio"],
             presets={**PRESETS, **side.get("presets", {})},
@@ -221,7 +222,7 @@ class CogVideoXBackend(GuidedPredict):
 
     # -- the per-tile call -----------------------------------------------------------------------
     @torch.no_grad()
-    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None):
+    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None, place=None):
         t = self.timesteps(steps)[index].to(self.device)
         b, _, f, h, w = x.shape
         inp = x.permute(0, 2, 1, 3, 4)  # BCFHW -> BFCHW
@@ -229,7 +230,12 @@ class CogVideoXBackend(GuidedPredict):
             inp = torch.cat([inp, image_latent.permute(0, 2, 1, 3, 4)], dim=2)
         text = (cond.text if branch == 0 else cond.negative_text)["encoder_hidden_states"]
         rope = None
-        if self.pipe.transformer.config.use_rotary_positional_embeddings:
+        cfg = self.pipe.transformer.config
+        if place is not None:  # 1.5 only (`ModelInfo.canvas_rope`): the window's canvas positions
+            p = cfg.patch_size
+            rope = rope_positions.cogvideox_rotary(cfg.attention_head_dim, (h // p, w // p), -(-f // self.p_t), p,
+                                                   place, self.device)
+        elif cfg.use_rotary_positional_embeddings:
             s = self.info.vae_spatial
             rope = self.pipe._prepare_rotary_positional_embeddings(h * s, w * s, f, self.device)
         self.forwards += 1

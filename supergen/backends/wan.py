@@ -3,19 +3,34 @@
 Conventions hidden here: latents are BCFHW, normalised per channel with the VAE's `latents_mean/std`;
 the scheduler is flow matching (the model predicts velocity = noise - x0); CFG is two calls ("cond",
 "uncond"); Wan 2.2 A14B switches to `transformer_2` below `boundary_ratio * 1000`; Wan 2.1 I2V adds
-CLIP image embeddings (global) and 4 mask + z image-condition channels (cropped per tile).
+CLIP image embeddings (global) and 4 mask + z image-condition channels (cropped per tile); a tile's
+rotary positions (`supergen.rope`) reach the transformer through its `rope` module, wrapped to hand back
+the ones given for the call.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import rope as rope_positions
 from ..errors import BackendError
 from .base import Conditioning, GuidedPredict, ModelInfo, preprocess_image, stock_latents, text_conditioning
 from ..vaetiles import Axis, Tiling
 from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
 
 PRESETS = dict(scale=2, frames=81, steps=50, guidance=5.0, fps=16, cache_threshold=0.20, cache_alpha=0.5)
+
+
+class PlacedRope(torch.nn.Module):
+    """A Wan transformer's `rope`, or the rotary embedding given for the current call (a tile's canvas
+    positions): the transformer builds its positions inside `forward`, from the latent's shape alone."""
+
+    def __init__(self, stock):
+        super().__init__()
+        self.stock, self.given = stock, None
+
+    def forward(self, hidden_states):
+        return self.stock(hidden_states) if self.given is None else self.given
 
 
 class WanBackend(GuidedPredict):
@@ -46,6 +61,7 @@ class WanBackend(GuidedPredict):
             scheduler=c["scheduler"].get("_class_name", ""),
             presets=presets,
             sketch_multiple=16,  # WanPipeline.check_inputs, whatever the patch (the world model's is 1x1)
+            canvas_rope=True,
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32"):
@@ -54,6 +70,10 @@ class WanBackend(GuidedPredict):
         pipe.to(self.device)
         for name in ("transformer", "transformer_2", "text_encoder", "image_encoder"):
             cast_module(getattr(pipe, name, None), self.dtype)
+        for name in ("transformer", "transformer_2"):
+            model = getattr(pipe, name, None)
+            if model is not None and not isinstance(model.rope, PlacedRope):
+                model.rope = PlacedRope(model.rope)
         cast_module(pipe.vae, torch.float32)  # Wan's VAE is meant to run in float32
         self.scheduler = pipe.scheduler
         if getattr(self.scheduler.config, "stochastic_sampling", False):
@@ -190,7 +210,7 @@ class WanBackend(GuidedPredict):
 
     # -- the per-tile call -----------------------------------------------------------------------
     @torch.no_grad()
-    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None):
+    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None, place=None):
         t = self.timesteps(steps)[index].to(self.device)
         # Wan 2.1, or 2.2's high-noise expert above the boundary; 2.2's low-noise expert below it
         model = self.pipe.transformer if self.boundary is None or t >= self.boundary else self.pipe.transformer_2
@@ -204,5 +224,11 @@ class WanBackend(GuidedPredict):
             timestep = t.expand(b)
         text = cond.text if branch == 0 else cond.negative_text
         self.forwards += 1
-        with model.cache_context("cond" if branch == 0 else "uncond"):
-            return model(hidden_states=inp, timestep=timestep, return_dict=False, **text, **cond.extra)[0].float()
+        if place is not None:
+            model.rope.given = rope_positions.wan_rotary(model.rope.stock, inp.shape, place)
+        try:
+            with model.cache_context("cond" if branch == 0 else "uncond"):
+                return model(hidden_states=inp, timestep=timestep, return_dict=False, **text,
+                             **cond.extra)[0].float()
+        finally:
+            model.rope.given = None
