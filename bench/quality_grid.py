@@ -7,6 +7,9 @@ through an in-memory sink, so only the refinement differs):
   no-shift      native tiles, the grid never moves
   shift-wrap    native tiles, the grid shifts every step, windows wrap (the paper; the default)
   shift-clamp   as shift-wrap, windows clamped inside the canvas
+  rope-ntk      as shift-wrap, the tiles' rotary positions from the canvas, NTK-scaled bases (--rope)
+  rope-interp   as shift-wrap, the tiles' canvas positions scaled into the native extent
+  (`--rope canvas` renders what shift-wrap renders up to rounding: RoPE is relative, supergen/rope.py)
 Then the cache grid at 4x (tau x alpha for `region`, tau for `uniform`) against `none`: refinement speedup,
 transformer calls, PSNR/SSIM of the video vs `none`.
 
@@ -32,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, write_result  # noqa: E402
 
 SIZES = {"4x": (256, 256), "odd": (336, 208), "8x": (512, 512)}
-METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp")
+METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp", "rope-ntk", "rope-interp")
 TAUS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 ALPHAS = (0.0, 0.5)
 
@@ -64,7 +67,8 @@ def method_spec(base: RenderSpec, method: str, size) -> RenderSpec:
     w, h = size
     if method == "direct":
         return base.replace(width=w, height=h, tile=(h // 8, w // 8))
-    extra = {"no-shift": dict(shift_every=0), "shift-clamp": dict(boundary="clamp")}.get(method, {})
+    extra = {"no-shift": dict(shift_every=0), "shift-clamp": dict(boundary="clamp"),
+             "rope-ntk": dict(rope="canvas-ntk"), "rope-interp": dict(rope="canvas-interp")}.get(method, {})
     return base.replace(width=w, height=h, **extra)
 
 
@@ -87,16 +91,17 @@ def mean_rows(rows: list[dict]) -> dict:
     return out
 
 
-def methods(be, prompts, args) -> list[dict]:
+def methods(be, prompts, args, save=lambda rows: None) -> list[dict]:
     rows = []
     for label, size in SIZES.items():
         if args.sizes and label not in args.sizes:
             continue
         for p, prompt in enumerate(prompts[: args.prompts_8x] if label == "8x" else prompts):
             sink = Stages()
-            base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model)
+            base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=args.steps,
+                              refine_steps=args.refine_steps)
             first = None
-            for m in ("shift-wrap",) + tuple(x for x in METHODS if x != "shift-wrap"):
+            for m in ("shift-wrap",) + tuple(x for x in args.methods if x != "shift-wrap"):
                 if m == "bicubic":
                     video, spec, secs = quality.bicubic(first.sketch_video, tuple(first.video.shape[1:3])), first.spec, 0.0
                 else:
@@ -109,6 +114,7 @@ def methods(be, prompts, args) -> list[dict]:
                              "canvas": list(size), "sketch": [spec.sketch_width, spec.sketch_height],
                              **summary(a)})
                 print(rows[-1], flush=True)
+            save(rows)
     return rows
 
 
@@ -171,6 +177,10 @@ def main():
     ap.add_argument("--depth-steps", type=int, nargs="*", default=[10, 20])
     ap.add_argument("--depth-fractions", type=float, nargs="*", default=[0.9, 0.7, 0.5, 0.3])
     ap.add_argument("--skip", nargs="*", default=[], choices=["methods", "depth", "cache"])
+    ap.add_argument("--steps", type=int, help="N of the methods' renders [default: the model's preset]")
+    ap.add_argument("--refine-steps", type=int, help="k of the methods' renders [default: the preset]")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                    help="the methods rendered (shift-wrap always: the others share its stages)")
     args = ap.parse_args()
     be = load_backend(args.model)
     rng = random.Random(2026)
@@ -178,7 +188,7 @@ def main():
     result = environment(" ".join(["python"] + sys.argv))
     result["model"] = args.model
     if "methods" not in args.skip:
-        rows = methods(be, prompts, args)
+        rows = methods(be, prompts, args, save=lambda rows: write_result(args.out, {**result, "methods": rows}))
         result["methods"] = rows
         result["methods_mean"] = [{"size": s, "method": m, **mean_rows(
             [{k: v for k, v in r.items() if k not in ("size", "method", "prompt", "canvas", "sketch")}
