@@ -5,7 +5,8 @@ told it is the top-left of a frame, and at 4x it draws the whole scene again; th
 names this, with the global prompt, as the cause of duplicated objects (spec 1.11, 8.2). The canvas modes
 give a tile's tokens the positions of its cells on the canvas, in patch units:
 
-* `canvas`: the cells' own coordinates (positions past the native extent: RoPE extrapolated);
+* `canvas`: the cells' own coordinates, counted from the canvas's origin (see below: to RoPE, which is
+  relative, the same as `local`);
 * `canvas-ntk`: the same positions, each spatial axis's base scaled NTK-style by alpha = clamp(s^2, 1, 64)
   for a canvas s times the native extent along that axis;
 * `canvas-interp`: the coordinates scaled into the native extent (positions between the integers).
