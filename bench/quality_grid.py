@@ -91,6 +91,26 @@ def mean_rows(rows: list[dict]) -> dict:
     return out
 
 
+def variant_sheet(videos: dict, width: int = 256, columns: int = 3):
+    """PIL image: one row per method (its label, then `columns` frames spread over the clip, each
+    `width` px wide), the methods' videos of one caption, for the eye."""
+    from PIL import Image, ImageDraw
+
+    label_w = 110
+    first = next(iter(videos.values()))
+    n, h, w = first.shape[:3]
+    th = round(h * width / w)
+    idx = [round(i * (n - 1) / max(1, columns - 1)) for i in range(columns)]
+    sheet = Image.new("RGB", (label_w + width * columns, th * len(videos)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, video) in enumerate(videos.items()):
+        draw.text((6, r * th + th // 2 - 6), name, fill="black")
+        for c, f in enumerate(idx):
+            frame = Image.fromarray(video[f].numpy()).resize((width, th), Image.LANCZOS)
+            sheet.paste(frame, (label_w + c * width, r * th))
+    return sheet
+
+
 def methods(be, prompts, args, save=lambda rows: None) -> list[dict]:
     rows = []
     for label, size in SIZES.items():
@@ -100,7 +120,7 @@ def methods(be, prompts, args, save=lambda rows: None) -> list[dict]:
             sink = Stages()
             base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=args.steps,
                               refine_steps=args.refine_steps)
-            first = None
+            first, videos = None, {}
             for m in ("shift-wrap",) + tuple(x for x in args.methods if x != "shift-wrap"):
                 if m == "bicubic":
                     video, spec, secs = quality.bicubic(first.sketch_video, tuple(first.video.shape[1:3])), first.spec, 0.0
@@ -109,11 +129,14 @@ def methods(be, prompts, args, save=lambda rows: None) -> list[dict]:
                     r = render(method_spec(base, m, size), backend=be, sink=sink)
                     video, spec, secs = r.video, r.spec, time.perf_counter() - t0
                     first = first or r
+                videos[m] = video
                 a = quality.assess(video, first.sketch_video, spec.to_dict())
                 rows.append({"size": label, "method": m, "prompt": prompt, "seconds": round(secs, 2),
                              "canvas": list(size), "sketch": [spec.sketch_width, spec.sketch_height],
                              **summary(a)})
                 print(rows[-1], flush=True)
+            if args.sheet and p == 0:  # the first caption of each size, one row per method
+                variant_sheet(videos).save(args.sheet.replace("{size}", label), optimize=True)
             save(rows)
     return rows
 
@@ -177,6 +200,7 @@ def main():
     ap.add_argument("--depth-steps", type=int, nargs="*", default=[10, 20])
     ap.add_argument("--depth-fractions", type=float, nargs="*", default=[0.9, 0.7, 0.5, 0.3])
     ap.add_argument("--skip", nargs="*", default=[], choices=["methods", "depth", "cache"])
+    ap.add_argument("--sheet", help="PNG path ({size} replaced): the first caption's methods, a row each")
     ap.add_argument("--steps", type=int, help="N of the methods' renders [default: the model's preset]")
     ap.add_argument("--refine-steps", type=int, help="k of the methods' renders [default: the preset]")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,

@@ -26,6 +26,7 @@ outputs are encoded by supergen/outputs.py.
 from __future__ import annotations
 
 import json
+import posixpath
 import os
 import time
 import uuid
@@ -140,14 +141,14 @@ class RenderStore:
         unreachable endpoint, unknown option or profile, wrong key or secret, missing bucket, denied write."""
         check_reachable(self.storage_options)
         bucket = bucket_of(self.url)
-        made = False
         try:
             if bucket is not None:
                 self._check_bucket(bucket)
-            if self.url.startswith("file://") and not self.fs.exists(self._path):
-                self.fs.makedirs(self._path, exist_ok=True)
-                made = True
-            probe = self._key(f".supergen-write-probe-{uuid.uuid4().hex}")  # own name: renders may race here
+            where = self._connect()[1]
+            if self.url.startswith("file://"):  # a folder not made yet: its nearest existing parent takes the
+                while not self.fs.exists(where) and posixpath.dirname(where) != where:  # probe, so a check
+                    where = posixpath.dirname(where)  # makes and removes nothing another render may be using
+            probe = f"{where.rstrip('/')}/.supergen-write-probe-{uuid.uuid4().hex}"  # own name: renders race
             self.fs.pipe_file(probe, b"ok")
             self.fs.rm_file(probe)
         except StoreError:
@@ -157,9 +158,6 @@ class RenderStore:
                                     self.storage_options)) from None
         except Exception as e:
             raise self._fail("cannot write to", e) from None
-        finally:
-            if made:  # a check leaves nothing behind: the render makes the folder when it writes
-                self.fs.rm(self._path, recursive=True)
 
     def _check_bucket(self, bucket: str) -> None:
         try:

@@ -83,7 +83,7 @@ class PerCellBackend:
         self.step = WanBackend.step.__get__(self)
         self.timesteps = WanBackend.timesteps.__get__(self)
 
-    def predict(self, x, steps, index, cond, image_latent=None):
+    def predict(self, x, steps, index, cond, image_latent=None, place=None):
         t = float(self.timesteps(steps)[index]) / 1000
         out = torch.tanh(x * (1 + t)) - 0.3 * x * x
         if image_latent is not None:
