@@ -9,6 +9,8 @@ through an in-memory sink, so only the refinement differs):
   shift-clamp   as shift-wrap, windows clamped inside the canvas
   rope-ntk      as shift-wrap, the tiles' rotary positions from the canvas, NTK-scaled bases (--rope)
   rope-interp   as shift-wrap, the tiles' canvas positions scaled into the native extent
+  loop4, loop2  as shift-wrap with the shift quantum tile // 4 or tile // 2 (the paper's tile // 16 is one
+                cell of the world model's 8-cell tile, as tile // 8 and // 32 are: max(1, tile // loop))
   (`--rope canvas` renders what shift-wrap renders up to rounding: RoPE is relative, supergen/rope.py)
 Then the cache grid at 4x (tau x alpha for `region`, tau for `uniform`) against `none`: refinement speedup,
 transformer calls, PSNR/SSIM of the video vs `none`.
@@ -35,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, write_result  # noqa: E402
 
 SIZES = {"4x": (256, 256), "odd": (336, 208), "8x": (512, 512)}
-METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp", "rope-ntk", "rope-interp")
+METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp", "rope-ntk", "rope-interp", "loop4", "loop2")
 TAUS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 ALPHAS = (0.0, 0.5)
 
@@ -68,7 +70,8 @@ def method_spec(base: RenderSpec, method: str, size) -> RenderSpec:
     if method == "direct":
         return base.replace(width=w, height=h, tile=(h // 8, w // 8))
     extra = {"no-shift": dict(shift_every=0), "shift-clamp": dict(boundary="clamp"),
-             "rope-ntk": dict(rope="canvas-ntk"), "rope-interp": dict(rope="canvas-interp")}.get(method, {})
+             "rope-ntk": dict(rope="canvas-ntk"), "rope-interp": dict(rope="canvas-interp"),
+             "loop4": dict(shift_loop=4), "loop2": dict(shift_loop=2)}.get(method, {})
     return base.replace(width=w, height=h, **extra)
 
 
