@@ -36,7 +36,7 @@ from supergen.metrics import compare_videos  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, write_result  # noqa: E402
 
-SIZES = {"4x": (256, 256), "odd": (336, 208), "8x": (512, 512)}
+SIZES = {"2x": (128, 128), "4x": (256, 256), "odd": (336, 208), "8x": (512, 512)}
 METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp", "rope-ntk", "rope-interp", "loop4", "loop2")
 TAUS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 ALPHAS = (0.0, 0.5)
