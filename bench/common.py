@@ -38,3 +38,15 @@ def write_result(path: str, result: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
+
+
+def busy_fractions(stream: list, info: dict, t0: float, t1: float) -> dict:
+    """Per worker name: the seconds its tasks computed within [t0, t1] (a Dask task stream's records,
+    `info` the scheduler's workers), over t1 - t0."""
+    busy: dict = {}
+    for t in stream:
+        name = str(info.get(t["worker"], {}).get("name", t["worker"]))
+        for ss in t.get("startstops", ()):
+            if ss["action"] == "compute":
+                busy[name] = busy.get(name, 0.0) + max(0.0, min(ss["stop"], t1) - max(ss["start"], t0))
+    return {w: round(b / max(t1 - t0, 1e-9), 3) for w, b in sorted(busy.items())}

@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from archs import ARCHS, T5_DIM, build  # noqa: E402
+from common import busy_fractions  # noqa: E402
 
 MODES = ("before", "after", "after-1gpu")
 
@@ -79,17 +80,6 @@ def _memory_peak() -> float:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else 0.0
 
 
-def busy(stream: list, info: dict, t0: float, t1: float) -> dict:
-    """Per worker name: the compute time of its tasks within [t0, t1], over t1 - t0."""
-    out: dict = {}
-    for t in stream:
-        name = str(info.get(t["worker"], {}).get("name", t["worker"]))
-        for ss in t.get("startstops", ()):
-            if ss["action"] == "compute":
-                out[name] = out.get(name, 0.0) + max(0.0, min(ss["stop"], t1) - max(ss["start"], t0))
-    return {w: round(b / max(t1 - t0, 1e-9), 3) for w, b in sorted(out.items())}
-
-
 def by_task(stream: list, info: dict) -> dict:
     """Per worker name: compute seconds by kind of task (the key's first word: tile, block, write_piece,
     upscaled, branch, advance, export_stage, ...)."""
@@ -129,7 +119,7 @@ def run_render(client, store, serial: list, spread: list) -> dict:
             out = fn(*args)
             t1 = time.time()
         peaks = client.run(_memory_peak)
-        stages[name] = {"s": round(t1 - t0, 2), "busy": busy(ts.data, info, t0, t1),
+        stages[name] = {"s": round(t1 - t0, 2), "busy": busy_fractions(ts.data, info, t0, t1),
                         "peak_memory_gib": {str(info[a]["name"]): v for a, v in peaks.items() if a in info},
                         "compute_s_by_task": by_task(ts.data, info)}
         timings[name] = t1 - t0
@@ -154,6 +144,7 @@ def warm_up(client, spec, root: str, workers: list) -> float:
     from flows.render import PLAIN_STAGES as S
     from storage import RenderStore
     from supergen import RenderSpec
+    from supergen.backends import model_info
     from supergen.executor import prepare
 
     s = prepare(RenderSpec(**{**spec, "steps": 2, "refine_steps": 1}), here=False)
@@ -161,20 +152,11 @@ def warm_up(client, spec, root: str, workers: list) -> float:
     t0 = time.time()
     rid = uuid.uuid4().hex[:8]
     S.sketch(client, store, rid, workers)
-    store.save_stage("start", torch.randn(_latent_shape(s)))
+    s_px = model_info(s.model).vae_spatial  # the sketch's (B, C, F') at the canvas's latent size
+    w, h = s.canvas_size
+    store.save_stage("start", torch.randn(*store.stage_shape("sketch")[:3], h // s_px, w // s_px))
     S.refine(client, store, "branches", rid, workers)
     return round(time.time() - t0, 1)
-
-
-def _latent_shape(spec) -> tuple:
-    from supergen.backends import model_info
-
-    info = model_info(spec.model)
-    w, h = spec.canvas_size
-    s, t = info.vae_spatial, info.vae_temporal
-    n = (spec.frames - 1) // t + 1
-    pt = info.patch[0]
-    return (1, info.latent_channels, n + (-n) % pt, h // s, w // s)
 
 
 def main():

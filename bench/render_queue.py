@@ -19,18 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import environment, write_result  # noqa: E402
-
-
-def busy_fractions(stream: list, info: dict, t0: float, t1: float) -> dict:
-    """Per worker name: the seconds its tasks computed within [t0, t1], over t1 - t0."""
-    busy: dict = {}
-    for t in stream:
-        name = str(info.get(t["worker"], {}).get("name", t["worker"]))
-        for ss in t.get("startstops", ()):
-            if ss["action"] == "compute":
-                busy[name] = busy.get(name, 0.0) + max(0.0, min(ss["stop"], t1) - max(ss["start"], t0))
-    return {w: round(b / (t1 - t0), 3) for w, b in sorted(busy.items())}
+from common import busy_fractions, environment, write_result  # noqa: E402
 
 
 def main():

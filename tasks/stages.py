@@ -64,7 +64,7 @@ def sketch_stage(store) -> StageResult:
 def sketch_video(store, spec, be):
     """The decoded sketch, on the worker's device: the store's, where the workers decoded it together
     (`flows/vae.py`), else the stored sketch latent decoded here."""
-    video = store.load_video("sketch") if store.has_array("sketch/video") else None
+    video = store.load_video("sketch")
     if video is not None:
         return video.to(be.device)
     return be.decode(store.load_stage("sketch").to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)
