@@ -6,7 +6,9 @@ the stages, in one run:
   every worker, eager;
 * `after`:  every stage on every worker (CFG branches of the sketch on two, VAE tiles in bands), the
   transformer compiled (`--compile`), after a warm-up render that pays the compile;
-* `after-1gpu`: `after` on one worker.
+* `after-1gpu`: `after` on one worker;
+* `after-vae32`: `after` with the VAE in float32, as `before` runs it (`after` takes the model's preset
+  `vae_dtype`: bfloat16 for CogVideoX at --dtype bfloat16, float32 for Wan).
 
 A reduced schedule (N = --steps, k = --refine-steps) keeps a run inside a device call; a sketch step and a
 refinement step cost the same at every schedule index, so the stage times extrapolate to the full schedule
@@ -36,7 +38,7 @@ import torch  # noqa: E402
 from archs import ARCHS, T5_DIM, build  # noqa: E402
 from common import busy_fractions  # noqa: E402
 
-MODES = ("before", "after", "after-1gpu")
+MODES = ("before", "after", "after-1gpu", "after-vae32")
 
 
 def build_model(arch: str, path: str, scale: str) -> str:
@@ -204,7 +206,8 @@ def main():
                    "workers": [str(n) for n in names], "runs": {}}
             path = args.out.replace("{arch}", args.arch).replace("{size}", size)
             for mode in args.modes:
-                spec = {**base, "compile": mode != "before"}
+                spec = {**base, "compile": mode != "before",
+                        "vae_dtype": "float32" if mode in ("before", "after-vae32") else None}
                 use = names[:1] if mode == "after-1gpu" else names
                 serial = use[:1] if mode == "before" else use
                 if spec["compile"] and not warm:  # the sketch and tile shapes of every size here are alike

@@ -143,7 +143,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     image = load_image(spec, sink)  # a missing or unreadable image is refused before any weights load
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
-        backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile)
+        backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile, spec.vae_dtype or "float32")
     plan = RefinePlan.from_spec(spec, backend.info.vae_spatial, backend.info.native_latent)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
     save = sink.save_stage if sink is not None else (lambda name, t: None)

@@ -24,7 +24,7 @@ cells); h x w the sketch; s, t the VAE's spatial and time factors; F' = (F - 1) 
   U   = 3 F H W                the uint8 export (plus its cropped copy when the canvas exceeds the output)
   Lat = C F' (H/s) (W/s) B     one latent canvas; lat the same at the sketch size
   P   = sum over components of parameters x bytes: transformer(s), text and image encoders at b, the VAE at
-        4 (it always runs in float32). Parameters come from the safetensors headers where the files are on
+        bv, the bytes of `spec.vae_dtype` (4 where unset). Parameters come from the safetensors headers where the files are on
         disk (8 bytes and a JSON header per file; no tensor is read), else from closed forms over the
         configs (`_params_from_config`); a component with neither counts 0 (inputs["params_source"]).
 
@@ -35,7 +35,7 @@ gives tiles of A = min(tile, H) x min(tile, W) pixels that together cover r = (s
 Assumption: a tile's activations peak on the widest full-resolution feature map, the decoder's first
 upsampled one, of c_vae channels (Wan: base_dim x dim_mult[1]; CogVideoX: block_out_channels[1]):
 
-  act_vae = K x c_vae x T_c x A x B       K = 8 on the CPU (measured: its 3-D convolutions unfold their
+  act_vae = K x c_vae x T_c x A x bv      K = 8 on the CPU (measured: its 3-D convolutions unfold their
                                           input), 9 on CUDA (fitted to docs/benchmarks.md: CogVideoX 1.5's
                                           1024-px decode of a 4K clip ran out of an H200's memory at
                                           113 GiB; its 512-px preset runs)
@@ -458,6 +458,7 @@ def estimate(spec, info=None, configs: dict | None = None, device: str | None = 
     if attention not in ("efficient", "math"):
         attention = "efficient"
     b = DTYPE_BYTES.get(spec.dtype, 4)
+    bv = DTYPE_BYTES.get(getattr(spec, "vae_dtype", None) or "float32", 4)  # the VAE's weights and activations
     fam = info.family
     s, t = info.vae_spatial, info.vae_temporal
     pt, ph, pw = info.patch
@@ -473,7 +474,7 @@ def estimate(spec, info=None, configs: dict | None = None, device: str | None = 
 
     weights = _weights(spec.model, fam, c)
     params = {k: n for k, (n, _) in weights.items()}
-    P = sum(n * (B32 if k == "vae" else b) for k, n in params.items())
+    P = sum(n * (bv if k == "vae" else b) for k, n in params.items())
 
     vae_cfg = c.get("vae", {})
     big = _vae(vae_cfg, fam, (H, W), spec.vae_tile, s)
@@ -482,7 +483,7 @@ def estimate(spec, info=None, configs: dict | None = None, device: str | None = 
     k_vae = K_VAE[kind]
 
     def act_vae(g, frames):
-        return int(k_vae * g["channels"] * min(frames, F) * g["area"] * B32)
+        return int(k_vae * g["channels"] * min(frames, F) * g["area"] * bv)
 
     def decode(g, video: int, extra: dict[str, int]) -> dict[str, dict[str, int]]:
         """A decode's two peaks: while a tile decodes (its activations beside the tiles decoded so far, all

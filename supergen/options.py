@@ -22,7 +22,9 @@ HELP = {
     "seed": "seed of every random draw; same spec + seed = same video",
     "model": "'world' (embedded and trained, no download), 'tiny'/'tiny-i2v' (random weights, for tests), "
              "a hub id, or a local diffusers folder",
-    "dtype": "transformer/text-encoder dtype; the VAE and the latent canvas stay float32",
+    "dtype": "transformer/text-encoder dtype; the latent canvas stays float32",
+    "vae_dtype": "the VAE's dtype (default: as the model's publisher runs it: CogVideoX --dtype, Wan float32); "
+                 "bfloat16 halves the VAE stages' time and memory on GPUs",
     "device": "cpu, cuda or cuda:N",
     "canvas_width": "pixels the render runs on (default: --width rounded up to whole model cells; the "
                     "outputs are center-cropped back to --width x --height)",
@@ -47,7 +49,7 @@ HELP = {
     "compile": "torch.compile the transformer: one compile per worker and shape, cached on disk for every "
                "process of the host (Inductor's /tmp/torchinductor_<user>, or SUPERGEN_COMPILE_CACHE)",
 }
-CHOICES = {"dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES, "rope": ROPE_MODES}
+CHOICES = {"dtype": DTYPES, "vae_dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES, "rope": ROPE_MODES}
 
 
 def _add_spec_options(p: argparse.ArgumentParser) -> None:

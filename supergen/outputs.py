@@ -86,10 +86,12 @@ def mp4_bytes(frames: torch.Tensor, fps: int) -> bytes:
 
 
 def png_bytes(image) -> bytes:
+    """PNG at zlib level 1: a 2K contact sheet (10240x2880) encodes in half the time of the default level
+    for 8% more bytes; it is a preview, and the lossless frames are in the store."""
     import io
 
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -105,12 +107,20 @@ def read_mp4_bytes(data: bytes) -> np.ndarray:
 
 def encode(result) -> dict[str, bytes]:
     """A finished render's files (`RenderResult`): the mp4s, the contact sheet and skip heat map (PNG), and
-    render.json."""
+    render.json. The encoders run side by side: ffmpeg in its own process, zlib with the GIL released; the
+    export's wall time is then the slowest file's (video.mp4), not the sum (13.7 s at 2K on one H200
+    worker, serial)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     fps = result.spec.fps
-    return {"video.mp4": mp4_bytes(result.video, fps), "sketch.mp4": mp4_bytes(result.sketch_video, fps),
-            "contact_sheet.png": png_bytes(contact_sheet(result.sketch_video, result.video)),
-            "cache_skips.png": png_bytes(skip_heatmap(result.cache.skip_map if result.cache else [])),
-            "render.json": json.dumps(result.report(), indent=1).encode()}
+    jobs = {"video.mp4": lambda: mp4_bytes(result.video, fps),
+            "sketch.mp4": lambda: mp4_bytes(result.sketch_video, fps),
+            "contact_sheet.png": lambda: png_bytes(contact_sheet(result.sketch_video, result.video)),
+            "cache_skips.png": lambda: png_bytes(skip_heatmap(result.cache.skip_map if result.cache else [])),
+            "render.json": lambda: json.dumps(result.report(), indent=1).encode()}
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def frame_tile(spec, latent_width: int) -> tuple[int, int]:

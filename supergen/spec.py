@@ -58,7 +58,8 @@ class RenderSpec:
     guidance: float | None = None  # CFG scale; 1 disables CFG
     seed: int = 0
     model: str = "world"  # "world" (embedded, trained), "tiny" (random), a hub id, or a local diffusers folder
-    dtype: str = "float32"  # transformer/text-encoder dtype; the VAE and the canvas stay float32
+    dtype: str = "float32"  # transformer/text-encoder dtype; the latent canvas stays float32
+    vae_dtype: str | None = None  # the VAE's dtype; preset: as the model's publisher runs it (CogVideoX: dtype)
     device: str = "cpu"
     sketch_width: int | None = None  # preset: the target's aspect ratio at (at most) the native area
     sketch_height: int | None = None
@@ -189,6 +190,8 @@ def _check_fields(s: RenderSpec) -> None:
     _float(s, "guidance", lo=1.0)
     _int(s, "seed", lo=0, hi=2**63 - 1, optional=False)
     _choice(s, "dtype", DTYPES)
+    if s.vae_dtype is not None:
+        _choice(s, "vae_dtype", DTYPES)
     if not isinstance(s.compile, bool):
         raise SpecError("compile", f"must be true or false, got {s.compile!r}")
     if not isinstance(s.device, str) or not _DEVICE.match(s.device):
@@ -367,11 +370,19 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         width=width, height=height, canvas_width=cw, canvas_height=ch, sketch_width=sw, sketch_height=sh,
         frames=frames, steps=steps, refine_steps=k,
         guidance=spec.guidance if spec.guidance is not None else p["guidance"],
-        tile=tuple(tile), rope=rope, vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
+        tile=tuple(tile), rope=rope, vae_dtype=spec.vae_dtype or vae_dtype_preset(spec.dtype, p), vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
         fps=spec.fps or p["fps"],
         cache_threshold=spec.cache_threshold if spec.cache_threshold is not None else p["cache_threshold"],
         cache_alpha=spec.cache_alpha if spec.cache_alpha is not None else p["cache_alpha"],
     )
+
+
+def vae_dtype_preset(dtype: str, presets: dict) -> str:
+    """The VAE's dtype when the spec names none: the family preset, where "dtype" means the transformer's
+    (CogVideoX's published pipelines run the whole pipeline in bfloat16); float32 otherwise (Wan's VAE is
+    published in float32)."""
+    v = presets.get("vae_dtype", "float32")
+    return dtype if v == "dtype" else v
 
 
 def _check_tile(tile: tuple[int, int], canvas: tuple[int, int], info: ModelInfo) -> None:

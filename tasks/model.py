@@ -41,12 +41,13 @@ class ModelHolder(WorkerPlugin):
     def backend(self, spec):
         from supergen.backends import load_backend
 
-        key = (spec.model, spec.device, spec.dtype, spec.compile)
+        key = (spec.model, spec.device, spec.dtype, spec.compile, spec.vae_dtype)
         if key not in self.backends:
             while len(self.backends) >= self.max_models:  # one model per GPU: evict the least recent
                 self.backends.popitem(last=False)
                 self.conds.clear()
-            self.backends[key] = load_backend(spec.model, spec.device, spec.dtype, spec.compile)
+            self.backends[key] = load_backend(spec.model, spec.device, spec.dtype, spec.compile,
+                                              spec.vae_dtype or "float32")
             self.loads += 1
         self.backends.move_to_end(key)
         return self.backends[key]

@@ -154,3 +154,17 @@ def test_parse_tile():
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(SpecError, match="`colour`"):
         RenderSpec.from_dict({"prompt": "x", "colour": 1})
+
+
+def test_the_vae_dtype_preset_follows_the_models_publisher(tiny_dir):
+    """CogVideoX's published pipelines run the VAE in the pipeline's dtype, Wan's in float32; a given
+    vae_dtype wins, and an unknown one is refused by name."""
+    cog, wan = model_info(tiny_dir("cogvideox15-t2v")), model_info(tiny_dir("wan-t2v"))
+    spec = RenderSpec(prompt="x", dtype="bfloat16")
+    assert resolve(spec, cog).vae_dtype == "bfloat16" and resolve(spec, wan).vae_dtype == "float32"
+    assert resolve(RenderSpec(prompt="x"), cog).vae_dtype == "float32"
+    assert resolve(spec.replace(vae_dtype="float32"), cog).vae_dtype == "float32"
+    assert resolve(spec.replace(vae_dtype="bfloat16"), wan).vae_dtype == "bfloat16"
+    with pytest.raises(SpecError) as e:
+        RenderSpec(prompt="x", vae_dtype="fp8")
+    assert e.value.field == "vae_dtype"

@@ -8,9 +8,11 @@ from supergen import vaetiles
 from supergen.backends import load_backend
 
 
-@pytest.mark.parametrize("kind,frames", [("wan-t2v", 5), ("cogvideox15-t2v", 9), ("cogvideox-t2v", 9)])
-def test_blocks_are_the_tiled_vae_bit_for_bit(kind, frames, tiny_dir):
-    be = load_backend(tiny_dir(kind))
+@pytest.mark.parametrize("kind,frames,vae_dtype", [("wan-t2v", 5, "float32"), ("cogvideox15-t2v", 9, "float32"),
+                                                    ("cogvideox-t2v", 9, "float32"), ("wan-t2v", 5, "bfloat16"),
+                                                    ("cogvideox15-t2v", 9, "bfloat16")])
+def test_blocks_are_the_tiled_vae_bit_for_bit(kind, frames, vae_dtype, tiny_dir):
+    be = load_backend(tiny_dir(kind), vae_dtype=vae_dtype)
     g = torch.Generator().manual_seed(0)
     s = be.info.vae_spatial
     # a 3 x 3 grid of 64-px tiles (stride 48) over a 136 x 120 frame, the last row and column clipped
@@ -18,12 +20,27 @@ def test_blocks_are_the_tiled_vae_bit_for_bit(kind, frames, tiny_dir):
     tiling = be.vae_tiling((136, 120), 64, encode=True)
     assert tiling.shape == (3, 3)
     z = vaetiles.run(be, video, tiling, encode=True)
-    assert torch.equal(z, be.encode(video, vae_tile=64))
+    assert z.dtype == torch.float32 and torch.equal(z, be.encode(video, vae_tile=64))
 
     z = torch.randn(z.shape, generator=g)
     tiling = be.vae_tiling(tuple(z.shape[-2:]), 64)
     assert tiling.shape == (3, 3) and (tiling.rows.out_size, tiling.cols.out_size) == (z.shape[-2] * s, z.shape[-1] * s)
-    assert torch.equal(vaetiles.run(be, z, tiling, frames=frames), be.decode(z, frames=frames, vae_tile=64))
+    out = vaetiles.run(be, z, tiling, frames=frames)
+    assert out.dtype == torch.float32 and torch.equal(out, be.decode(z, frames=frames, vae_tile=64))
+
+
+@pytest.mark.parametrize("kind,frames", [("wan-t2v", 5), ("cogvideox15-t2v", 9)])
+def test_a_bfloat16_vae_runs_and_stays_near_the_float32_one(kind, frames, tiny_dir):
+    """`vae_dtype` reaches the VAE: its weights are cast, its outputs come back float32, and they differ
+    from float32's by bfloat16's rounding on average (random weights amplify it at a few pixels)."""
+    full, half = load_backend(tiny_dir(kind)), load_backend(tiny_dir(kind), vae_dtype="bfloat16")
+    assert next(half.pipe.vae.parameters()).dtype == torch.bfloat16
+    video = torch.rand(1, 3, frames, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z32, z16 = full.encode(video), half.encode(video)
+    assert z16.dtype == torch.float32 and not torch.equal(z16, z32)
+    assert (z16 - z32).abs().mean() <= 0.03 * z32.abs().mean()
+    v32, v16 = full.decode(z32, frames=frames), half.decode(z32, frames=frames)
+    assert v16.dtype == torch.float32 and 0 < (v16 - v32).abs().mean() <= 0.01  # of the [-1, 1] range
 
 
 def test_an_untiled_size_has_no_tiling(tiny_dir):

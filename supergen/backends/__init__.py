@@ -31,7 +31,8 @@ def model_info(model: str) -> ModelInfo:
     return backend_class(c["index"]["_class_name"]).info_from_configs(c)
 
 
-def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compile: bool = False) -> Backend:
+def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,
+                 vae_dtype: str = "float32") -> Backend:
     """The backend of `model`; with `compile`, its transformers compile at their first forward
     (`supergen.compiled`)."""
     if model in tiny.EMBEDDED:
@@ -41,7 +42,7 @@ def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compil
         pipe = load_pipeline(models.folder(model) or model, c["index"]["_class_name"])
         pipe.set_progress_bar_config(disable=True)
     be = backend_for_pipeline(pipe, device, dtype, sidecar=None if model not in tiny.EMBEDDED else tiny.sidecar(),
-                              configs=_configs(model))
+                              configs=_configs(model), vae_dtype=vae_dtype)
     if compile:
         from ..compiled import compile_backend
 
@@ -49,10 +50,11 @@ def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compil
     return be
 
 
-def backend_for_pipeline(pipe, device: str = "cpu", dtype: str = "float32", sidecar=None, configs=None) -> Backend:
+def backend_for_pipeline(pipe, device: str = "cpu", dtype: str = "float32", sidecar=None, configs=None,
+                         vae_dtype: str = "float32") -> Backend:
     """Wrap an already built pipeline (tests, notebooks)."""
     c = configs or tiny.configs(pipe)
     if sidecar is not None:
         c = {**c, "sidecar": sidecar}
     cls = backend_class(type(pipe).__name__)
-    return cls(pipe, cls.info_from_configs(c), device=device, dtype=dtype)
+    return cls(pipe, cls.info_from_configs(c), device=device, dtype=dtype, vae_dtype=vae_dtype)

@@ -22,7 +22,7 @@ from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, v
 # vae_tile: CogVideoX's VAE decodes a 1024-px tile of a 4K clip in over 110 GiB (measured on an H200, see
 # docs/benchmarks.md); 512-px tiles cover the same area with the same work in a fraction of the memory
 PRESETS = dict(scale=2, frames=41, steps=50, guidance=6.0, fps=8, cache_threshold=0.20, cache_alpha=0.5,
-               vae_tile=512)
+               vae_tile=512, vae_dtype="dtype")
 
 
 class CogVideoXBackend(GuidedPredict):
@@ -57,13 +57,14 @@ class CogVideoXBackend(GuidedPredict):
             presets={**PRESETS, **side.get("presets", {})},
         )
 
-    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
+                 vae_dtype: str = "float32"):
         self.pipe, self.info = pipe, info
-        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.device, self.dtype, self.vae_dtype = torch.device(device), DTYPES[dtype], DTYPES[vae_dtype]
         pipe.to(self.device)
         cast_module(pipe.transformer, self.dtype)
         cast_module(pipe.text_encoder, self.dtype)
-        cast_module(pipe.vae, torch.float32)
+        cast_module(pipe.vae, self.vae_dtype)
         self.scheduler = pipe.scheduler
         self.multistep = type(self.scheduler).__name__ == "CogVideoXDPMScheduler"
         self.sf = pipe.vae.config.scaling_factor
@@ -91,7 +92,7 @@ class CogVideoXBackend(GuidedPredict):
         if image is not None:
             width, height = size
             n, pad = self._latent_frames(frames)
-            pixels = preprocess_image(self.pipe, image, width, height, self.device)
+            pixels = preprocess_image(self.pipe, image, width, height, self.device).to(self.vae_dtype)
             shape = (1, n + pad, self.info.latent_channels, height // self.info.vae_spatial,
                      width // self.info.vae_spatial)
             _, image_latents = self.pipe.prepare_latents(
@@ -150,10 +151,10 @@ class CogVideoXBackend(GuidedPredict):
         (`frames`: the clip's length)."""
         vae = self.pipe.vae
         if encode:
-            return vae._encode(window.to(self.device, torch.float32))
+            return vae._encode(window.to(self.device, self.vae_dtype))
         if frames is not None:
             window = window[:, :, self._latent_frames(frames)[1]:]
-        return vae._decode(window.to(self.device, torch.float32) / self.sf, return_dict=False)[0]
+        return vae._decode((window.to(self.device, torch.float32) / self.sf).to(self.vae_dtype), return_dict=False)[0]
 
     def vae_finish(self, out, encode=False, frames=None):
         """What `decode`/`encode` make of the tiled VAE's blended output."""
@@ -161,7 +162,7 @@ class CogVideoXBackend(GuidedPredict):
             if frames is not None and out.shape[2] != frames:
                 raise BackendError(f"decode: the VAE returned {out.shape[2]} frames, expected {frames}")
             return out.float().clamp(-1, 1)
-        z = out[:, : self.info.latent_channels] * self.sf
+        z = out[:, : self.info.latent_channels].float() * self.sf
         pad = (-z.shape[2]) % self.p_t
         if pad:
             z = torch.cat([z[:, :, :1].expand(-1, -1, pad, -1, -1), z], dim=2)
@@ -176,7 +177,8 @@ class CogVideoXBackend(GuidedPredict):
             z = z[:, :, pad:]
         s = self.info.vae_spatial
         self._tiling(vae_tile, z.shape[-2] * s, z.shape[-1] * s)
-        video = self.pipe.vae.decode(z.to(self.device, torch.float32) / self.sf, return_dict=False)[0]
+        video = self.pipe.vae.decode((z.to(self.device, torch.float32) / self.sf).to(self.vae_dtype),
+                                     return_dict=False)[0]
         if frames is not None and video.shape[2] != frames:
             raise BackendError(f"decode: the VAE returned {video.shape[2]} frames, expected {frames}")
         return video.float().clamp(-1, 1)
@@ -185,7 +187,7 @@ class CogVideoXBackend(GuidedPredict):
     def encode(self, video, vae_tile=None):
         b, _, f, h, w = video.shape
         self._tiling(vae_tile, h, w)
-        z = self.pipe.vae.encode(video.to(self.device, torch.float32)).latent_dist.mode() * self.sf
+        z = self.pipe.vae.encode(video.to(self.device, self.vae_dtype)).latent_dist.mode().float() * self.sf
         n, pad = self._latent_frames(f)
         s = self.info.vae_spatial
         check_latent_shape(z, (b, self.info.latent_channels, n, h // s, w // s), "encode")

@@ -133,7 +133,7 @@ def cast_module(module, dtype: torch.dtype) -> None:
     time embeddings), as `from_pretrained(torch_dtype=...)` does."""
     if module is None or next(module.parameters()).dtype == dtype:
         return
-    module.to(dtype)
+    torch.nn.Module.to(module, dtype)  # diffusers' own `to` warns about the float32 modules kept just below
     keep = getattr(module, "_keep_in_fp32_modules", None) or []
     if dtype != torch.float32:
         for name, sub in module.named_modules():

@@ -64,9 +64,10 @@ class WanBackend(GuidedPredict):
             canvas_rope=True,
         )
 
-    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
+                 vae_dtype: str = "float32"):
         self.pipe, self.info = pipe, info
-        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.device, self.dtype, self.vae_dtype = torch.device(device), DTYPES[dtype], DTYPES[vae_dtype]
         pipe.to(self.device)
         for name in ("transformer", "transformer_2", "text_encoder", "image_encoder"):
             cast_module(getattr(pipe, name, None), self.dtype)
@@ -74,7 +75,7 @@ class WanBackend(GuidedPredict):
             model = getattr(pipe, name, None)
             if model is not None and not isinstance(model.rope, PlacedRope):
                 model.rope = PlacedRope(model.rope)
-        cast_module(pipe.vae, torch.float32)  # Wan's VAE is meant to run in float32
+        cast_module(pipe.vae, self.vae_dtype)  # Wan's VAE is published in float32 (the preset)
         self.scheduler = pipe.scheduler
         if getattr(self.scheduler.config, "stochastic_sampling", False):
             raise BackendError("stochastic flow-matching sampling is not supported: its per-step noise would "
@@ -155,14 +156,14 @@ class WanBackend(GuidedPredict):
         vae.clear_cache()
         parts = []
         if encode:
-            x = window.to(dev, torch.float32)
+            x = window.to(dev, self.vae_dtype)
             for k in range(1 + (x.shape[2] - 1) // 4):
                 vae._enc_conv_idx = [0]
                 chunk = x[:, :, :1] if k == 0 else x[:, :, 1 + 4 * (k - 1) : 1 + 4 * k]
                 parts.append(vae.quant_conv(vae.encoder(chunk, feat_cache=vae._enc_feat_map,
                                                         feat_idx=vae._enc_conv_idx)))
         else:
-            z = window.to(dev, torch.float32) * self.std.to(dev) + self.mean.to(dev)
+            z = (window.to(dev, torch.float32) * self.std.to(dev) + self.mean.to(dev)).to(self.vae_dtype)
             for k in range(z.shape[2]):
                 vae._conv_idx = [0]
                 parts.append(vae.decoder(vae.post_quant_conv(z[:, :, k : k + 1]), feat_cache=vae._feat_map,
@@ -183,13 +184,13 @@ class WanBackend(GuidedPredict):
         s = self.info.vae_spatial
         self._tiling(vae_tile, z.shape[-2] * s, z.shape[-1] * s)
         z = z.to(self.device, torch.float32) * self.std.to(self.device) + self.mean.to(self.device)
-        return self.pipe.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+        return self.pipe.vae.decode(z.to(self.vae_dtype), return_dict=False)[0].float().clamp(-1, 1)
 
     @torch.no_grad()
     def encode(self, video, vae_tile=None):
         b, _, f, h, w = video.shape
         self._tiling(vae_tile, h, w)
-        z = self.pipe.vae.encode(video.to(self.device, torch.float32)).latent_dist.mode()
+        z = self.pipe.vae.encode(video.to(self.device, self.vae_dtype)).latent_dist.mode()
         check_latent_shape(z, self.latent_shape(f, h, w), "encode")
         return (z.float() - self.mean.to(self.device)) / self.std.to(self.device)
 
