@@ -218,6 +218,7 @@ def main():
                 rec = run_render(client, store, serial, use)
                 rec["wall_s"] = round(time.time() - t1, 2)
                 rec["store"] = store.url
+                rec["vae_dtype"] = store.spec().vae_dtype  # the resolved preset where the spec leaves it unset
                 rec["extrapolated_s"] = extrapolate(rec["stages"], args)
                 out["runs"][mode] = rec
                 write_result(path, out)  # written now: a call cut short keeps what it measured
