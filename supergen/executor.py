@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import memory, noise, sketch
+from . import experts, memory, noise, sketch
 from .backends import load_backend, model_info
 from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
@@ -36,11 +36,13 @@ class RenderResult:
     cache: CacheReport | None = None
     forwards: dict[str, int] = field(default_factory=dict)  # transformer calls: sketch / refine
     family: str = ""
+    notes: list[str] = field(default_factory=list)  # what the model makes of the spec (`model_notes`)
 
     @property
     def warnings(self) -> list[str]:
-        """What the user should know about the sizes (canvas cropped, sketch stretched): `size_warnings`."""
-        return size_warnings(self.spec)
+        """What the user should know: the sizes (canvas cropped, sketch stretched: `size_warnings`) and the
+        model's `notes`."""
+        return size_warnings(self.spec) + self.notes
 
     def report(self) -> dict[str, Any]:
         """The render.json record."""
@@ -55,6 +57,14 @@ class RenderResult:
             "warnings": self.warnings,
             "memory": memory_summary(self.spec),
         }
+
+
+def model_notes(backend, spec: RenderSpec) -> list[str]:
+    """What the loaded model makes of a resolved spec, one sentence each: where the refinement starts
+    against a two-expert model's switch (`supergen.experts.note`)."""
+    start = spec.steps - spec.refine_steps
+    note = experts.note(backend.timesteps(spec.steps), backend.info.expert_boundary, start)
+    return [note] if note else []
 
 
 def memory_summary(spec: RenderSpec) -> dict | None:
@@ -171,7 +181,8 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
                                            spec.canvas_size, spec.frames, seed=spec.seed)
 
     # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
-    cache = TileCache(CacheConfig.from_spec(spec), plan.refine_steps)
+    schedule, boundary = backend.timesteps(spec.steps), backend.info.expert_boundary
+    cache = TileCache(CacheConfig.from_spec(spec, experts.switches(schedule, boundary, plan.start)), plan.refine_steps)
     tiles_per_step, state, first = [], {}, 0
     ckpt = sink.load_checkpoint() if sink is not None else None
     if ckpt is not None:  # resume after the last checkpointed step
@@ -205,4 +216,5 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     with memory.guard("export", spec):  # the uint8 copies of the decoded canvas
         return RenderResult(spec=spec, video=crop_to_request(to_uint8(video), spec), sketch_video=to_uint8(video_lo),
                             latent=x.cpu(), sketch_latent=z_lo.cpu(), timings=timings, tiles_per_step=tiles_per_step,
-                            forwards=forwards, family=backend.info.family, cache=cache.report)
+                            forwards=forwards, family=backend.info.family, cache=cache.report,
+                            notes=model_notes(backend, spec))

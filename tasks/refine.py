@@ -55,12 +55,13 @@ def start_pieces(store, source: str, win: Window) -> list[Piece]:
     return store.checkpoint_pieces(win) if source == "checkpoint" else store.stage_pieces("start", win)
 
 
-def gather_tile(render: str, spec, i: int, m: int, win: Window, core: Window, canvas, *piece_lists) -> Gathered:
+def gather_tile(render: str, spec, i: int, m: int, win: Window, core: Window, canvas, fresh: bool,
+                *piece_lists) -> Gathered:
     pieces = [p for lst in piece_lists for p in lst]
 
     def run():
         device = holder().backend(spec).device
-        return gather(win, core, pieces, canvas, spec.cache != "none", spec.cache_threshold, device)
+        return gather(win, core, pieces, canvas, spec.cache != "none", spec.cache_threshold, device, fresh)
 
     return _guard(run, render, i, m, "gathering")
 

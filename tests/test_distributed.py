@@ -2,6 +2,7 @@
 shared by the session's orchestration tests): same video as the in-process reference for 1, 2 and 3
 workers, a killed worker, concurrent renders, the dashboard of a cluster started in process."""
 
+import json
 import os
 import signal
 import threading
@@ -125,6 +126,29 @@ def test_canvas_positions_on_the_cluster_are_the_in_process_ones(client, tmp_pat
     assert torch.equal(RenderStore.open(str(tmp_path / "s")).load_stage("final"), ours.latent)
     local = supergen.render(prepare(RenderSpec(**base)))
     assert (ours.latent - local.latent).abs().max() > 1e-2  # the positions changed the tiles' predictions
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_a_two_expert_model_with_its_cache_reset_is_the_in_process_render(n_workers, client, tiny_dir, tmp_path):
+    """Wan 2.2's expert switch inside the refinement, the region cache on: every worker starts the cache
+    afresh at the switch (`supergen.experts`), so the skips and the video are the in-process ones."""
+    from test_experts import CACHED
+
+    spec = prepare(RenderSpec(model=tiny_dir("wan22-t2v"), **{**CACHED, "width": 128, "height": 112}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs
+    try:
+        ours = supergen.render(spec)
+    finally:
+        torch.set_num_threads(threads)
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:n_workers])
+    st = RenderStore.open(str(tmp_path / "s"))
+    record = json.loads(st.read_file("render.json"))
+    assert record["cache"]["skip_map"] == ours.cache.skip_map and any(any(r) for r in ours.cache.skip_map)
+    assert record["warnings"] == ours.warnings and any("afresh" in w for w in ours.warnings)
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
 
 
 def test_killed_worker_mid_refinement(client, reference, tmp_path):

@@ -11,7 +11,7 @@ from . import tiny
 from .base import Backend, Conditioning, ModelInfo
 from .loading import backend_class, load_pipeline, read_configs
 
-__all__ = ["Backend", "Conditioning", "ModelInfo", "model_info", "load_backend", "backend_for_pipeline"]
+__all__ = ["Backend", "Conditioning", "ModelInfo", "model_info", "schedule", "load_backend", "backend_for_pipeline"]
 
 
 def _configs(model: str) -> dict:
@@ -29,6 +29,18 @@ _EMBEDDED_CONFIGS: dict[str, dict] = {}
 def model_info(model: str) -> ModelInfo:
     c = _configs(model)
     return backend_class(c["index"]["_class_name"]).info_from_configs(c)
+
+
+def schedule(model: str, steps: int):
+    """The timesteps of an N-step schedule from the model's scheduler config alone (no weights): what the
+    loaded backend's `timesteps(steps)` gives, for the driver and the command line."""
+    import diffusers
+
+    c = _configs(model)
+    name = c["scheduler"].get("_class_name") or c["index"]["scheduler"][1]
+    s = getattr(diffusers, name).from_config(c["scheduler"])
+    s.set_timesteps(steps)
+    return s.timesteps
 
 
 def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,

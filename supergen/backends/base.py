@@ -28,6 +28,7 @@ class ModelInfo:
     frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
     sketch_multiple: int = 1  # pixels the stock pipeline demands of the sketch size (Wan's checks 16)
     scheduler: str = ""  # scheduler class name
+    expert_boundary: float | None = None  # two experts (Wan 2.2 A14B): the timestep from which `transformer_2` runs below
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
 
     @property

@@ -62,6 +62,8 @@ class WanBackend(GuidedPredict):
             presets=presets,
             sketch_multiple=16,  # WanPipeline.check_inputs, whatever the patch (the world model's is 1x1)
             canvas_rope=True,
+            expert_boundary=(index["boundary_ratio"] * c["scheduler"].get("num_train_timesteps", 1000)
+                             if two_experts and index.get("boundary_ratio") is not None else None),
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
