@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from . import experts, memory, noise, sketch
-from .backends import load_backend, model_info
+from . import experts, lora, memory, noise, sketch
+from .backends import load_backend, model_configs, model_info
 from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
 from .errors import SpecError
@@ -56,6 +56,7 @@ class RenderResult:
             "cache": self.cache.to_dict() if self.cache is not None else None,
             "warnings": self.warnings,
             "memory": memory_summary(self.spec),
+            "lora": lora.record(self.spec.lora),
         }
 
 
@@ -88,6 +89,9 @@ def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = 
     (`tasks.stages.worker_problem`) before any stage runs."""
     info = model_info(spec.model)
     spec = resolve(spec, info)
+    if spec.lora:  # absolute paths (workers elsewhere open the same files), then checked against the model
+        spec = spec.replace(lora=lora.normalized(spec.lora))
+        lora.check(spec.lora, model_configs(spec.model))
     if here:
         problem = device_problem(spec.device)
         if problem:
@@ -153,7 +157,8 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     image = load_image(spec, sink)  # a missing or unreadable image is refused before any weights load
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
-        backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile, spec.vae_dtype or "float32")
+        backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile,
+                                          spec.vae_dtype or "float32", spec.lora)
     plan = RefinePlan.from_spec(spec, backend.info.vae_spatial, backend.info.native_latent)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
     save = sink.save_stage if sink is not None else (lambda name, t: None)

@@ -151,6 +151,29 @@ def test_a_two_expert_model_with_its_cache_reset_is_the_in_process_render(n_work
     assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
 
 
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_a_lora_render_is_the_in_process_one_on_any_worker_count(n_workers, client, tmp_path_factory, tmp_path):
+    """Every worker fuses the same adapter into its resident model: the video is the in-process one."""
+    from supergen.backends import tiny
+
+    path = tmp_path_factory.getbasetemp() / "lora-wan-t2v"
+    if not path.exists():
+        tiny.lora("wan-t2v", str(path), seed=1)
+    spec = prepare(RenderSpec(**{**SPEC, "model": "tiny", "cache": "none"}, lora=(f"{path}:0.8",)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs
+    try:
+        ours = supergen.render(spec)
+    finally:
+        torch.set_num_threads(threads)
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:n_workers])
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
+    assert json.loads(st.read_file("render.json"))["lora"] == ours.report()["lora"]
+
+
 def test_killed_worker_mid_refinement(client, reference, tmp_path):
     """A worker process dies after step 2 (its nanny restarts it): the render completes and equals the
     reference; checkpoints bound how much is recomputed."""

@@ -167,3 +167,17 @@ def configs(pipe) -> dict:
         if module is not None:
             out[comp] = dict(module.config)
     return out
+
+
+def lora(kind: str, path: str, seed: int = 0, rank: int = 4) -> str:
+    """A LoRA for the tiny pipeline `kind`'s transformer (its attention projections, with a random non-zero
+    B, so it changes the output), saved as diffusers saves one: `path`/pytorch_lora_weights.safetensors."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    pipe = build(kind, seed)
+    pipe.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    type(pipe).save_lora_weights(path, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    return path
