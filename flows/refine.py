@@ -365,7 +365,7 @@ class _Driver:
         parts = [self._submit(T.pick, p_adv[k], 0, p_workers[k] != self.workers[0], worker=p_workers[k],
                               key=f"pieces-final-t{k:02d}-{self.rid}")
                  for k in range(len(p_cores)) if intersections(p_cores[k], full, self.canvas)]
-        self._submit(T.write_final, self.store, self.canvas, *parts, key=f"write-final-{self.rid}",
+        self._submit(T.write_final, self.store, self.rid, self.canvas, *parts, key=f"write-final-{self.rid}",
                      worker=self.workers[0]).result()
 
     # -- submission and accounting ------------------------------------------------------------------

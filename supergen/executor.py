@@ -212,6 +212,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
         progress.finish()
     timings["refine"] = time.perf_counter() - t0
     forwards["refine"] += backend.forwards - calls0
+    x = backend.finish(x, None if cond.image_latent is None else cond.image_latent.to(x.device))
     save("final", x)
 
     # 4. Decode the final canvas (tiled VAE with explicit tile and stride); the output is its requested centre.

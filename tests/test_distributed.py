@@ -174,6 +174,28 @@ def test_a_lora_render_is_the_in_process_one_on_any_worker_count(n_workers, clie
     assert json.loads(st.read_file("render.json"))["lora"] == ours.report()["lora"]
 
 
+@pytest.mark.parametrize("kind,n_workers", [("wan22-5b-i2v", 1), ("wan22-5b-i2v", 2), ("wan22-5b-i2v", 3),
+                                             ("wan-i2v", 2)])
+def test_an_image_to_video_render_is_the_in_process_one(kind, n_workers, client, tiny_dir, image_path, tmp_path):
+    """Image conditioning on the cluster: every window gets its crop of the canvas's image latent (Wan 2.1:
+    channels; TI2V-5B: the first latent frame, its tokens at timestep 0), and the canvas the workers
+    assemble ends as the in-process loop's (`Backend.finish`: TI2V's image frame first)."""
+    spec = prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir(kind), image=image_path, width=128,
+                              height=96, frames=5, steps=5, refine_steps=3, checkpoint_every=0, seed=2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs
+    try:
+        ours = supergen.render(spec)
+    finally:
+        torch.set_num_threads(threads)
+    assert ours.tiles_per_step == [4, 4, 4]
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:n_workers])
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
+
+
 def test_killed_worker_mid_refinement(client, reference, tmp_path):
     """A worker process dies after step 2 (its nanny restarts it): the render completes and equals the
     reference; checkpoints bound how much is recomputed."""
