@@ -53,13 +53,15 @@ def renoise_noise(store) -> torch.Tensor:
 @guarded("vae")
 def tile(store, tiling: vaetiles.Tiling, r: int, c: int, source: torch.Tensor | None = None,
          job: str = "decode") -> torch.Tensor:
-    """Tile (r, c) before blending: of `source` (encoding) or of the final (sketch) latent in the store."""
+    """Tile (r, c) before blending: of `source` (encoding) or of the final (sketch) latent in the store.
+    Float32 on the host whatever the VAE's dtype (exact for bfloat16, which Dask's tensor serialiser cannot
+    send); `block` casts it back before blending."""
     spec, be = _model(store)
     ys, xs = tiling.window(r, c)
     if job == "encode":
-        return be.vae_tile(source[..., ys, xs], True).cpu()
+        return be.vae_tile(source[..., ys, xs], True).float().cpu()
     stage = "sketch" if job == "sketch" else "final"
-    return be.vae_tile(store.stage_region(stage, ys, xs), False, spec.frames).cpu()
+    return be.vae_tile(store.stage_region(stage, ys, xs), False, spec.frames).float().cpu()
 
 
 def strip(raw: torch.Tensor, tiling: vaetiles.Tiling, which: str) -> torch.Tensor:
@@ -74,8 +76,10 @@ def block(store, tiling: vaetiles.Tiling, job: str, raw: torch.Tensor, up=None, 
     `eps` the canvas's noise."""
     spec, be = _model(store)
     encode = job == "encode"
-    # blended on the worker's device, as the one-GPU tiled VAE blends (seconds of CPU work per tile at 2K)
-    raw, up, left, corner = (None if x is None else x.to(be.device) for x in (raw, up, left, corner))
+    # blended on the worker's device in the VAE's dtype, as the one-GPU tiled VAE blends (seconds of CPU
+    # work per tile at 2K); the tiles and strips travel as float32 (`tile`), so the cast back is exact
+    dtype = be.pipe.vae.dtype
+    raw, up, left, corner = (None if x is None else x.to(be.device, dtype) for x in (raw, up, left, corner))
     out = be.vae_finish(vaetiles.assemble(be.pipe.vae, tiling, raw, up, left, corner), encode, spec.frames)
     if job == "sketch":
         return out.float().cpu().numpy()

@@ -260,6 +260,24 @@ def test_the_vae_spread_over_workers_gives_the_same_video(n_workers, client, vae
     assert st.has_array("sketch/video") == (n_workers > 1)
 
 
+def test_a_bfloat16_vae_spread_over_workers_gives_the_in_process_video(client, tmp_path):
+    """A bfloat16 VAE (CogVideoX's preset on GPUs): its tiles and strips cross workers as float32 (exact;
+    Dask cannot send bfloat16 tensors) and blend in bfloat16, as the one-process tiled VAE blends."""
+    spec = prepare(RenderSpec(**VAE_SPEC, vae_dtype="bfloat16"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs
+    try:
+        ours = supergen.render(spec)
+    finally:
+        torch.set_num_threads(threads)
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:2])
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
+    assert torch.equal(torch.from_numpy(st.sketch_frames()), ours.sketch_video)
+
+
 def test_renders_started_together_begin_on_different_workers(client):
     from flows.render import by_load
 
