@@ -128,7 +128,7 @@ def test_canvas_positions_on_the_cluster_are_the_in_process_ones(client, tmp_pat
     assert (ours.latent - local.latent).abs().max() > 1e-2  # the positions changed the tiles' predictions
 
 
-@pytest.mark.parametrize("n_workers", [1, 2, 3])
+@pytest.mark.parametrize("n_workers", [3])
 def test_a_two_expert_model_with_its_cache_reset_is_the_in_process_render(n_workers, client, tiny_dir, tmp_path):
     """Wan 2.2's expert switch inside the refinement, the region cache on: every worker starts the cache
     afresh at the switch (`supergen.experts`), so the skips and the video are the in-process ones."""
@@ -151,7 +151,7 @@ def test_a_two_expert_model_with_its_cache_reset_is_the_in_process_render(n_work
     assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
 
 
-@pytest.mark.parametrize("n_workers", [1, 2, 3])
+@pytest.mark.parametrize("n_workers", [1, 3])
 def test_a_lora_render_is_the_in_process_one_on_any_worker_count(n_workers, client, tmp_path_factory, tmp_path):
     """Every worker fuses the same adapter into its resident model: the video is the in-process one."""
     from supergen.backends import tiny
@@ -174,8 +174,7 @@ def test_a_lora_render_is_the_in_process_one_on_any_worker_count(n_workers, clie
     assert json.loads(st.read_file("render.json"))["lora"] == ours.report()["lora"]
 
 
-@pytest.mark.parametrize("kind,n_workers", [("wan22-5b-i2v", 1), ("wan22-5b-i2v", 2), ("wan22-5b-i2v", 3),
-                                             ("wan-i2v", 2)])
+@pytest.mark.parametrize("kind,n_workers", [("wan22-5b-i2v", 1), ("wan22-5b-i2v", 3), ("wan-i2v", 2)])
 def test_an_image_to_video_render_is_the_in_process_one(kind, n_workers, client, tiny_dir, image_path, tmp_path):
     """Image conditioning on the cluster: every window gets its crop of the canvas's image latent (Wan 2.1:
     channels; TI2V-5B: the first latent frame, its tokens at timestep 0), and the canvas the workers
