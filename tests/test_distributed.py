@@ -30,6 +30,16 @@ SPEC = dict(prompt="a red circle moving", model="tiny", width=128, height=112, f
 TOL = dict(rtol=0, atol=1e-5)
 
 
+def render_as_a_worker(spec):
+    """The in-process render with one thread, as each worker runs (CPU matmuls round by thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return supergen.render(spec)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def client(dask_cluster):
     from distributed import Client
@@ -115,12 +125,7 @@ def test_canvas_positions_on_the_cluster_are_the_in_process_ones(client, tmp_pat
     base = dict(prompt="a red striped circle moving left on a blue background", model="world", width=128,
                 height=128, frames=5, steps=6, refine_steps=3, checkpoint_every=0)
     spec = prepare(RenderSpec(**base, rope="canvas-ntk"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker runs: the world model's matmuls round by thread count
-    try:
-        ours = supergen.render(spec)
-    finally:
-        torch.set_num_threads(threads)
+    ours = render_as_a_worker(spec)  # the world model's matmuls round by thread count
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:2])
     assert torch.equal(RenderStore.open(str(tmp_path / "s")).load_stage("final"), ours.latent)
@@ -135,12 +140,7 @@ def test_a_two_expert_model_with_its_cache_reset_is_the_in_process_render(n_work
     from test_experts import CACHED
 
     spec = prepare(RenderSpec(model=tiny_dir("wan22-t2v"), **{**CACHED, "width": 128, "height": 112}))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker runs
-    try:
-        ours = supergen.render(spec)
-    finally:
-        torch.set_num_threads(threads)
+    ours = render_as_a_worker(spec)
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:n_workers])
     st = RenderStore.open(str(tmp_path / "s"))
@@ -160,12 +160,7 @@ def test_a_lora_render_is_the_in_process_one_on_any_worker_count(n_workers, clie
     if not path.exists():
         tiny.lora("wan-t2v", str(path), seed=1)
     spec = prepare(RenderSpec(**{**SPEC, "model": "tiny", "cache": "none"}, lora=(f"{path}:0.8",)))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker runs
-    try:
-        ours = supergen.render(spec)
-    finally:
-        torch.set_num_threads(threads)
+    ours = render_as_a_worker(spec)
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:n_workers])
     st = RenderStore.open(str(tmp_path / "s"))
@@ -181,12 +176,7 @@ def test_an_image_to_video_render_is_the_in_process_one(kind, n_workers, client,
     assemble ends as the in-process loop's (`Backend.finish`: TI2V's image frame first)."""
     spec = prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir(kind), image=image_path, width=128,
                               height=96, frames=5, steps=5, refine_steps=3, checkpoint_every=0, seed=2))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker runs
-    try:
-        ours = supergen.render(spec)
-    finally:
-        torch.set_num_threads(threads)
+    ours = render_as_a_worker(spec)
     assert ours.tiles_per_step == [4, 4, 4]
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:n_workers])
@@ -263,12 +253,7 @@ def test_a_bfloat16_vae_spread_over_workers_gives_the_in_process_video(client, t
     """A bfloat16 VAE (CogVideoX's preset on GPUs): its tiles and strips cross workers as float32 (exact;
     Dask cannot send bfloat16 tensors) and blend in bfloat16, as the one-process tiled VAE blends."""
     spec = prepare(RenderSpec(**VAE_SPEC, vae_dtype="bfloat16"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker runs
-    try:
-        ours = supergen.render(spec)
-    finally:
-        torch.set_num_threads(threads)
+    ours = render_as_a_worker(spec)
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:2])
     st = RenderStore.open(str(tmp_path / "s"))
