@@ -29,10 +29,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from distributed import Client
 
-from supergen.backends import model_info
+from supergen.backends import model_info, schedule
 from supergen.cache import CacheConfig, CacheReport
 from supergen.cache.policy import decide
 from supergen.cache.state import canvas_observation
+from supergen.experts import switches
 from supergen.refine import RefinePlan
 from supergen.stepplan import plan_compute, plan_gather
 from supergen.tiling import Window, intersections
@@ -201,7 +202,8 @@ class _Driver:
             client, store, spec, balance, rid, on_step
         self.plan = RefinePlan.from_spec(spec, info.vae_spatial, info.native_latent)
         self.canvas = tuple(self.plan.canvas)
-        self.cfg = CacheConfig.from_spec(spec)
+        self.cfg = CacheConfig.from_spec(spec, switches(schedule(spec.model, spec.steps), info.expert_boundary,
+                                                        self.plan.start))
         self.cache_on = self.cfg.policy != "none"
         names = check_workers(client, spec)
         self.workers = names if workers is None else [w for w in names if w in set(workers)]
@@ -273,7 +275,8 @@ class _Driver:
                 sources[pc.window].append(self._submit(
                     T.pick, p_adv[pc.core], pc.window, pc.crosses, worker=p_workers[pc.core],
                     key=f"pieces-s{i - 1:03d}-t{pc.core:02d}-to{pc.window:02d}-{rid}"))
-        return [self._submit(T.gather_tile, rid, self.spec, i, m, win, gp.cores[m], self.canvas, *sources[m],
+        fresh = i in self.cfg.fresh_at
+        return [self._submit(T.gather_tile, rid, self.spec, i, m, win, gp.cores[m], self.canvas, fresh, *sources[m],
                              key=f"gather-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m])
                 for m, win in enumerate(grid.windows)]
 
@@ -362,7 +365,7 @@ class _Driver:
         parts = [self._submit(T.pick, p_adv[k], 0, p_workers[k] != self.workers[0], worker=p_workers[k],
                               key=f"pieces-final-t{k:02d}-{self.rid}")
                  for k in range(len(p_cores)) if intersections(p_cores[k], full, self.canvas)]
-        self._submit(T.write_final, self.store, self.canvas, *parts, key=f"write-final-{self.rid}",
+        self._submit(T.write_final, self.store, self.rid, self.canvas, *parts, key=f"write-final-{self.rid}",
                      worker=self.workers[0]).result()
 
     # -- submission and accounting ------------------------------------------------------------------

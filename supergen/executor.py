@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from . import memory, noise, sketch
-from .backends import load_backend, model_info
+from . import experts, lora, memory, noise, sketch
+from .backends import load_backend, model_configs, model_info
 from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
 from .errors import SpecError
@@ -36,11 +36,13 @@ class RenderResult:
     cache: CacheReport | None = None
     forwards: dict[str, int] = field(default_factory=dict)  # transformer calls: sketch / refine
     family: str = ""
+    notes: list[str] = field(default_factory=list)  # what the model makes of the spec (`model_notes`)
 
     @property
     def warnings(self) -> list[str]:
-        """What the user should know about the sizes (canvas cropped, sketch stretched): `size_warnings`."""
-        return size_warnings(self.spec)
+        """What the user should know: the sizes (canvas cropped, sketch stretched: `size_warnings`) and the
+        model's `notes`."""
+        return size_warnings(self.spec) + self.notes
 
     def report(self) -> dict[str, Any]:
         """The render.json record."""
@@ -54,7 +56,16 @@ class RenderResult:
             "cache": self.cache.to_dict() if self.cache is not None else None,
             "warnings": self.warnings,
             "memory": memory_summary(self.spec),
+            "lora": lora.record(self.spec.lora),
         }
+
+
+def model_notes(backend, spec: RenderSpec) -> list[str]:
+    """What the loaded model makes of a resolved spec, one sentence each: where the refinement starts
+    against a two-expert model's switch (`supergen.experts.note`)."""
+    start = spec.steps - spec.refine_steps
+    note = experts.note(backend.timesteps(spec.steps), backend.info.expert_boundary, start)
+    return [note] if note else []
 
 
 def memory_summary(spec: RenderSpec) -> dict | None:
@@ -78,6 +89,9 @@ def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = 
     (`tasks.stages.worker_problem`) before any stage runs."""
     info = model_info(spec.model)
     spec = resolve(spec, info)
+    if spec.lora:  # absolute paths (workers elsewhere open the same files), then checked against the model
+        spec = spec.replace(lora=lora.normalized(spec.lora))
+        lora.check(spec.lora, model_configs(spec.model))
     if here:
         problem = device_problem(spec.device)
         if problem:
@@ -143,7 +157,8 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     image = load_image(spec, sink)  # a missing or unreadable image is refused before any weights load
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
-        backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile, spec.vae_dtype or "float32")
+        backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile,
+                                          spec.vae_dtype or "float32", spec.lora)
     plan = RefinePlan.from_spec(spec, backend.info.vae_spatial, backend.info.native_latent)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
     save = sink.save_stage if sink is not None else (lambda name, t: None)
@@ -171,7 +186,8 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
                                            spec.canvas_size, spec.frames, seed=spec.seed)
 
     # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
-    cache = TileCache(CacheConfig.from_spec(spec), plan.refine_steps)
+    schedule, boundary = backend.timesteps(spec.steps), backend.info.expert_boundary
+    cache = TileCache(CacheConfig.from_spec(spec, experts.switches(schedule, boundary, plan.start)), plan.refine_steps)
     tiles_per_step, state, first = [], {}, 0
     ckpt = sink.load_checkpoint() if sink is not None else None
     if ckpt is not None:  # resume after the last checkpointed step
@@ -196,6 +212,7 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
         progress.finish()
     timings["refine"] = time.perf_counter() - t0
     forwards["refine"] += backend.forwards - calls0
+    x = backend.finish(x, None if cond.image_latent is None else cond.image_latent.to(x.device))
     save("final", x)
 
     # 4. Decode the final canvas (tiled VAE with explicit tile and stride); the output is its requested centre.
@@ -205,4 +222,5 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     with memory.guard("export", spec):  # the uint8 copies of the decoded canvas
         return RenderResult(spec=spec, video=crop_to_request(to_uint8(video), spec), sketch_video=to_uint8(video_lo),
                             latent=x.cpu(), sketch_latent=z_lo.cpu(), timings=timings, tiles_per_step=tiles_per_step,
-                            forwards=forwards, family=backend.info.family, cache=cache.report)
+                            forwards=forwards, family=backend.info.family, cache=cache.report,
+                            notes=model_notes(backend, spec))

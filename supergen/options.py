@@ -48,6 +48,8 @@ HELP = {
     "checkpoint_every": "checkpoint the refinement into the render store every c steps (0: only stages)",
     "compile": "torch.compile the transformer: one compile per worker and shape, cached on disk for every "
                "process of the host (Inductor's /tmp/torchinductor_<user>, or SUPERGEN_COMPILE_CACHE)",
+    "lora": "a LoRA adapter for the transformer, PATH[:SCALE] (a .safetensors file or a folder with "
+            "pytorch_lora_weights.safetensors; scale 1 by default), fused into the weights; repeat for several",
 }
 CHOICES = {"dtype": DTYPES, "vae_dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES, "rope": ROPE_MODES}
 
@@ -57,6 +59,9 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = parse_tile if f.name == "tile" else {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
         default = None if f.default is dataclasses.MISSING else f.default
+        if f.name == "lora":
+            p.add_argument(flag, action="append", default=[], metavar="PATH[:SCALE]", help=HELP[f.name])
+            continue
         if str(f.type) == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
             continue
@@ -72,4 +77,6 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> RenderSpec:
     names = {f.name for f in dataclasses.fields(RenderSpec)}
-    return RenderSpec(**{n: getattr(args, n) for n in names})
+    values = {n: getattr(args, n) for n in names}
+    values["lora"] = tuple(values["lora"] or ())
+    return RenderSpec(**values)

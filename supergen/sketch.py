@@ -49,6 +49,8 @@ def advance(backend: Backend, spec, cond: Conditioning, index: int, carry: Carry
     state = {k: v.to(x.device) for k, v in state.items() if k != "rng"}
     x, state = backend.step(spec.steps, index, cond.guide([o.to(x.device) for o in outputs]), x, state,
                             seed=spec.seed, generator=g)
+    if index == spec.steps - 1:
+        x = backend.finish(x, None if cond.image_latent is None else cond.image_latent.to(x.device))
     return x, {**state, "rng": g.get_state()}
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
+from .lora import parse_all
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backends.base import ModelInfo
@@ -77,6 +78,7 @@ class RenderSpec:
     max_consecutive_skips: int = 3
     checkpoint_every: int = 5  # checkpoint the refinement every c steps into the render store; 0: never
     compile: bool = False  # torch.compile the transformer(s) (supergen/compiled.py)
+    lora: tuple[str, ...] = ()  # LoRA adapters, "PATH[:SCALE]" each (supergen/lora.py), fused into the transformer
 
     def __post_init__(self):
         _check_fields(self)
@@ -85,6 +87,7 @@ class RenderSpec:
         d = dataclasses.asdict(self)
         if d["tile"] is not None:
             d["tile"] = list(d["tile"])
+        d["lora"] = list(d["lora"])
         return d
 
     @classmethod
@@ -96,6 +99,8 @@ class RenderSpec:
         d = dict(d)
         if d.get("tile") is not None:
             d["tile"] = tuple(d["tile"])
+        if isinstance(d.get("lora"), list):
+            d["lora"] = tuple(d["lora"])
         return cls(**d)
 
     def replace(self, **changes) -> RenderSpec:
@@ -192,6 +197,7 @@ def _check_fields(s: RenderSpec) -> None:
     _choice(s, "dtype", DTYPES)
     if s.vae_dtype is not None:
         _choice(s, "vae_dtype", DTYPES)
+    parse_all(s.lora)  # the entries' syntax; whether they fit the model is `supergen.lora.check`'s
     if not isinstance(s.compile, bool):
         raise SpecError("compile", f"must be true or false, got {s.compile!r}")
     if not isinstance(s.device, str) or not _DEVICE.match(s.device):

@@ -85,11 +85,15 @@ def _tile_state(maps: Maps, win: Window, core: Window, canvas) -> TileState:
 
 
 def gather(win: Window, core: Window, pieces: list[Piece], canvas, cache_on: bool,
-           threshold: float = 0.0, device=None) -> Gathered:
+           threshold: float = 0.0, device=None, fresh: bool = False) -> Gathered:
+    """Window `win` assembled from `pieces`, with its cache observation. `fresh`: the cache starts empty
+    here (`CacheConfig.fresh_at`: another expert from this step on), whatever the pieces carry."""
     maps = assemble(win, pieces, canvas, device)
     if not cache_on:
         return Gathered(win, core, maps, None)
-    if "cache/x_last" not in maps:  # the first refinement step: an empty cache
+    if fresh:
+        maps = {k: v for k, v in maps.items() if not k.startswith("cache/")}
+    if "cache/x_last" not in maps:  # the first refinement step (or a fresh one): an empty cache
         maps.update({f"cache/{k}": v for k, v in empty_maps(maps["latent"], threshold).items()})
     ts = _tile_state(maps, win, core, canvas)
     x = maps["latent"]

@@ -41,13 +41,13 @@ class ModelHolder(WorkerPlugin):
     def backend(self, spec):
         from supergen.backends import load_backend
 
-        key = (spec.model, spec.device, spec.dtype, spec.compile, spec.vae_dtype)
+        key = (spec.model, spec.device, spec.dtype, spec.compile, spec.vae_dtype, tuple(spec.lora))
         if key not in self.backends:
             while len(self.backends) >= self.max_models:  # one model per GPU: evict the least recent
                 self.backends.popitem(last=False)
                 self.conds.clear()
             self.backends[key] = load_backend(spec.model, spec.device, spec.dtype, spec.compile,
-                                              spec.vae_dtype or "float32")
+                                              spec.vae_dtype or "float32", tuple(spec.lora))
             self.loads += 1
         self.backends.move_to_end(key)
         return self.backends[key]

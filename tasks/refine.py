@@ -55,12 +55,13 @@ def start_pieces(store, source: str, win: Window) -> list[Piece]:
     return store.checkpoint_pieces(win) if source == "checkpoint" else store.stage_pieces("start", win)
 
 
-def gather_tile(render: str, spec, i: int, m: int, win: Window, core: Window, canvas, *piece_lists) -> Gathered:
+def gather_tile(render: str, spec, i: int, m: int, win: Window, core: Window, canvas, fresh: bool,
+                *piece_lists) -> Gathered:
     pieces = [p for lst in piece_lists for p in lst]
 
     def run():
         device = holder().backend(spec).device
-        return gather(win, core, pieces, canvas, spec.cache != "none", spec.cache_threshold, device)
+        return gather(win, core, pieces, canvas, spec.cache != "none", spec.cache_threshold, device, fresh)
 
     return _guard(run, render, i, m, "gathering")
 
@@ -188,7 +189,13 @@ def pick(pieces: dict[int, list[Piece]], m: int, leaves: bool = False) -> list[P
     return to_host(out) if leaves else out
 
 
-def write_final(store, canvas, *piece_lists) -> None:
-    """Assemble the refined canvas on the host from the last step's pieces and write final/latent."""
+def write_final(store, render: str, canvas, *piece_lists) -> None:
+    """Assemble the refined canvas on the host from the last step's pieces, as the loop returns it
+    (`Backend.finish`: TI2V-5B's image frame), and write final/latent."""
     latents = [Piece(p.rect, {"latent": p.maps["latent"]}) for lst in piece_lists for p in lst]
-    store.save_stage("final", assemble(Window(0, 0, *canvas), latents, canvas, "cpu")["latent"])
+    x = assemble(Window(0, 0, *canvas), latents, canvas, "cpu")["latent"]
+    spec = store.spec()
+    if spec.image is not None:
+        image = holder().conditioning(render, spec, store).image_latent
+        x = holder().backend(spec).finish(x, None if image is None else image.cpu())
+    store.save_stage("final", x)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from supergen.executor import RenderResult, sketch_latent, start_latent
+from supergen.executor import RenderResult, model_notes, sketch_latent, start_latent
 from supergen.memory import guarded
 from supergen.outputs import write_outputs
 from supergen.refine import RefinePlan
@@ -118,6 +118,6 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
     timings = {**timings, "decode": timings.get("decode", 0.0) + time.perf_counter() - t0}
     result = RenderResult(spec=spec, video=video, sketch_video=to_uint8(video_lo),
                           latent=x, sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step,
-                          forwards=forwards, family=be.info.family, cache=report)
+                          forwards=forwards, family=be.info.family, cache=report, notes=model_notes(be, spec))
     write_outputs(store, result, frames_written=decoded)
     return StageResult(timings["decode"])

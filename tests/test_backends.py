@@ -13,6 +13,8 @@ KINDS = {
     "wan-i2v": ("wan2.1-i2v", 5),
     "wan22-t2v": ("wan2.2-t2v", 5),
     "wan22-i2v": ("wan2.2-i2v", 5),
+    "wan22-5b-t2v": ("wan2.2-ti2v", 5),
+    "wan22-5b-i2v": ("wan2.2-ti2v", 5),
     "cogvideox-t2v": ("cogvideox1.0-t2v", 9),
     "cogvideox15-t2v": ("cogvideox1.5-t2v", 9),
     "cogvideox15-i2v": ("cogvideox1.5-i2v", 9),

@@ -63,3 +63,16 @@ def test_help_documents_defaults(capsys):
                 "--model", "--tile", "--out", "--quiet", "--boundary", "--shift-every"):
         assert opt in text
     assert "[default: wrap]" in text and "[default: world]" in text
+
+
+def test_the_experts_note_comes_from_the_configs_before_weights_load(tiny_dir, tmp_path, capsys):
+    """Wan 2.2's two experts: the user is told where the refinement starts against the switch, from the
+    configs alone (this folder's weights are unreadable, so the note precedes the load's failure)."""
+    from conftest import broken_copy
+
+    broken = broken_copy(tiny_dir("wan22-t2v"), tmp_path / "broken")
+    rc = main(["render", "--prompt", "x", "--model", str(broken), "--width", "128", "--height", "128", "--frames",
+               "5", "--steps", "20", "--refine-steps", "18", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "loading" in err
+    assert "note: the experts switch at step 6 of 20" in err and "first 4 steps run the high-noise expert" in err

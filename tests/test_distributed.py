@@ -2,6 +2,7 @@
 shared by the session's orchestration tests): same video as the in-process reference for 1, 2 and 3
 workers, a killed worker, concurrent renders, the dashboard of a cluster started in process."""
 
+import json
 import os
 import signal
 import threading
@@ -27,6 +28,16 @@ SPEC = dict(prompt="a red circle moving", model="tiny", width=128, height=112, f
 # Exact equality is what we observe (every tile sees the same data and ops); the stated tolerance covers
 # BLAS thread-count differences between worker processes and the reference.
 TOL = dict(rtol=0, atol=1e-5)
+
+
+def render_as_a_worker(spec):
+    """The in-process render with one thread, as each worker runs (CPU matmuls round by thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return supergen.render(spec)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -114,17 +125,64 @@ def test_canvas_positions_on_the_cluster_are_the_in_process_ones(client, tmp_pat
     base = dict(prompt="a red striped circle moving left on a blue background", model="world", width=128,
                 height=128, frames=5, steps=6, refine_steps=3, checkpoint_every=0)
     spec = prepare(RenderSpec(**base, rope="canvas-ntk"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker runs: the world model's matmuls round by thread count
-    try:
-        ours = supergen.render(spec)
-    finally:
-        torch.set_num_threads(threads)
+    ours = render_as_a_worker(spec)  # the world model's matmuls round by thread count
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:2])
     assert torch.equal(RenderStore.open(str(tmp_path / "s")).load_stage("final"), ours.latent)
     local = supergen.render(prepare(RenderSpec(**base)))
     assert (ours.latent - local.latent).abs().max() > 1e-2  # the positions changed the tiles' predictions
+
+
+@pytest.mark.parametrize("n_workers", [3])
+def test_a_two_expert_model_with_its_cache_reset_is_the_in_process_render(n_workers, client, tiny_dir, tmp_path):
+    """Wan 2.2's expert switch inside the refinement, the region cache on: every worker starts the cache
+    afresh at the switch (`supergen.experts`), so the skips and the video are the in-process ones."""
+    from test_experts import CACHED
+
+    spec = prepare(RenderSpec(model=tiny_dir("wan22-t2v"), **{**CACHED, "width": 128, "height": 112}))
+    ours = render_as_a_worker(spec)
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:n_workers])
+    st = RenderStore.open(str(tmp_path / "s"))
+    record = json.loads(st.read_file("render.json"))
+    assert record["cache"]["skip_map"] == ours.cache.skip_map and any(any(r) for r in ours.cache.skip_map)
+    assert record["warnings"] == ours.warnings and any("afresh" in w for w in ours.warnings)
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
+
+
+@pytest.mark.parametrize("n_workers", [1, 3])
+def test_a_lora_render_is_the_in_process_one_on_any_worker_count(n_workers, client, tmp_path_factory, tmp_path):
+    """Every worker fuses the same adapter into its resident model: the video is the in-process one."""
+    from supergen.backends import tiny
+
+    path = tmp_path_factory.getbasetemp() / "lora-wan-t2v"
+    if not path.exists():
+        tiny.lora("wan-t2v", str(path), seed=1)
+    spec = prepare(RenderSpec(**{**SPEC, "model": "tiny", "cache": "none"}, lora=(f"{path}:0.8",)))
+    ours = render_as_a_worker(spec)
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:n_workers])
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
+    assert json.loads(st.read_file("render.json"))["lora"] == ours.report()["lora"]
+
+
+@pytest.mark.parametrize("kind,n_workers", [("wan22-5b-i2v", 1), ("wan22-5b-i2v", 3), ("wan-i2v", 2)])
+def test_an_image_to_video_render_is_the_in_process_one(kind, n_workers, client, tiny_dir, image_path, tmp_path):
+    """Image conditioning on the cluster: every window gets its crop of the canvas's image latent (Wan 2.1:
+    channels; TI2V-5B: the first latent frame, its tokens at timestep 0), and the canvas the workers
+    assemble ends as the in-process loop's (`Backend.finish`: TI2V's image frame first)."""
+    spec = prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir(kind), image=image_path, width=128,
+                              height=96, frames=5, steps=5, refine_steps=3, checkpoint_every=0, seed=2))
+    ours = render_as_a_worker(spec)
+    assert ours.tiles_per_step == [4, 4, 4]
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:n_workers])
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
 
 
 def test_killed_worker_mid_refinement(client, reference, tmp_path):
@@ -195,12 +253,7 @@ def test_a_bfloat16_vae_spread_over_workers_gives_the_in_process_video(client, t
     """A bfloat16 VAE (CogVideoX's preset on GPUs): its tiles and strips cross workers as float32 (exact;
     Dask cannot send bfloat16 tensors) and blend in bfloat16, as the one-process tiled VAE blends."""
     spec = prepare(RenderSpec(**VAE_SPEC, vae_dtype="bfloat16"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker runs
-    try:
-        ours = supergen.render(spec)
-    finally:
-        torch.set_num_threads(threads)
+    ours = render_as_a_worker(spec)
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:2])
     st = RenderStore.open(str(tmp_path / "s"))

@@ -70,6 +70,35 @@ def test_native_single_tile_equals_the_stock_pipeline(kind, frames, k, rope, tin
     torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["wan22-5b-t2v", "wan22-5b-i2v"])
+def test_ti2v_native_single_tile_equals_the_stock_pipeline(kind, tiny_dir):
+    """Wan 2.2 TI2V-5B (16x VAE, per-token timesteps), text- and image-to-video: at native size our
+    refinement, then `finish` (the image's latent frame first), is the stock pipeline continuing from the
+    same latent, bit for bit."""
+    from PIL import Image
+
+    be = load_backend(tiny_dir(kind))
+    (w, h), (lh, lw) = be.info.native_size, be.info.native_latent
+    steps, k, frames, prompt, neg, g = 8, 3, 5, "a red circle moving", "blurry", 4.5
+    image = Image.new("RGB", (w, h), (200, 30, 40)) if be.info.is_i2v else None
+    plan = RefinePlan(steps, k, (lh, lw), (lh, lw), "wrap", 1, 16)
+    cond = be.encode_conditioning(prompt, neg, g, image, (w, h), frames)
+    x0 = torch.randn(1, be.info.latent_channels, 2, lh, lw, generator=torch.Generator().manual_seed(3))
+    x, state = x0.clone(), {}
+    for i in range(k):
+        x, state, _ = refine_step(be, cond, plan, i, x, state)
+    ours = be.finish(x, cond.image_latent)
+
+    pipe = copy.copy(be.pipe)
+    pipe.scheduler = _truncated(be.pipe.scheduler, steps - k)
+    ref = pipe(prompt=prompt, negative_prompt=neg, height=h, width=w, num_frames=frames, num_inference_steps=steps,
+               guidance_scale=g, output_type="latent", latents=x0.clone(), max_sequence_length=be.max_sequence_length,
+               **({"image": image} if image is not None else {})).frames
+    assert torch.equal(ours, ref.float())
+    if image is not None:  # the first frame is the image's, and it is not what the loop alone leaves there
+        assert torch.equal(ours[:, :, :1], cond.image_latent) and not torch.equal(x[:, :, :1], ours[:, :, :1])
+
+
 class PerCellBackend:
     """A backend whose prediction at a latent cell depends only on that cell (and the step): any tiling
     must then reproduce the untiled result. Uses a real flow-matching scheduler for the step."""

@@ -17,7 +17,7 @@ def _spec(model, **kw):
 
 # CogVideoX's pipeline batches its two branches into one call, which the separate calls equal to rounding;
 # cogvideox-t2v's DPM solver draws noise every step, from the generator of the initial latent, as there
-EXACT = {"wan-t2v": True, "wan22-t2v": True, "wan-i2v": True, "cogvideox-t2v": False, "cogvideox15-t2v": False,
+EXACT = {"wan-t2v": True, "wan22-t2v": True, "wan-i2v": True, "wan22-5b-t2v": True, "wan22-5b-i2v": True, "cogvideox-t2v": False, "cogvideox15-t2v": False,
          "cogvideox15-i2v": False}
 
 

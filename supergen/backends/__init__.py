@@ -11,7 +11,7 @@ from . import tiny
 from .base import Backend, Conditioning, ModelInfo
 from .loading import backend_class, load_pipeline, read_configs
 
-__all__ = ["Backend", "Conditioning", "ModelInfo", "model_info", "load_backend", "backend_for_pipeline"]
+__all__ = ["Backend", "Conditioning", "ModelInfo", "model_configs", "model_info", "schedule", "load_backend", "backend_for_pipeline"]
 
 
 def _configs(model: str) -> dict:
@@ -26,21 +26,43 @@ def _configs(model: str) -> dict:
 _EMBEDDED_CONFIGS: dict[str, dict] = {}
 
 
+def model_configs(model: str) -> dict:
+    """The model's configs (model_index.json, the transformer's, VAE's and scheduler's, the sidecar):
+    small JSON files only, no weights."""
+    return _configs(model)
+
+
 def model_info(model: str) -> ModelInfo:
     c = _configs(model)
     return backend_class(c["index"]["_class_name"]).info_from_configs(c)
 
 
+def schedule(model: str, steps: int):
+    """The timesteps of an N-step schedule from the model's scheduler config alone (no weights): what the
+    loaded backend's `timesteps(steps)` gives, for the driver and the command line."""
+    import diffusers
+
+    c = _configs(model)
+    name = c["scheduler"].get("_class_name") or c["index"]["scheduler"][1]
+    s = getattr(diffusers, name).from_config(c["scheduler"])
+    s.set_timesteps(steps)
+    return s.timesteps
+
+
 def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,
-                 vae_dtype: str = "float32") -> Backend:
-    """The backend of `model`; with `compile`, its transformers compile at their first forward
-    (`supergen.compiled`)."""
+                 vae_dtype: str = "float32", lora: tuple[str, ...] = ()) -> Backend:
+    """The backend of `model`; `lora`'s adapters fused into its transformer (`supergen.lora`, in float32,
+    before the cast); with `compile`, its transformers compile at their first forward (`supergen.compiled`)."""
     if model in tiny.EMBEDDED:
         pipe = tiny.build(tiny.EMBEDDED[model])
     else:
         c = _configs(model)
         pipe = load_pipeline(models.folder(model) or model, c["index"]["_class_name"])
         pipe.set_progress_bar_config(disable=True)
+    if lora:
+        from ..lora import apply
+
+        apply(pipe, lora)
     be = backend_for_pipeline(pipe, device, dtype, sidecar=None if model not in tiny.EMBEDDED else tiny.sidecar(),
                               configs=_configs(model), vae_dtype=vae_dtype)
     if compile:

@@ -28,6 +28,7 @@ class ModelInfo:
     frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
     sketch_multiple: int = 1  # pixels the stock pipeline demands of the sketch size (Wan's checks 16)
     scheduler: str = ""  # scheduler class name
+    expert_boundary: float | None = None  # two experts (Wan 2.2 A14B): the timestep from which `transformer_2` runs below
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
 
     @property
@@ -154,6 +155,11 @@ class Backend(Protocol):
     def initial_latent(self, width: int, height: int, frames: int, generator: torch.Generator) -> torch.Tensor:
         """The noise the stock pipeline starts from (float32, BCFHW), drawn from `generator`."""
 
+    def finish(self, x: torch.Tensor, image_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent a denoising loop returns, from its last step's `x` (and the image condition of the same
+        region): where the model writes the image into the clip (Wan 2.2 TI2V-5B's first frame), that;
+        else `x` itself."""
+
     def step(self, steps: int, index: int, prediction: torch.Tensor, x: torch.Tensor,
              state: dict[str, torch.Tensor], seed: int = 0,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -166,6 +172,9 @@ class GuidedPredict:
     """`predict` as the guided sum of per-branch calls. Every backend computes the branches as separate
     model calls, so a branch run on another worker gives exactly the numbers it would have given here:
     splitting CFG over GPUs never changes the video."""
+
+    def finish(self, x, image_latent=None):
+        return x
 
     def predict(self, x, steps, index, cond: Conditioning, image_latent=None, given=None, place=None):
         given = given or {}

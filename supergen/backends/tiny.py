@@ -16,8 +16,8 @@ import torch
 
 NATIVE = (64, 64)  # (width, height) pixels: latent 8x8 with the 8x VAEs below
 PRESETS = dict(scale=4, frames=9, steps=10, guidance=5.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
-KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "wan22-i2v", "cogvideox-t2v", "cogvideox15-t2v", "cogvideox15-i2v",
-         "cogvideox-i2v")
+KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "wan22-i2v", "wan22-5b-t2v", "wan22-5b-i2v", "cogvideox-t2v",
+         "cogvideox15-t2v", "cogvideox15-i2v", "cogvideox-i2v")
 EMBEDDED = {"tiny": "wan-t2v", "tiny-i2v": "wan-i2v"}
 
 WORDS = ("a the of and in on with video red green blue yellow white black moving circle square cat dog "
@@ -36,11 +36,11 @@ def t5_tokenizer(words=WORDS):
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-def _wan_transformer(in_channels=16, image_dim=None):
+def _wan_transformer(in_channels=16, image_dim=None, out_channels=16):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                 in_channels=in_channels, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64,
+                                 in_channels=in_channels, out_channels=out_channels, text_dim=32, freq_dim=32, ffn_dim=64,
                                  num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                  image_dim=image_dim, rope_max_seq_len=256)
 
@@ -58,6 +58,18 @@ def _wan(kind: str):
     vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    if kind.startswith("wan22-5b"):  # TI2V-5B style: Wan 2.2's 16x VAE (2x2 pixel patches, 48 channels)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                               out_channels=12, patch_size=2, scale_factor_spatial=16,
+                               latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+        parts = dict(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched, expand_timesteps=True,
+                     transformer=_wan_transformer(in_channels=48, out_channels=48))
+        if kind == "wan22-5b-t2v":
+            return WanPipeline(**parts)
+        from diffusers import WanImageToVideoPipeline
+
+        return WanImageToVideoPipeline(**parts)
     if kind == "wan-t2v":
         return WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=_wan_transformer(), scheduler=sched)
     if kind == "wan22-t2v":
@@ -167,3 +179,17 @@ def configs(pipe) -> dict:
         if module is not None:
             out[comp] = dict(module.config)
     return out
+
+
+def lora(kind: str, path: str, seed: int = 0, rank: int = 4) -> str:
+    """A LoRA for the tiny pipeline `kind`'s transformer (its attention projections, with a random non-zero
+    B, so it changes the output), saved as diffusers saves one: `path`/pytorch_lora_weights.safetensors."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    pipe = build(kind, seed)
+    pipe.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    type(pipe).save_lora_weights(path, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    return path

@@ -1,9 +1,11 @@
-"""Wan 2.1 / 2.2 (T2V, I2V, the A14B two-expert models, TI2V-5B text-to-video) through diffusers.
+"""Wan 2.1 / 2.2 (T2V, I2V, the A14B two-expert models, TI2V-5B text- and image-to-video) through diffusers.
 
 Conventions hidden here: latents are BCFHW, normalised per channel with the VAE's `latents_mean/std`;
 the scheduler is flow matching (the model predicts velocity = noise - x0); CFG is two calls ("cond",
 "uncond"); Wan 2.2 A14B switches to `transformer_2` below `boundary_ratio * 1000`; Wan 2.1 I2V adds
-CLIP image embeddings (global) and 4 mask + z image-condition channels (cropped per tile); a tile's
+CLIP image embeddings (global) and 4 mask + z image-condition channels (cropped per tile); TI2V-5B puts
+the image's latent in the first latent frame at timestep 0 (each tile its crop; `finish` writes it into the
+loop's result, as the stock pipeline does); a tile's
 rotary positions (`supergen.rope`) reach the transformer through its `rope` module, wrapped to hand back
 the ones given for the call.
 """
@@ -42,9 +44,6 @@ class WanBackend(GuidedPredict):
         two_experts = c.get("transformer_2") is not None and c.get("transformer") is not None
         version = "2.2" if (expand or two_experts or index.get("boundary_ratio")) else "2.1"
         family = f"wan{version}-{'ti2v' if expand else ('i2v' if i2v else 't2v')}"
-        if expand and i2v:
-            raise BackendError("Wan 2.2 TI2V image-to-video (first-frame latent replacement with per-token "
-                               "timesteps) is not supported yet; use it as text-to-video (WanPipeline)")
         dim = tr["num_attention_heads"] * tr["attention_head_dim"]
         native = (1280, 704) if expand else ((1280, 720) if dim >= 5120 else (832, 480))
         side = c.get("sidecar", {})
@@ -62,6 +61,8 @@ class WanBackend(GuidedPredict):
             presets=presets,
             sketch_multiple=16,  # WanPipeline.check_inputs, whatever the patch (the world model's is 1x1)
             canvas_rope=True,
+            expert_boundary=(index["boundary_ratio"] * c["scheduler"].get("num_train_timesteps", 1000)
+                             if two_experts and index.get("boundary_ratio") is not None else None),
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
@@ -99,8 +100,10 @@ class WanBackend(GuidedPredict):
                 cond.extra["encoder_hidden_states_image"] = self.pipe.encode_image(image, self.device).to(self.dtype)
             pixels = preprocess_image(self.pipe, image, width, height, self.device)
             shape = self.latent_shape(frames, height, width)
-            _, condition = self.pipe.prepare_latents(pixels, 1, shape[1], height, width, frames, torch.float32,
-                                                     self.device, None, torch.zeros(shape))
+            # Wan 2.1/2.2 A14B: the image latent and its mask, channels the transformer concatenates; TI2V-5B
+            # (`expand_timesteps`): the image's one latent frame, which replaces the clip's first
+            condition = self.pipe.prepare_latents(pixels, 1, shape[1], height, width, frames, torch.float32,
+                                                  self.device, None, torch.zeros(shape))[1]
             cond.image_latent = condition.float()
         return cond
 
@@ -204,6 +207,15 @@ class WanBackend(GuidedPredict):
         s.set_begin_index(index)
         return s.scale_noise(z0, s.timesteps[index : index + 1], eps.to(z0))
 
+    def finish(self, x, image_latent=None):
+        """TI2V-5B image-to-video: the image's latent frame in place of the first (what the stock pipeline
+        feeds the transformer each step and returns at the end); any other model: `x`."""
+        if image_latent is None or not self.pipe.config.get("expand_timesteps"):
+            return x
+        x = x.clone()
+        x[:, :, :1] = image_latent.to(x)
+        return x
+
     def step(self, steps, index, prediction, x, state, seed=0, generator=None):
         s = fresh_scheduler(self.scheduler, steps)
         s.set_begin_index(index)
@@ -215,12 +227,21 @@ class WanBackend(GuidedPredict):
         t = self.timesteps(steps)[index].to(self.device)
         # Wan 2.1, or 2.2's high-noise expert above the boundary; 2.2's low-noise expert below it
         model = self.pipe.transformer if self.boundary is None or t >= self.boundary else self.pipe.transformer_2
-        inp = x if image_latent is None else torch.cat([x, image_latent], dim=1)
+        expand = self.pipe.config.get("expand_timesteps")
+        if image_latent is None:
+            inp = x
+        elif expand:  # TI2V-5B: the first latent frame is the image's, its tokens at timestep 0
+            inp = self.finish(x, image_latent)
+        else:
+            inp = torch.cat([x, image_latent], dim=1)
         inp = inp.to(self.device, self.dtype)
         b, _, f, h, w = inp.shape
-        if self.pipe.config.get("expand_timesteps"):
+        if expand:  # one timestep per token, as WanPipeline / WanImageToVideoPipeline build it
             ph, pw = self.info.patch[1:]
-            timestep = t.expand(b, f * (h // ph) * (w // pw))  # one timestep per token (TI2V-5B)
+            mask = torch.ones(f, h // ph, w // pw, device=self.device)
+            if image_latent is not None:
+                mask[0] = 0
+            timestep = (mask * t).flatten().expand(b, -1)
         else:
             timestep = t.expand(b)
         text = cond.text if branch == 0 else cond.negative_text

@@ -87,6 +87,8 @@ class TileCache:
         self._uniform = None
         self._writes = []
         if self.cfg.policy != "none":
+            if i in self.cfg.fresh_at:  # another model from here on (`supergen.experts`): nothing carries over
+                self.state.maps = {}
             self.state.allocate(x)
         if self.cfg.policy == "uniform":  # one decision for the whole canvas (TeaCache-style)
             sums = [core_sums(self.state.read(core, core), crop(x, core)) for core in self.cores]  # owned cells only

@@ -28,10 +28,13 @@ class CacheConfig:
     warmup: int = 5  # refinement steps that always compute
     max_consecutive_skips: int = 3
     update_every: int = 5  # steps between region-aware threshold updates
+    fresh_at: tuple[int, ...] = ()  # refinement steps that start from an empty state (an expert switch)
 
     @classmethod
-    def from_spec(cls, spec) -> CacheConfig:
-        return cls(spec.cache, spec.cache_threshold, spec.cache_alpha, spec.cache_warmup, spec.max_consecutive_skips)
+    def from_spec(cls, spec, fresh_at: tuple[int, ...] = ()) -> CacheConfig:
+        """`fresh_at`: `supergen.experts.switches` of the render's schedule."""
+        return cls(spec.cache, spec.cache_threshold, spec.cache_alpha, spec.cache_warmup, spec.max_consecutive_skips,
+                   fresh_at=tuple(fresh_at))
 
 
 @dataclass(frozen=True)
