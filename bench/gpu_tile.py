@@ -132,6 +132,32 @@ def compiled_forwards(model, kwargs, device, n: int, order: str, eager: dict) ->
             "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
 
 
+def unmasked_forwards(model, kwargs, device, n: int, order: str, result: dict) -> dict:
+    """The forwards again with every attention's mask dropped (HunyuanVideo's all-true text mask of an
+    unpadded prompt): seconds, MFU and the largest difference to the masked forward's output."""
+    from supergen.backends.hunyuan import UnmaskedAttention
+
+    with torch.no_grad(), kernels(order):
+        ref = model(**kwargs)[0]
+    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    for b in blocks:
+        b.attn.set_processor(UnmaskedAttention(b.attn.processor))
+        b.attn.processor.drop = True
+    try:
+        forward_times(model, kwargs, device, 1, order)  # warm-up
+        times = forward_times(model, kwargs, device, n, order)
+        with torch.no_grad(), kernels(order):
+            out = model(**kwargs)[0]
+    finally:
+        for b in blocks:
+            b.attn.set_processor(b.attn.processor.inner)
+    med = statistics.median(times)
+    return {"forward_s": [round(t, 4) for t in times], "forward_median_s": round(med, 4),
+            "speedup_vs_masked": round(result["forward_median_s"] / med, 3),
+            "mfu_vs_measured_peak": round(result["flops"] / med / 1e12 / result["matmul_peak"]["tflops"], 3),
+            "max_abs_diff_vs_masked_rel": float((out - ref).abs().max() / ref.abs().max())}
+
+
 def attention_kernels(arch, device, scale: str, iters: int = 5) -> dict:
     """Each fused SDPA kernel alone on the architecture's main attention call at the native tile (joint
     text+image attention for CogVideoX and HunyuanVideo, with HunyuanVideo's prompt mask; image
@@ -222,6 +248,9 @@ def main():
     ap.add_argument("--profile", action="store_true", help="also one forward under torch.profiler: kernel times")
     ap.add_argument("--attention", nargs="+", default=["torch", "cudnn"], choices=ORDERS,
                     help="attention kernel orders to time the forwards under (MFU: the fastest)")
+    ap.add_argument("--unmasked", action="store_true",
+                    help="HunyuanVideo: then the same forwards with the text mask dropped, as supergen's backend runs "
+                         "its unpadded prompts (supergen.backends.hunyuan.UnmaskedAttention)")
     ap.add_argument("--compile", action="store_true",
                     help="then the same forwards compiled as --compile compiles them: first call, MFU, difference")
     args = ap.parse_args()
@@ -261,6 +290,8 @@ def main():
                   mfu_vs_measured_peak=round(result["flops"] / med / 1e12 / result["matmul_peak"]["tflops"], 3))
     if device.type == "cuda":
         result["tile_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.unmasked:
+        result["unmasked"] = unmasked_forwards(model, kw, device, args.forwards, best, result)
     if args.compile:
         result["compiled"] = compiled_forwards(model, kw, device, args.forwards, best, result)
     if args.profile:

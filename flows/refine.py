@@ -209,7 +209,7 @@ class _Driver:
         self.workers = names if workers is None else [w for w in names if w in set(workers)]
         client.register_plugin(ModelHolder())
         self.stats = RefineStats([str(w) for w in self.workers], balance=balance)
-        self.branches = 2 if spec.guidance > 1.0 else 1  # CFG model calls per tile-step (Conditioning.branches)
+        self.branches = info.branches(spec.guidance)  # model calls per tile-step (Conditioning.branches)
         self.report = CacheReport(self.cfg.policy, self.cfg.threshold, self.cfg.alpha)
         self.start_shape = store.group["start/latent"].shape
         channels, frames = self.start_shape[1], self.start_shape[2]

@@ -5,13 +5,15 @@ latent: megabytes, against seconds of transformer work per branch); the video is
 
 from __future__ import annotations
 
+from supergen.backends import model_info
 from tasks import sketch as tasks
 from tasks.stages import StageResult, sketch_stage
 
 
 def splits(spec, workers: list) -> bool:
-    """Whether the sketch's branches are split: two workers and CFG on."""
-    return len(workers) >= 2 and spec.guidance > 1.0
+    """Whether the sketch's branches are split: two workers and CFG on (two calls a step; a
+    guidance-distilled model makes one)."""
+    return len(workers) >= 2 and model_info(spec.model).branches(spec.guidance) == 2
 
 
 def sketch_on_cluster(client, store, workers: list, render_id: str, pins: dict) -> StageResult:

@@ -5,6 +5,8 @@
 #              attention order, each fused attention kernel alone on the architecture's attention shape, one per GPU in parallel (round-robin when there are fewer GPUs, the slowest apart),
 #              plus CogVideoX-1.5-5B untiled at 2K and 4K (time, peak memory)
 #   profile    one profiled forward per architecture (device time by operator), torch's attention order
+#   hunyuan-mask  HunyuanVideo-13B's native tile forward with its text mask and without (supergen's unpadded
+#              prompts drop it), time, MFU and the difference
 #   stage2     CogVideoX-1.5-5B refinement at 3840x2160 then 2560x1440, 41 frames: in-process vs flow on
 #              1/2/4/8 GPUs (as many as there are), per-worker memory, stage times at 4K
 #   stage2-4k, stage2-2k   one size alone
@@ -50,6 +52,8 @@ stage2() {
 case "$PART" in
   tiles) tiles ;;
   profile) tiles --forwards 1 --attention torch --profile ;;
+  hunyuan-mask) python3 bench/gpu_tile.py --arch hunyuanvideo-t2v-13b --forwards 3 --attention cudnn --unmasked \
+                  --out "$OUT/tile_hunyuan_mask.json" ;;
   stage2) stage2 3840x2160 2560x1440 ;;  # one cluster and one model build for both sizes
   stage2-4k) stage2 3840x2160 ;;
   stage2-2k) stage2 2560x1440 ;;

@@ -329,6 +329,10 @@ def _params_from_config(component: str, cfg: dict | None, family: str) -> int | 
             img = cfg.get("image_dim") or 0
             return (L * (8 * D * D + 2 * D * f + 12 * D) + (cfg["in_channels"] + cfg["out_channels"]) * D * p
                     + cfg["freq_dim"] * D + 8 * D * D + cfg["text_dim"] * D + img * (img + D) + extra)
+        if family.startswith("hunyuan"):  # double-stream blocks (two of everything) and single-stream ones
+            m = cfg.get("mlp_ratio", 4.0)
+            return int(L * 2 * (10 + 2 * m) * D * D + cfg.get("num_single_layers", 0) * (7 + 2 * m) * D * D
+                       + (cfg.get("text_embed_dim", 4096) + cfg.get("pooled_projection_dim", 768)) * D)
         te = cfg.get("time_embed_dim", 512)
         p = cfg["patch_size"] ** 2 * (cfg.get("patch_size_t") or 1)
         return (L * (12 * D * D + 12 * D * te) + cfg["in_channels"] * p * D + cfg.get("text_embed_dim", 4096) * D
@@ -347,6 +351,10 @@ def _params_from_config(component: str, cfg: dict | None, family: str) -> int | 
         d, ff = cfg["d_model"], cfg["d_ff"]
         gated = 3 if cfg.get("is_gated_act") or "gated" in str(cfg.get("feed_forward_proj", "")) else 2
         return cfg["vocab_size"] * d + cfg["num_layers"] * (4 * d * cfg["num_heads"] * cfg["d_kv"] + gated * d * ff)
+    if component.startswith("text_encoder") and "intermediate_size" in cfg:  # LLaMA-style or CLIP text
+        h, L, ff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
+        gated = 3 if "rms_norm_eps" in cfg else 2  # LLaMA's gated MLP
+        return cfg["vocab_size"] * h + L * (4 * h * h + gated * h * ff)
     if component == "image_encoder":  # CLIP vision
         c = cfg.get("vision_config", cfg)
         if "hidden_size" in c:
@@ -361,7 +369,7 @@ def _weights(model: str, family: str, c: dict) -> dict[str, tuple[int, str]]:
     index = c.get("index", {})
     folder = _model_folder(model)
     out = {}
-    for comp in ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae"):
+    for comp in ("transformer", "transformer_2", "text_encoder", "text_encoder_2", "image_encoder", "vae"):
         entry = index.get(comp)
         if not entry or entry[0] is None:
             continue
@@ -412,6 +420,8 @@ def _chunks(family: str, temporal: int, frames: int) -> tuple[int, int]:
     if family.startswith("cogvideox"):
         latent = (frames - 1) // temporal + 1
         return 8 + frames % 8, (2 + latent % 2) * temporal
+    if family.startswith("hunyuan"):  # 16-frame windows and one frame of overlap, encoding and decoding
+        return 17, 17
     return temporal, temporal
 
 
@@ -420,7 +430,8 @@ def _transformer(c: dict, family: str) -> dict:
     heads, hd = tr.get("num_attention_heads", 1), tr.get("attention_head_dim", 64)
     D = heads * hd
     ffn = tr.get("ffn_dim") or 4 * D
-    text = tr.get("max_text_seq_length", 226) if family.startswith("cogvideox") else 0
+    text = (tr.get("max_text_seq_length", 226) if family.startswith("cogvideox")
+            else 256 if family.startswith("hunyuan") else 0)  # text tokens that join the image's attention
     return {"hidden": D, "heads": heads, "ffn": ffn, "text_tokens": text}
 
 

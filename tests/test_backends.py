@@ -6,6 +6,7 @@ import torch
 import supergen
 from supergen import RenderSpec, SpecError
 from supergen.backends import load_backend, model_info
+from supergen.executor import prepare
 
 KINDS = {
     # kind: (family, frames); CogVideoX takes 1 + 8j frames; 1.5 pads 3 latent frames to 4
@@ -19,6 +20,7 @@ KINDS = {
     "cogvideox15-t2v": ("cogvideox1.5-t2v", 9),
     "cogvideox15-i2v": ("cogvideox1.5-i2v", 9),
     "cogvideox-i2v": ("cogvideox1.0-i2v", 9),
+    "hunyuan-t2v": ("hunyuanvideo1.0-t2v", 5),
 }
 
 
@@ -37,7 +39,8 @@ def test_render_through_saved_pipeline(kind, tiny_dir, image_path):
     assert r.spec.sketch_width * r.spec.sketch_height <= 64 * 64
     # 128x96 canvas = 16x12 latent with 8x8 tiles -> 2x2 windows (rows overlap on the 12-cell axis)
     assert r.tiles_per_step == [4, 4]
-    assert r.forwards["refine"] == 2 * 4 * 2  # steps x tiles x CFG branches, each its own model call
+    # steps x tiles x CFG branches, each its own model call (HunyuanVideo is guidance-distilled: one)
+    assert r.forwards["refine"] == 2 * 4 * info.branches(spec.guidance or 5.0)
     assert torch.isfinite(r.latent).all()
 
 
@@ -55,6 +58,7 @@ def test_i2v_condition_is_cropped_per_tile(tiny_dir, image_path):
     ("cogvideox-i2v", (4, 4), "learned positional"),
     ("cogvideox15-t2v", (16, 16), "exceeds the largest tile"),
     ("wan-t2v", (9, 8), "multiple of the patch"),
+    ("hunyuan-t2v", (9, 8), "multiple of the patch"),
 ])
 def test_backend_refuses_tiles_it_cannot_take(kind, tile, words, tiny_dir, image_path):
     path = tiny_dir(kind)
@@ -99,3 +103,13 @@ def test_embedded_configs_file_matches_the_built_models():
              "print('diffusers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_hunyuanvideo_takes_local_positions_only_and_no_image(tiny_dir, image_path):
+    """Refused from the configs, before any weights load: canvas positions (its transformer builds its rotary
+    embedding from the latent's shape; none can be given yet) and an image (1.0 T2V)."""
+    path = tiny_dir("hunyuan-t2v")
+    with pytest.raises(SpecError, match="`rope`"):
+        prepare(RenderSpec(prompt="x", model=path, rope="canvas-ntk"), check_memory=False)
+    with pytest.raises(SpecError, match="`image`.*text-to-video"):
+        prepare(RenderSpec(prompt="x", model=path, image=image_path), check_memory=False)

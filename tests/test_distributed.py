@@ -185,6 +185,21 @@ def test_an_image_to_video_render_is_the_in_process_one(kind, n_workers, client,
     assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
 
 
+@pytest.mark.parametrize("n_workers", [1, 3])
+def test_a_guidance_distilled_model_on_the_cluster_is_the_in_process_render(n_workers, client, tiny_dir, tmp_path):
+    """HunyuanVideo: one call per tile-step and none to split in the sketch; the video is the in-process one."""
+    spec = prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir("hunyuan-t2v"), width=128, height=96,
+                              frames=5, steps=4, refine_steps=3, checkpoint_every=0, seed=1))
+    ours = render_as_a_worker(spec)
+    assert ours.forwards == {"sketch": 4, "refine": 3 * 4}
+    store = RenderStore.create(str(tmp_path / "s"), spec)
+    run_stages(client, store, workers=worker_names(client)[:n_workers])
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
+    assert json.loads(st.read_file("render.json"))["forwards"] == ours.forwards
+
+
 def test_killed_worker_mid_refinement(client, reference, tmp_path):
     """A worker process dies after step 2 (its nanny restarts it): the render completes and equals the
     reference; checkpoints bound how much is recomputed."""

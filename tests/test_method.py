@@ -17,8 +17,8 @@ def _truncated(scheduler, start):
     base = type(scheduler)
 
     class Continue(base):
-        def set_timesteps(self, *a, **kw):
-            super().set_timesteps(*a, **kw)
+        def set_timesteps(self, *a, sigmas=None, **kw):  # `sigmas` named: HunyuanVideo's pipeline passes its own
+            super().set_timesteps(*a, **kw, **({} if sigmas is None else {"sigmas": sigmas}))
             self.timesteps = self.timesteps[start:]
             if hasattr(self, "sigmas") and self.sigmas is not None and base.__name__.startswith("FlowMatch"):
                 self.sigmas = self.sigmas[start:]
@@ -97,6 +97,24 @@ def test_ti2v_native_single_tile_equals_the_stock_pipeline(kind, tiny_dir):
     assert torch.equal(ours, ref.float())
     if image is not None:  # the first frame is the image's, and it is not what the loop alone leaves there
         assert torch.equal(ours[:, :, :1], cond.image_latent) and not torch.equal(x[:, :, :1], ours[:, :, :1])
+
+
+def test_hunyuanvideo_native_single_tile_equals_the_stock_pipeline(tiny_dir):
+    """HunyuanVideo 1.0 (guidance-distilled: the scale an input, one call a step; the pipeline's own sigmas):
+    at native size our refinement is the stock pipeline continuing from the same latent, to rounding (the
+    stock pads the prompt and masks the padding; supergen drops it)."""
+    be = load_backend(tiny_dir("hunyuan-t2v"))
+    steps, k, frames, prompt, g = 8, 3, 5, "a red circle moving", 4.5
+    x0 = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(3))
+    ours = _ours(be, x0, steps, k, prompt, "", g, frames)
+    assert be.forwards == k  # one call per tile-step
+    pipe = copy.copy(be.pipe)
+    pipe.scheduler = _truncated(be.pipe.scheduler, steps - k)
+    ref = pipe(prompt=prompt, height=64, width=64, num_frames=frames, num_inference_steps=steps, guidance_scale=g,
+               output_type="latent", latents=x0.clone(), prompt_template=be.template,
+               max_sequence_length=be.max_sequence_length).frames
+    assert (ref - x0).abs().max() > 0.1
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-5)
 
 
 class PerCellBackend:

@@ -16,9 +16,10 @@ def _spec(model, **kw):
 
 
 # CogVideoX's pipeline batches its two branches into one call, which the separate calls equal to rounding;
-# cogvideox-t2v's DPM solver draws noise every step, from the generator of the initial latent, as there
-EXACT = {"wan-t2v": True, "wan22-t2v": True, "wan-i2v": True, "wan22-5b-t2v": True, "wan22-5b-i2v": True, "cogvideox-t2v": False, "cogvideox15-t2v": False,
-         "cogvideox15-i2v": False}
+# cogvideox-t2v's DPM solver draws noise every step, from the generator of the initial latent, as there.
+# HunyuanVideo's pipeline pads the prompt and masks the padding, where supergen drops it: equal to rounding.
+EXACT = {"wan-t2v": True, "wan22-t2v": True, "wan-i2v": True, "wan22-5b-t2v": True, "wan22-5b-i2v": True,
+         "cogvideox-t2v": False, "cogvideox15-t2v": False, "cogvideox15-i2v": False, "hunyuan-t2v": False}
 
 
 @pytest.mark.parametrize("kind", list(EXACT))
@@ -53,7 +54,7 @@ def test_the_written_out_sketch_is_the_stock_pipelines(kind, tiny_dir, tmp_path)
     else:
         assert ours.shape == stock.shape and stock.abs().max() > 0.5
         torch.testing.assert_close(ours, stock, rtol=0, atol=1e-4)
-    assert be.forwards - calls == 2 * spec.steps
+    assert be.forwards - calls == be.info.branches(spec.guidance) * spec.steps
 
 
 def test_compile_compiles_the_transformer_lazily_with_a_shared_cache(tiny_dir, monkeypatch, tmp_path):

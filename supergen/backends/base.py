@@ -28,6 +28,7 @@ class ModelInfo:
     frame_step: int = 0  # frames must be 1 + a multiple of this (0: the VAE's time factor)
     sketch_multiple: int = 1  # pixels the stock pipeline demands of the sketch size (Wan's checks 16)
     scheduler: str = ""  # scheduler class name
+    guidance_embedded: bool = False  # guidance-distilled (HunyuanVideo): the scale is an input, no CFG branches
     expert_boundary: float | None = None  # two experts (Wan 2.2 A14B): the timestep from which `transformer_2` runs below
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
 
@@ -35,6 +36,10 @@ class ModelInfo:
     def stochastic_step(self) -> bool:
         """The scheduler step draws noise for the whole canvas (CogVideoX DPM): it cannot be split by region."""
         return self.scheduler == "CogVideoXDPMScheduler"
+
+    def branches(self, guidance: float) -> int:
+        """Transformer calls per step at this guidance scale: `Conditioning.branches`, from the configs."""
+        return 2 if guidance > 1.0 and not self.guidance_embedded else 1
 
     @property
     def frames_multiple(self) -> int:

@@ -20,6 +20,7 @@ REGISTRY = {
     "WanImageToVideoPipeline": "supergen.backends.wan:WanBackend",
     "CogVideoXPipeline": "supergen.backends.cogvideox:CogVideoXBackend",
     "CogVideoXImageToVideoPipeline": "supergen.backends.cogvideox:CogVideoXBackend",
+    "HunyuanVideoPipeline": "supergen.backends.hunyuan:HunyuanVideoBackend",
 }
 SIDECAR = "supergen.json"  # optional per-folder facts the configs lack (native size, presets)
 

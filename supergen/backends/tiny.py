@@ -17,7 +17,7 @@ import torch
 NATIVE = (64, 64)  # (width, height) pixels: latent 8x8 with the 8x VAEs below
 PRESETS = dict(scale=4, frames=9, steps=10, guidance=5.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
 KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "wan22-i2v", "wan22-5b-t2v", "wan22-5b-i2v", "cogvideox-t2v",
-         "cogvideox15-t2v", "cogvideox15-i2v", "cogvideox-i2v")
+         "cogvideox15-t2v", "cogvideox15-i2v", "cogvideox-i2v", "hunyuan-t2v")
 EMBEDDED = {"tiny": "wan-t2v", "tiny-i2v": "wan-i2v"}
 
 WORDS = ("a the of and in on with video red green blue yellow white black moving circle square cat dog "
@@ -119,27 +119,84 @@ def _cogvideox(kind: str):
     return cls(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=sched)
 
 
+# HunyuanVideo's prompt template, shortened; `crop_start` (the tokens before the prompt) is the tiny
+# tokenizer's count, where the real template's 95 is LLaMA's
+HUNYUAN_TEMPLATE = ("<|start_header_id|>system<|end_header_id|>\n\nDescribe the video.<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>")
+
+
+def llama_tokenizer():
+    """A LLaMA-style fast tokenizer over single characters (no merges) and the template's special tokens."""
+    from transformers import LlamaTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for c in string.ascii_letters + string.digits + string.punctuation + "\u2581\n":
+        vocab.setdefault(c, len(vocab))
+    # padded on the right, as HunyuanVideo's: its transformer takes the first mask-sum text tokens as valid
+    return LlamaTokenizerFast(vocab=vocab, merges=[], unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                              pad_token="</s>", padding_side="right")
+
+
+def _hunyuan():
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig, LlamaModel
+
+    tok = llama_tokenizer()
+    te = LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)).eval()
+    chars = string.ascii_letters + string.digits + string.punctuation
+    vocab = {**{c: i for i, c in enumerate(chars)}, "<|startoftext|>": len(chars), "<|endoftext|>": len(chars) + 1}
+    tok2 = CLIPTokenizer(vocab=vocab, merges=[])
+    te2 = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok2), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
+                                       bos_token_id=len(chars), eos_token_id=len(chars) + 1,
+                                       pad_token_id=len(chars) + 1)).eval()
+    tr = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
+                                        num_layers=1, num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0,
+                                        patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
+                                        text_embed_dim=32, pooled_projection_dim=16, rope_theta=256.0,
+                                        rope_axes_dim=(4, 6, 6))
+    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=4,
+                                    down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                    up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                    layers_per_block=1, norm_num_groups=2, spatial_compression_ratio=8,
+                                    temporal_compression_ratio=4, mid_block_add_attention=False)
+    return HunyuanVideoPipeline(text_encoder=te, tokenizer=tok, transformer=tr, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=te2,
+                                tokenizer_2=tok2)
+
+
+def hunyuan_template() -> dict:
+    return {"template": HUNYUAN_TEMPLATE,
+            "crop_start": len(llama_tokenizer()(HUNYUAN_TEMPLATE.split("{}")[0]).input_ids)}
+
+
 def build(kind: str = "wan-t2v", seed: int = 0):
     """A tiny pipeline of `kind`, identical for identical (kind, seed)."""
     if kind not in KINDS:
         raise ValueError(f"unknown tiny kind {kind!r}; known: {KINDS}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe = _wan(kind) if kind.startswith("wan") else _cogvideox(kind)
+        pipe = (_wan(kind) if kind.startswith("wan") else _hunyuan() if kind.startswith("hunyuan")
+                else _cogvideox(kind))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def sidecar() -> dict:
-    """The supergen.json facts of a tiny pipeline (its configs cannot say it was trained at 64x64)."""
-    return {"native_size": list(NATIVE), "presets": PRESETS}
+def sidecar(kind: str = "wan-t2v") -> dict:
+    """The supergen.json facts of a tiny pipeline (its configs cannot say it was trained at 64x64, nor, for
+    HunyuanVideo, where its tokenizer's prompt template ends)."""
+    presets = {**PRESETS, "prompt_template": hunyuan_template()} if kind.startswith("hunyuan") else PRESETS
+    return {"native_size": list(NATIVE), "presets": presets}
 
 
 def save(kind: str, path: str, seed: int = 0) -> str:
     """Build and `save_pretrained` a tiny pipeline with its sidecar; returns `path`."""
     build(kind, seed).save_pretrained(path)
     with open(os.path.join(path, "supergen.json"), "w") as f:
-        json.dump(sidecar(), f, indent=1)
+        json.dump(sidecar(kind), f, indent=1)
     return path
 
 

@@ -1,0 +1,193 @@
+"""HunyuanVideo 1.0 text-to-video through diffusers (`HunyuanVideoPipeline`).
+
+Conventions hidden here: latents are BCFHW scaled by the VAE's `scaling_factor`; the scheduler is flow
+matching over the pipeline's own sigmas (`linspace(1, 0, N + 1)[:-1]`, shifted by the scheduler), not
+`set_timesteps(N)`; the model is guidance-distilled: the guidance scale enters as an embedding (x 1000) and a
+step is one transformer call (no CFG branches). The text is a LLaMA-style encoder's hidden states under a
+prompt template (its first `crop_start` tokens dropped) plus CLIP's pooled embedding.
+
+The prompt is not padded: the pipeline pads it to 256 tokens and masks the padding in every attention,
+which sends attention to a masked kernel (measured on an H200: cuDNN at 381 TFLOP/s masked against ~570
+unmasked). Without the padding the mask is all true; the transformer's attention then runs unmasked
+(`UnmaskedAttention`), the same numbers to rounding, since masked keys contribute nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import BackendError
+from .base import Conditioning, GuidedPredict, ModelInfo
+from .loading import DTYPES, cast_module, vae_tiling
+
+PRESETS = dict(scale=2, frames=129, steps=50, guidance=6.0, fps=24, cache_threshold=0.20, cache_alpha=0.5,
+               vae_tile=512, vae_dtype="dtype")
+
+
+def sigmas(steps: int):
+    """The pipeline's sigmas before the scheduler's shift."""
+    import numpy as np
+
+    return np.linspace(1.0, 0.0, steps + 1)[:-1]
+
+
+def fresh(template, steps: int):
+    """A new scheduler set to the pipeline's N-step schedule (stateless steps, as `fresh_scheduler`)."""
+    s = type(template).from_config(template.config)
+    s.set_timesteps(sigmas=sigmas(steps))
+    return s
+
+
+class UnmaskedAttention:
+    """HunyuanVideo's attention processor, which drops the mask while `drop` is set: the backend's own
+    calls feed unpadded prompts, whose masks are all true, and SDPA's unmasked kernels are the fast ones.
+    The stock pipeline's calls (padded prompts) keep their masks."""
+
+    def __init__(self, inner):
+        self.inner, self.drop = inner, False
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        return self.inner(attn, hidden_states, encoder_hidden_states, None if self.drop else attention_mask,
+                          image_rotary_emb)
+
+
+class HunyuanVideoBackend(GuidedPredict):
+    @staticmethod
+    def info_from_configs(c: dict) -> ModelInfo:
+        index, tr, vae = c["index"], c["transformer"], c["vae"]
+        side = c.get("sidecar", {})
+        return ModelInfo(
+            family="hunyuanvideo1.0-t2v",
+            pipeline_class=index["_class_name"],
+            latent_channels=vae["latent_channels"],
+            vae_spatial=vae.get("spatial_compression_ratio", 8),
+            vae_temporal=vae.get("temporal_compression_ratio", 4),
+            patch=(tr.get("patch_size_t", 1), tr["patch_size"], tr["patch_size"]),
+            native_size=tuple(side.get("native_size", (1280, 720))),
+            is_i2v=False,
+            scheduler=c["scheduler"].get("_class_name", ""),
+            presets={**PRESETS, **side.get("presets", {})},
+            sketch_multiple=16,  # HunyuanVideoPipeline.check_inputs
+            guidance_embedded=True,
+        )
+
+    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
+                 vae_dtype: str = "float32"):
+        self.pipe, self.info = pipe, info
+        self.device, self.dtype, self.vae_dtype = torch.device(device), DTYPES[dtype], DTYPES[vae_dtype]
+        pipe.to(self.device)
+        for name in ("transformer", "text_encoder", "text_encoder_2"):
+            cast_module(getattr(pipe, name), self.dtype)
+        cast_module(pipe.vae, self.vae_dtype)
+        model = pipe.transformer
+        for block in list(model.transformer_blocks) + list(model.single_transformer_blocks):
+            if not isinstance(block.attn.processor, UnmaskedAttention):
+                block.attn.set_processor(UnmaskedAttention(block.attn.processor))
+        self.processors = [b.attn.processor for b in list(model.transformer_blocks) + list(model.single_transformer_blocks)]
+        self.scheduler = pipe.scheduler
+        self.sf = pipe.vae.config.scaling_factor
+        self.max_sequence_length = 256
+        self.template = dict(info.presets.get("prompt_template") or _default_template())
+        self.forwards = 0
+
+    # -- conditioning ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
+        if image is not None:
+            raise BackendError("HunyuanVideo 1.0 text-to-video takes no image")
+        embeds, pooled, mask = self.pipe.encode_prompt(prompt=prompt, prompt_template=self.template,
+                                                       device=self.device,
+                                                       max_sequence_length=self.max_sequence_length)
+        keep = mask[0].bool()  # the prompt's own tokens, wherever the tokenizer put its padding
+        n = int(keep.sum())
+        text = {"encoder_hidden_states": embeds[:, keep].to(self.dtype),
+                "encoder_attention_mask": torch.ones(1, n, device=self.device, dtype=self.dtype),
+                "pooled_projections": pooled.to(self.dtype)}
+        # guidance-distilled: the scale is an input, one call a step (no negative branch)
+        extra = {"guidance": torch.tensor([guidance], device=self.device, dtype=self.dtype) * 1000.0}
+        return Conditioning(guidance, text, None, extra)
+
+    # -- stage 1 ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
+        out = self.pipe(prompt=prompt, height=height, width=width, num_frames=frames, num_inference_steps=steps,
+                        guidance_scale=guidance, generator=generator, output_type="latent",
+                        prompt_template=self.template, max_sequence_length=self.max_sequence_length).frames
+        self.forwards += steps
+        return out.float()
+
+    def latent_shape(self, frames, height, width):
+        s, t = self.info.vae_spatial, self.info.vae_temporal
+        return (1, self.info.latent_channels, (frames - 1) // t + 1, height // s, width // s)
+
+    def initial_latent(self, width, height, frames, generator):
+        """The noise `HunyuanVideoPipeline.prepare_latents` starts from (float32)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(self.latent_shape(frames, height, width), generator=generator, device=self.device,
+                            dtype=torch.float32)
+
+    # -- VAE -------------------------------------------------------------------------------------
+    def _tiling(self, vae_tile, height, width):
+        vae, t = self.pipe.vae, vae_tiling(vae_tile, self.info.vae_spatial, (height, width))
+        if t is None:
+            vae.disable_tiling()
+        else:
+            vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0],
+                              tile_sample_stride_height=t[1], tile_sample_stride_width=t[1])
+
+    def vae_tiling(self, size, vae_tile, encode=False):
+        """None: HunyuanVideo's VAE also tiles in time (16-frame windows, blended), which `supergen.vaetiles`
+        does not model yet, so its VAE stages run on one worker (the diffusers tiled VAE)."""
+        return None
+
+    @torch.no_grad()
+    def decode(self, z, frames=None, vae_tile=None):
+        s = self.info.vae_spatial
+        self._tiling(vae_tile, z.shape[-2] * s, z.shape[-1] * s)
+        z = (z.to(self.device, torch.float32) / self.sf).to(self.vae_dtype)
+        return self.pipe.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, video, vae_tile=None):
+        _, _, f, h, w = video.shape
+        self._tiling(vae_tile, h, w)
+        z = self.pipe.vae.encode(video.to(self.device, self.vae_dtype)).latent_dist.mode()
+        return z.float() * self.sf
+
+    # -- schedule --------------------------------------------------------------------------------
+    def timesteps(self, steps: int) -> torch.Tensor:
+        return fresh(self.scheduler, steps).timesteps
+
+    def renoise(self, z0, eps, steps, index):
+        """sigma * noise + (1 - sigma) * z0 at sigma = sigmas[index] (flow matching's forward process)."""
+        s = fresh(self.scheduler, steps)
+        s.set_begin_index(index)
+        return s.scale_noise(z0, s.timesteps[index : index + 1], eps.to(z0))
+
+    def step(self, steps, index, prediction, x, state, seed=0, generator=None):
+        s = fresh(self.scheduler, steps)
+        s.set_begin_index(index)
+        return s.step(prediction.float(), s.timesteps[index], x, return_dict=False)[0].float(), state
+
+    # -- the per-tile call -----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None, place=None):
+        t = self.timesteps(steps)[index].to(self.device)
+        inp = x.to(self.device, self.dtype)
+        self.forwards += 1
+        for p in self.processors:  # `encode_conditioning`'s prompts are unpadded: all-true masks
+            p.drop = True
+        try:
+            with self.pipe.transformer.cache_context("cond"):
+                return self.pipe.transformer(hidden_states=inp, timestep=t.expand(inp.shape[0]).to(torch.float32),
+                                             return_dict=False, **cond.text, **cond.extra)[0].float()
+        finally:
+            for p in self.processors:
+                p.drop = False
+
+
+def _default_template() -> dict:
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    return DEFAULT_PROMPT_TEMPLATE
