@@ -8,6 +8,7 @@ import torch
 import supergen
 from supergen import RenderSpec
 from supergen.backends import load_backend
+from supergen.backends.base import FlowMatch
 from supergen.refine import RefinePlan, refine_step
 
 
@@ -117,18 +118,14 @@ def test_hunyuanvideo_native_single_tile_equals_the_stock_pipeline(tiny_dir):
     torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-5)
 
 
-class PerCellBackend:
+class PerCellBackend(FlowMatch):
     """A backend whose prediction at a latent cell depends only on that cell (and the step): any tiling
-    must then reproduce the untiled result. Uses a real flow-matching scheduler for the step."""
+    must then reproduce the untiled result. Steps with a real flow-matching scheduler (`FlowMatch`)."""
 
     def __init__(self):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from supergen.backends.wan import WanBackend
-
         self.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-        self.step = WanBackend.step.__get__(self)
-        self.timesteps = WanBackend.timesteps.__get__(self)
 
     def predict(self, x, steps, index, cond, image_latent=None, place=None):
         t = float(self.timesteps(steps)[index]) / 1000

@@ -173,6 +173,37 @@ class Backend(Protocol):
         stock pipeline does), else from a generator keyed by (`seed`, step)."""
 
 
+class FlowMatch:
+    """The schedule calls of a flow-matching model (Wan, HunyuanVideo), each on a fresh scheduler
+    (`loading.fresh_scheduler`); `schedule` is where a pipeline's own sigmas go."""
+
+    def schedule(self, steps: int):
+        from .loading import fresh_scheduler
+
+        return fresh_scheduler(self.scheduler, steps)
+
+    def timesteps(self, steps: int) -> torch.Tensor:
+        return self.schedule(steps).timesteps
+
+    def renoise(self, z0, eps, steps, index):
+        """sigma * noise + (1 - sigma) * z0 at sigma = sigmas[index] (flow matching's forward process)."""
+        s = self.schedule(steps)
+        s.set_begin_index(index)
+        return s.scale_noise(z0, s.timesteps[index : index + 1], eps.to(z0))
+
+    def step(self, steps, index, prediction, x, state, seed=0, generator=None):
+        s = self.schedule(steps)
+        s.set_begin_index(index)
+        return s.step(prediction.float(), s.timesteps[index], x, return_dict=False)[0].float(), state
+
+    def initial_latent(self, width, height, frames, generator):
+        """The noise the stock pipeline's `prepare_latents` starts from (float32, on the generator's device)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(self.latent_shape(frames, height, width), generator=generator, device=self.device,
+                            dtype=torch.float32)
+
+
 class GuidedPredict:
     """`predict` as the guided sum of per-branch calls. Every backend computes the branches as separate
     model calls, so a branch run on another worker gives exactly the numbers it would have given here:

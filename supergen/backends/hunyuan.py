@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import BackendError
-from .base import Conditioning, GuidedPredict, ModelInfo
-from .loading import DTYPES, cast_module, vae_tiling
+from .base import Conditioning, FlowMatch, GuidedPredict, ModelInfo
+from .loading import DTYPES, cast_module, fresh_scheduler, sample_tiling
 
 PRESETS = dict(scale=2, frames=129, steps=50, guidance=6.0, fps=24, cache_threshold=0.20, cache_alpha=0.5,
                vae_tile=512, vae_dtype="dtype")
@@ -29,13 +29,6 @@ def sigmas(steps: int):
     import numpy as np
 
     return np.linspace(1.0, 0.0, steps + 1)[:-1]
-
-
-def fresh(template, steps: int):
-    """A new scheduler set to the pipeline's N-step schedule (stateless steps, as `fresh_scheduler`)."""
-    s = type(template).from_config(template.config)
-    s.set_timesteps(sigmas=sigmas(steps))
-    return s
 
 
 class UnmaskedAttention:
@@ -51,7 +44,7 @@ class UnmaskedAttention:
                           image_rotary_emb)
 
 
-class HunyuanVideoBackend(GuidedPredict):
+class HunyuanVideoBackend(FlowMatch, GuidedPredict):
     @staticmethod
     def info_from_configs(c: dict) -> ModelInfo:
         index, tr, vae = c["index"], c["transformer"], c["vae"]
@@ -120,21 +113,9 @@ class HunyuanVideoBackend(GuidedPredict):
         s, t = self.info.vae_spatial, self.info.vae_temporal
         return (1, self.info.latent_channels, (frames - 1) // t + 1, height // s, width // s)
 
-    def initial_latent(self, width, height, frames, generator):
-        """The noise `HunyuanVideoPipeline.prepare_latents` starts from (float32)."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        return randn_tensor(self.latent_shape(frames, height, width), generator=generator, device=self.device,
-                            dtype=torch.float32)
-
     # -- VAE -------------------------------------------------------------------------------------
     def _tiling(self, vae_tile, height, width):
-        vae, t = self.pipe.vae, vae_tiling(vae_tile, self.info.vae_spatial, (height, width))
-        if t is None:
-            vae.disable_tiling()
-        else:
-            vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0],
-                              tile_sample_stride_height=t[1], tile_sample_stride_width=t[1])
+        sample_tiling(self.pipe.vae, vae_tile, self.info.vae_spatial, (height, width))
 
     def vae_tiling(self, size, vae_tile, encode=False):
         """None: HunyuanVideo's VAE also tiles in time (16-frame windows, blended), which `supergen.vaetiles`
@@ -155,20 +136,9 @@ class HunyuanVideoBackend(GuidedPredict):
         z = self.pipe.vae.encode(video.to(self.device, self.vae_dtype)).latent_dist.mode()
         return z.float() * self.sf
 
-    # -- schedule --------------------------------------------------------------------------------
-    def timesteps(self, steps: int) -> torch.Tensor:
-        return fresh(self.scheduler, steps).timesteps
-
-    def renoise(self, z0, eps, steps, index):
-        """sigma * noise + (1 - sigma) * z0 at sigma = sigmas[index] (flow matching's forward process)."""
-        s = fresh(self.scheduler, steps)
-        s.set_begin_index(index)
-        return s.scale_noise(z0, s.timesteps[index : index + 1], eps.to(z0))
-
-    def step(self, steps, index, prediction, x, state, seed=0, generator=None):
-        s = fresh(self.scheduler, steps)
-        s.set_begin_index(index)
-        return s.step(prediction.float(), s.timesteps[index], x, return_dict=False)[0].float(), state
+    # -- schedule: `FlowMatch` over the pipeline's own sigmas --------------------------------------
+    def schedule(self, steps: int):
+        return fresh_scheduler(self.scheduler, steps, sigmas=sigmas(steps))
 
     # -- the per-tile call -----------------------------------------------------------------------
     @torch.no_grad()

@@ -101,12 +101,27 @@ def _no_library_progress_bars():
             tl.enable_progress_bar()
 
 
-def fresh_scheduler(template, steps: int):
-    """A new scheduler with `steps` timesteps: steps are stateless calls this way (diffusers' schedulers
-    keep a step index), so any worker can step any region at any index."""
+def fresh_scheduler(template, steps: int, sigmas=None):
+    """A new scheduler with `steps` timesteps (or the pipeline's own `sigmas`, HunyuanVideo's): steps are
+    stateless calls this way (diffusers' schedulers keep a step index), so any worker can step any region
+    at any index."""
     s = type(template).from_config(template.config)
-    s.set_timesteps(steps)
+    if sigmas is None:
+        s.set_timesteps(steps)
+    else:
+        s.set_timesteps(sigmas=sigmas)
     return s
+
+
+def sample_tiling(vae, vae_tile: int | None, spatial: int, size: tuple[int, int]) -> None:
+    """Set a VAE that tiles in sample space by tile and stride (Wan's, HunyuanVideo's) for a frame of
+    (height, width) `size`: `vae_tiling`'s tiles, or off where the frame fits one."""
+    t = vae_tiling(vae_tile, spatial, size)
+    if t is None:
+        vae.disable_tiling()
+    else:
+        vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0],
+                          tile_sample_stride_height=t[1], tile_sample_stride_width=t[1])
 
 
 def vae_tiling(vae_tile: int | None, spatial: int, size: tuple[int, int]) -> tuple[int, int] | None:

@@ -16,9 +16,10 @@ import torch
 
 from .. import rope as rope_positions
 from ..errors import BackendError
-from .base import Conditioning, GuidedPredict, ModelInfo, preprocess_image, stock_latents, text_conditioning
+from .base import (Conditioning, FlowMatch, GuidedPredict, ModelInfo, preprocess_image, stock_latents,
+                   text_conditioning)
 from ..vaetiles import Axis, Tiling
-from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
+from .loading import DTYPES, cast_module, check_latent_shape, sample_tiling
 
 PRESETS = dict(scale=2, frames=81, steps=50, guidance=5.0, fps=16, cache_threshold=0.20, cache_alpha=0.5)
 
@@ -35,7 +36,7 @@ class PlacedRope(torch.nn.Module):
         return self.stock(hidden_states) if self.given is None else self.given
 
 
-class WanBackend(GuidedPredict):
+class WanBackend(FlowMatch, GuidedPredict):
     @staticmethod
     def info_from_configs(c: dict) -> ModelInfo:
         index, tr, vae = c["index"], c.get("transformer") or c.get("transformer_2"), c["vae"]
@@ -121,21 +122,9 @@ class WanBackend(GuidedPredict):
         self.forwards += n_calls
         return out.float()
 
-    def initial_latent(self, width, height, frames, generator):
-        """The noise `WanPipeline.prepare_latents` starts from (float32, drawn on the generator's device)."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        return randn_tensor(self.latent_shape(frames, height, width), generator=generator, device=self.device,
-                            dtype=torch.float32)
-
     # -- VAE -------------------------------------------------------------------------------------
     def _tiling(self, vae_tile, height, width):
-        vae, t = self.pipe.vae, vae_tiling(vae_tile, self.info.vae_spatial, (height, width))
-        if t is None:
-            vae.disable_tiling()
-        else:
-            vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0],
-                              tile_sample_stride_height=t[1], tile_sample_stride_width=t[1])
+        sample_tiling(self.pipe.vae, vae_tile, self.info.vae_spatial, (height, width))
 
     def vae_tiling(self, size, vae_tile, encode=False):
         """The tiled VAE's tiles (`vaetiles.Tiling`) for a latent (decode) or video (encode) of (h, w)
@@ -197,16 +186,7 @@ class WanBackend(GuidedPredict):
         check_latent_shape(z, self.latent_shape(f, h, w), "encode")
         return (z.float() - self.mean.to(self.device)) / self.std.to(self.device)
 
-    # -- schedule --------------------------------------------------------------------------------
-    def timesteps(self, steps: int) -> torch.Tensor:
-        return fresh_scheduler(self.scheduler, steps).timesteps
-
-    def renoise(self, z0, eps, steps, index):
-        """sigma * noise + (1 - sigma) * z0 at sigma = sigmas[index] (flow matching's forward process)."""
-        s = fresh_scheduler(self.scheduler, steps)
-        s.set_begin_index(index)
-        return s.scale_noise(z0, s.timesteps[index : index + 1], eps.to(z0))
-
+    # -- schedule: `FlowMatch` --------------------------------------------------------------------
     def finish(self, x, image_latent=None):
         """TI2V-5B image-to-video: the image's latent frame in place of the first (what the stock pipeline
         feeds the transformer each step and returns at the end); any other model: `x`."""
@@ -215,11 +195,6 @@ class WanBackend(GuidedPredict):
         x = x.clone()
         x[:, :, :1] = image_latent.to(x)
         return x
-
-    def step(self, steps, index, prediction, x, state, seed=0, generator=None):
-        s = fresh_scheduler(self.scheduler, steps)
-        s.set_begin_index(index)
-        return s.step(prediction.float(), s.timesteps[index], x, return_dict=False)[0].float(), state
 
     # -- the per-tile call -----------------------------------------------------------------------
     @torch.no_grad()
