@@ -83,6 +83,26 @@ def wan_rotary(rope, shape: tuple[int, ...], p: Place) -> tuple[torch.Tensor, to
     return out[0], out[1]
 
 
+def hunyuan_rotary(rope, shape: tuple[int, ...], p: Place) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `HunyuanVideoRotaryPosEmbed(hidden_states)` returns for a latent of `shape`, at `p`: per axis
+    a rotary embedding of its float32 positions (time's the stock ones), laid over the (t, y, x) grid."""
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    _, _, f, h, w = shape
+    n = (f // rope.patch_size_t, h // rope.patch_size, w // rope.patch_size)
+    axes = [get_1d_rotary_pos_embed(rope.rope_dim[0], torch.arange(n[0], dtype=torch.float32), rope.theta,
+                                    use_real=True)]
+    for ax in range(2):
+        kw = axis(p, ax, n[1 + ax], rope.patch_size, rope.rope_dim[1 + ax])
+        kw["pos"] = kw["pos"].float()  # the stock grid is float32
+        axes.append(get_1d_rotary_pos_embed(rope.rope_dim[1 + ax], theta=rope.theta, use_real=True, **kw))
+    out = []
+    for k in range(2):
+        parts = [axes[0][k][:, None, None], axes[1][k][None, :, None], axes[2][k][None, None, :]]
+        out.append(torch.cat([t.expand(*n, -1) for t in parts], dim=-1).reshape(n[0] * n[1] * n[2], -1))
+    return out[0], out[1]
+
+
 def cogvideox_rotary(embed_dim: int, grid: tuple[int, int], frames: int, patch: int, p: Place, device
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """What CogVideoX 1.5's pipeline builds (`get_3d_rotary_pos_embed`, the "slice" grid) for a window of

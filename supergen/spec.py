@@ -365,7 +365,7 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
     rope = spec.rope or p.get("rope", "local")
     if rope != "local" and not info.canvas_rope:
         raise SpecError("rope", f"{info.family}'s transformer takes no rotary positions a tile can be given "
-                                f"(canvas modes: Wan, CogVideoX 1.5); use local")
+                                f"(canvas modes: Wan, CogVideoX 1.5, HunyuanVideo); use local")
 
     if info.is_i2v and spec.image is None:
         raise SpecError("image", f"{info.family} is an image-to-video model: pass a conditioning image")
@@ -376,7 +376,8 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         width=width, height=height, canvas_width=cw, canvas_height=ch, sketch_width=sw, sketch_height=sh,
         frames=frames, steps=steps, refine_steps=k,
         guidance=spec.guidance if spec.guidance is not None else p["guidance"],
-        tile=tuple(tile), rope=rope, vae_dtype=spec.vae_dtype or vae_dtype_preset(spec.dtype, p), vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
+        tile=tuple(tile), rope=rope, vae_dtype=spec.vae_dtype or vae_dtype_preset(spec.dtype, p),
+        vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
         fps=spec.fps or p["fps"],
         cache_threshold=spec.cache_threshold if spec.cache_threshold is not None else p["cache_threshold"],
         cache_alpha=spec.cache_alpha if spec.cache_alpha is not None else p["cache_alpha"],

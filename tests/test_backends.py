@@ -105,11 +105,8 @@ def test_embedded_configs_file_matches_the_built_models():
     assert out.strip() == "False"
 
 
-def test_hunyuanvideo_takes_local_positions_only_and_no_image(tiny_dir, image_path):
-    """Refused from the configs, before any weights load: canvas positions (its transformer builds its rotary
-    embedding from the latent's shape; none can be given yet) and an image (1.0 T2V)."""
+def test_hunyuanvideo_1_0_takes_no_image(tiny_dir, image_path):
+    """Refused from the configs, before any weights load: an image (1.0 is text-to-video here)."""
     path = tiny_dir("hunyuan-t2v")
-    with pytest.raises(SpecError, match="`rope`"):
-        prepare(RenderSpec(prompt="x", model=path, rope="canvas-ntk"), check_memory=False)
     with pytest.raises(SpecError, match="`image`.*text-to-video"):
         prepare(RenderSpec(prompt="x", model=path, image=image_path), check_memory=False)

@@ -100,14 +100,15 @@ def test_ti2v_native_single_tile_equals_the_stock_pipeline(kind, tiny_dir):
         assert torch.equal(ours[:, :, :1], cond.image_latent) and not torch.equal(x[:, :, :1], ours[:, :, :1])
 
 
-def test_hunyuanvideo_native_single_tile_equals_the_stock_pipeline(tiny_dir):
+@pytest.mark.parametrize("rope", ["local", "canvas-ntk"])
+def test_hunyuanvideo_native_single_tile_equals_the_stock_pipeline(rope, tiny_dir):
     """HunyuanVideo 1.0 (guidance-distilled: the scale an input, one call a step; the pipeline's own sigmas):
     at native size our refinement is the stock pipeline continuing from the same latent, to rounding (the
     stock pads the prompt and masks the padding; supergen drops it)."""
     be = load_backend(tiny_dir("hunyuan-t2v"))
     steps, k, frames, prompt, g = 8, 3, 5, "a red circle moving", 4.5
     x0 = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(3))
-    ours = _ours(be, x0, steps, k, prompt, "", g, frames)
+    ours = _ours(be, x0, steps, k, prompt, "", g, frames, rope=rope)
     assert be.forwards == k  # one call per tile-step
     pipe = copy.copy(be.pipe)
     pipe.scheduler = _truncated(be.pipe.scheduler, steps - k)

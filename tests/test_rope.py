@@ -32,6 +32,24 @@ def test_a_native_tile_at_the_origin_gets_the_stock_positions_cogvideox15(mode, 
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_native_tile_at_the_origin_gets_the_stock_positions_hunyuanvideo(mode, tiny_dir):
+    stock = load_backend(tiny_dir("hunyuan-t2v")).pipe.transformer.rope.stock
+    x = torch.zeros(1, 4, 2, 8, 12)
+    got = rope.hunyuan_rotary(stock, x.shape, rope.Place(0, 0, (8, 12), (8, 12), mode))
+    for a, b in zip(got, stock(x)):
+        assert torch.equal(a, b)
+
+
+def test_a_hunyuanvideo_tiles_canvas_positions_are_its_cells_on_the_canvas(tiny_dir):
+    stock = load_backend(tiny_dir("hunyuan-t2v")).pipe.transformer.rope.stock
+    canvas, tile, p = (12, 16), (8, 8), stock.patch_size
+    whole = rope.hunyuan_rotary(stock, (1, 4, 1, *canvas), rope.Place(0, 0, canvas, tile, "canvas-ntk"))[0]
+    whole = whole.view(canvas[0] // p, canvas[1] // p, -1)
+    got = rope.hunyuan_rotary(stock, (1, 4, 1, *tile), rope.Place(4, 6, canvas, tile, "canvas-ntk"))[0]
+    assert torch.equal(got.view(tile[0] // p, tile[1] // p, -1), whole[2:6, 3:7])
+
+
 def _wan_axes(cos: torch.Tensor, shape, stock):
     """The (y, x) rotary rows of a Wan embedding, per cell: (pph, ppw, h_dim + w_dim)."""
     _, _, f, h, w = shape
@@ -65,7 +83,7 @@ def test_ntk_and_interp_scale_the_spatial_axes_by_the_canvas():
     assert rope.place("local", 3, 4, (32, 16), (8, 8)) is None
 
 
-@pytest.mark.parametrize("kind", ["wan-t2v", "cogvideox15-t2v"])
+@pytest.mark.parametrize("kind", ["wan-t2v", "cogvideox15-t2v", "hunyuan-t2v"])
 def test_the_positions_reach_the_transformer(kind, tiny_dir):
     from supergen import RenderSpec
     from supergen.executor import prepare

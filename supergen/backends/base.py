@@ -173,6 +173,19 @@ class Backend(Protocol):
         stock pipeline does), else from a generator keyed by (`seed`, step)."""
 
 
+class PlacedRope(torch.nn.Module):
+    """A transformer's `rope` module (Wan's, HunyuanVideo's), or the rotary embedding given for the current
+    call (a tile's canvas positions, `supergen.rope`): those transformers build their positions inside
+    `forward`, from the latent's shape alone."""
+
+    def __init__(self, stock):
+        super().__init__()
+        self.stock, self.given = stock, None
+
+    def forward(self, hidden_states):
+        return self.stock(hidden_states) if self.given is None else self.given
+
+
 class FlowMatch:
     """The schedule calls of a flow-matching model (Wan, HunyuanVideo), each on a fresh scheduler
     (`loading.fresh_scheduler`); `schedule` is where a pipeline's own sigmas go."""

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import BackendError
-from .base import Conditioning, FlowMatch, GuidedPredict, ModelInfo
+from .. import rope as rope_positions
+from .base import Conditioning, FlowMatch, GuidedPredict, ModelInfo, PlacedRope
 from .loading import DTYPES, cast_module, fresh_scheduler, sample_tiling
 
 PRESETS = dict(scale=2, frames=129, steps=50, guidance=6.0, fps=24, cache_threshold=0.20, cache_alpha=0.5,
@@ -62,6 +63,7 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
             presets={**PRESETS, **side.get("presets", {})},
             sketch_multiple=16,  # HunyuanVideoPipeline.check_inputs
             guidance_embedded=True,
+            canvas_rope=True,
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
@@ -77,6 +79,8 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
             if not isinstance(block.attn.processor, UnmaskedAttention):
                 block.attn.set_processor(UnmaskedAttention(block.attn.processor))
         self.processors = [b.attn.processor for b in list(model.transformer_blocks) + list(model.single_transformer_blocks)]
+        if not isinstance(model.rope, PlacedRope):
+            model.rope = PlacedRope(model.rope)
         self.scheduler = pipe.scheduler
         self.sf = pipe.vae.config.scaling_factor
         self.max_sequence_length = 256
@@ -146,6 +150,10 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
         t = self.timesteps(steps)[index].to(self.device)
         inp = x.to(self.device, self.dtype)
         self.forwards += 1
+        model = self.pipe.transformer
+        if place is not None:
+            model.rope.given = tuple(v.to(self.device) for v in rope_positions.hunyuan_rotary(model.rope.stock, inp.shape,
+                                                                                             place))
         for p in self.processors:  # `encode_conditioning`'s prompts are unpadded: all-true masks
             p.drop = True
         try:
@@ -153,6 +161,7 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
                 return self.pipe.transformer(hidden_states=inp, timestep=t.expand(inp.shape[0]).to(torch.float32),
                                              return_dict=False, **cond.text, **cond.extra)[0].float()
         finally:
+            model.rope.given = None
             for p in self.processors:
                 p.drop = False
 

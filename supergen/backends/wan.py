@@ -16,24 +16,12 @@ import torch
 
 from .. import rope as rope_positions
 from ..errors import BackendError
-from .base import (Conditioning, FlowMatch, GuidedPredict, ModelInfo, preprocess_image, stock_latents,
-                   text_conditioning)
+from .base import (Conditioning, FlowMatch, GuidedPredict, ModelInfo, PlacedRope, preprocess_image,
+                   stock_latents, text_conditioning)
 from ..vaetiles import Axis, Tiling
 from .loading import DTYPES, cast_module, check_latent_shape, sample_tiling
 
 PRESETS = dict(scale=2, frames=81, steps=50, guidance=5.0, fps=16, cache_threshold=0.20, cache_alpha=0.5)
-
-
-class PlacedRope(torch.nn.Module):
-    """A Wan transformer's `rope`, or the rotary embedding given for the current call (a tile's canvas
-    positions): the transformer builds its positions inside `forward`, from the latent's shape alone."""
-
-    def __init__(self, stock):
-        super().__init__()
-        self.stock, self.given = stock, None
-
-    def forward(self, hidden_states):
-        return self.stock(hidden_states) if self.given is None else self.given
 
 
 class WanBackend(FlowMatch, GuidedPredict):
