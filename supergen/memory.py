@@ -24,9 +24,9 @@ cells); h x w the sketch; s, t the VAE's spatial and time factors; F' = (F - 1) 
   U   = 3 F H W                the uint8 export (plus its cropped copy when the canvas exceeds the output)
   Lat = C F' (H/s) (W/s) B     one latent canvas; lat the same at the sketch size
   P   = sum over components of parameters x bytes: transformer(s), text and image encoders at b, the VAE at
-        bv, the bytes of `spec.vae_dtype` (4 where unset). Parameters come from the safetensors headers where the files are on
-        disk (8 bytes and a JSON header per file; no tensor is read), else from closed forms over the
-        configs (`_params_from_config`); a component with neither counts 0 (inputs["params_source"]).
+        bv, the bytes of `spec.vae_dtype` (4 where unset). Parameters come from the safetensors headers where
+        the files are on disk (8 bytes and a JSON header per file; no tensor is read), else from closed forms
+        over the configs (`_params_from_config`); a component with neither counts 0 (inputs["params_source"]).
 
 VAE, per tile. `vae_tile` (stride 3/4 of it, as `loading.vae_tiling` sets; one tile when the frame fits)
 gives tiles of A = min(tile, H) x min(tile, W) pixels that together cover r = (sum of tile areas) / (H W)

@@ -54,7 +54,8 @@ def test_a_lora_for_another_model_is_refused_before_weights_load(loras, tmp_path
     with pytest.raises(SpecError, match="another model size"):  # Wan's modules, the world model's widths
         prepare(RenderSpec(**{**BASE, "model": "world"}, lora=(loras["wan-t2v"],)))
     out = tmp_path / "r"
-    assert main(["render", "--prompt", "x", "--model", "tiny", "--lora", loras["cogvideox15-t2v"], "--out", str(out), "--quiet"]) == 2
+    args = ["render", "--prompt", "x", "--model", "tiny", "--lora", loras["cogvideox15-t2v"], "--out", str(out)]
+    assert main(args + ["--quiet"]) == 2
     assert "`lora`" in capsys.readouterr().err and not out.exists()
 
 
@@ -68,9 +69,9 @@ def test_bad_lora_entries_name_their_cause(entry, words):
 def test_render_json_records_each_adapter(loras, tmp_path, monkeypatch):
     monkeypatch.chdir(loras["wan-t2v"])  # a relative path is recorded as the absolute one workers open
     out = tmp_path / "r"
-    assert main(["render", "--prompt", "x", "--model", "tiny", "--width", "128", "--height", "128", "--frames", "5", "--steps", "2",
-                 "--refine-steps", "1", "--lora", "pytorch_lora_weights.safetensors:0.7", "--out", str(out),
-                 "--quiet"]) == 0
+    assert main(["render", "--prompt", "x", "--model", "tiny", "--width", "128", "--height", "128", "--frames", "5",
+                 "--steps", "2", "--refine-steps", "1", "--lora", "pytorch_lora_weights.safetensors:0.7",
+                 "--out", str(out), "--quiet"]) == 0
     rec = json.loads((out / "render.json").read_text())
     (entry,) = rec["lora"]
     assert entry["path"] == f"{loras['wan-t2v']}/pytorch_lora_weights.safetensors" and entry["scale"] == 0.7

@@ -11,7 +11,8 @@ from . import tiny
 from .base import Backend, Conditioning, ModelInfo
 from .loading import backend_class, load_pipeline, read_configs
 
-__all__ = ["Backend", "Conditioning", "ModelInfo", "model_configs", "model_info", "schedule", "load_backend", "backend_for_pipeline"]
+__all__ = ["Backend", "Conditioning", "ModelInfo", "model_configs", "model_info", "schedule", "load_backend",
+           "backend_for_pipeline"]
 
 
 def _configs(model: str) -> dict:

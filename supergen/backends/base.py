@@ -29,7 +29,7 @@ class ModelInfo:
     sketch_multiple: int = 1  # pixels the stock pipeline demands of the sketch size (Wan's checks 16)
     scheduler: str = ""  # scheduler class name
     guidance_embedded: bool = False  # guidance-distilled (HunyuanVideo): the scale is an input, no CFG branches
-    expert_boundary: float | None = None  # two experts (Wan 2.2 A14B): the timestep from which `transformer_2` runs below
+    expert_boundary: float | None = None  # two experts (Wan 2.2 A14B): below this timestep `transformer_2` runs
     presets: dict[str, Any] = field(default_factory=dict)  # scale, frames, steps, guidance, fps, cache_*
 
     @property

@@ -75,10 +75,11 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
             cast_module(getattr(pipe, name), self.dtype)
         cast_module(pipe.vae, self.vae_dtype)
         model = pipe.transformer
-        for block in list(model.transformer_blocks) + list(model.single_transformer_blocks):
+        blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+        for block in blocks:
             if not isinstance(block.attn.processor, UnmaskedAttention):
                 block.attn.set_processor(UnmaskedAttention(block.attn.processor))
-        self.processors = [b.attn.processor for b in list(model.transformer_blocks) + list(model.single_transformer_blocks)]
+        self.processors = [b.attn.processor for b in blocks]
         if not isinstance(model.rope, PlacedRope):
             model.rope = PlacedRope(model.rope)
         self.scheduler = pipe.scheduler
@@ -152,8 +153,8 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
         self.forwards += 1
         model = self.pipe.transformer
         if place is not None:
-            model.rope.given = tuple(v.to(self.device) for v in rope_positions.hunyuan_rotary(model.rope.stock, inp.shape,
-                                                                                             place))
+            given = rope_positions.hunyuan_rotary(model.rope.stock, inp.shape, place)
+            model.rope.given = tuple(v.to(self.device) for v in given)
         for p in self.processors:  # `encode_conditioning`'s prompts are unpadded: all-true masks
             p.drop = True
         try:

@@ -40,7 +40,8 @@ def _wan_transformer(in_channels=16, image_dim=None, out_channels=16):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                 in_channels=in_channels, out_channels=out_channels, text_dim=32, freq_dim=32, ffn_dim=64,
+                                 in_channels=in_channels, out_channels=out_channels, text_dim=32, freq_dim=32,
+                                 ffn_dim=64,
                                  num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                  image_dim=image_dim, rope_max_seq_len=256)
 
