@@ -59,6 +59,16 @@ ARCHS = {
                        num_refiner_layers=1, text_embed_dim=32, pooled_projection_dim=8, rope_axes_dim=(4, 6, 6)),
              note="HunyuanVideo is guidance-distilled: its own pipeline makes one call per step; two here, as "
                   "for true CFG"),
+        Arch("hunyuanvideo1.5-t2v-8b", "HunyuanVideo15Transformer3DModel",  # the class's defaults: the release
+             dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54,
+                  num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm",
+                  text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0,
+                  rope_axes_dim=(16, 56, 56), target_size=640, task_type="t2v"),
+             (848, 480, 121), 1000, vae=(16, 4),
+             tiny=dict(in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+                       num_refiner_layers=1, text_embed_dim=32, text_embed_2_dim=16, image_embed_dim=8,
+                       rope_axes_dim=(4, 6, 6)),
+             note="HunyuanVideo 1.5's pipeline pads the Qwen2.5-VL prompt to 1000 tokens and ByT5's to 256, masked"),
     ]
 }
 
@@ -121,6 +131,16 @@ def tile_inputs(arch: Arch, model, device, size: tuple[int, int, int] | None = N
                     encoder_attention_mask=torch.ones(1, tokens, device=device, dtype=torch.bool),
                     pooled_projections=rnd(1, cfg.pooled_projection_dim),
                     guidance=torch.tensor([6000.0], device=device), return_dict=False)
+    if arch.cls == "HunyuanVideo15Transformer3DModel":  # the pipeline's timestep is in the latents' dtype
+        glyph = 256 if scale == "full" else 8
+        ones = dict(device=device, dtype=torch.bfloat16)
+        return dict(hidden_states=rnd(1, cfg.in_channels, lf, h // s, w // s),
+                    timestep=torch.tensor([500.0], **ones), encoder_hidden_states=rnd(1, tokens, text_dim),
+                    encoder_attention_mask=torch.ones(1, tokens, **ones),
+                    encoder_hidden_states_2=rnd(1, glyph, cfg.text_embed_2_dim),
+                    encoder_attention_mask_2=torch.ones(1, glyph, **ones),
+                    image_embeds=torch.zeros(1, 729 if scale == "full" else 4, cfg.image_embed_dim, **ones),
+                    return_dict=False)
     raise ValueError(arch.cls)
 
 
@@ -128,6 +148,6 @@ def image_tokens(arch: Arch, size: tuple[int, int, int] | None = None) -> int:
     w, h, f = size or arch.native
     s, t = arch.vae
     lf = (f - 1) // t + 1
-    pt, ph = (2, 2) if arch.cls == "CogVideoXTransformer3DModel" else (1, 2)
+    pt, ph = (2, 2) if arch.cls == "CogVideoXTransformer3DModel" else (1, arch.config.get("patch_size", 2))
     lf += (-lf) % pt
     return (lf // pt) * (h // s // ph) * (w // s // ph)

@@ -6,7 +6,7 @@
 #              plus CogVideoX-1.5-5B untiled at 2K and 4K (time, peak memory)
 #   profile    one profiled forward per architecture (device time by operator), torch's attention order
 #   hunyuan-mask  HunyuanVideo-13B's native tile forward with its text mask and without (supergen's unpadded
-#              prompts drop it), time, MFU and the difference
+#              prompts drop it), time, MFU and the difference; HunyuanVideo-1.5-8.3B's native tile forward
 #   stage2     CogVideoX-1.5-5B refinement at 3840x2160 then 2560x1440, 41 frames: in-process vs flow on
 #              1/2/4/8 GPUs (as many as there are), per-worker memory, stage times at 4K
 #   stage2-4k, stage2-2k   one size alone
@@ -53,7 +53,9 @@ case "$PART" in
   tiles) tiles ;;
   profile) tiles --forwards 1 --attention torch --profile ;;
   hunyuan-mask) python3 bench/gpu_tile.py --arch hunyuanvideo-t2v-13b --forwards 3 --attention cudnn --unmasked \
-                  --out "$OUT/tile_hunyuan_mask.json" ;;
+                  --out "$OUT/tile_hunyuan_mask.json"
+                CUDA_VISIBLE_DEVICES=$((NGPU - 1)) python3 bench/gpu_tile.py --arch hunyuanvideo1.5-t2v-8b \
+                  --forwards 3 --out "$OUT/tile_hunyuanvideo1.5.json" ;;
   stage2) stage2 3840x2160 2560x1440 ;;  # one cluster and one model build for both sizes
   stage2-4k) stage2 3840x2160 ;;
   stage2-2k) stage2 2560x1440 ;;

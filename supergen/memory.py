@@ -347,7 +347,7 @@ def _params_from_config(component: str, cfg: dict | None, family: str) -> int | 
         else:
             return None
         return 54 * blocks * sum(c * c for c in ch) + 4 * 54 * ch[-1] ** 2
-    if component == "text_encoder" and "d_model" in cfg:  # T5 / UMT5 encoders
+    if component.startswith("text_encoder") and "d_model" in cfg:  # T5 / UMT5 / ByT5 encoders
         d, ff = cfg["d_model"], cfg["d_ff"]
         gated = 3 if cfg.get("is_gated_act") or "gated" in str(cfg.get("feed_forward_proj", "")) else 2
         return cfg["vocab_size"] * d + cfg["num_layers"] * (4 * d * cfg["num_heads"] * cfg["d_kv"] + gated * d * ff)
@@ -430,8 +430,8 @@ def _transformer(c: dict, family: str) -> dict:
     heads, hd = tr.get("num_attention_heads", 1), tr.get("attention_head_dim", 64)
     D = heads * hd
     ffn = tr.get("ffn_dim") or 4 * D
-    text = (tr.get("max_text_seq_length", 226) if family.startswith("cogvideox")
-            else 256 if family.startswith("hunyuan") else 0)  # text tokens that join the image's attention
+    text = (tr.get("max_text_seq_length", 226) if family.startswith("cogvideox")  # text tokens in the attention
+            else 1000 + 256 if family.startswith("hunyuanvideo1.5") else 256 if family.startswith("hunyuan") else 0)
     return {"hidden": D, "heads": heads, "ffn": ffn, "text_tokens": text}
 
 

@@ -21,6 +21,7 @@ KINDS = {
     "cogvideox15-i2v": ("cogvideox1.5-i2v", 9),
     "cogvideox-i2v": ("cogvideox1.0-i2v", 9),
     "hunyuan-t2v": ("hunyuanvideo1.0-t2v", 5),
+    "hunyuan15-t2v": ("hunyuanvideo1.5-t2v", 5),
 }
 
 

@@ -185,13 +185,15 @@ def test_an_image_to_video_render_is_the_in_process_one(kind, n_workers, client,
     assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
 
 
-@pytest.mark.parametrize("n_workers", [1, 3])
-def test_a_guidance_distilled_model_on_the_cluster_is_the_in_process_render(n_workers, client, tiny_dir, tmp_path):
-    """HunyuanVideo: one call per tile-step and none to split in the sketch; the video is the in-process one."""
-    spec = prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir("hunyuan-t2v"), width=128, height=96,
+@pytest.mark.parametrize("kind,n_workers", [("hunyuan-t2v", 1), ("hunyuan-t2v", 3), ("hunyuan15-t2v", 2)])
+def test_hunyuanvideo_on_the_cluster_is_the_in_process_render(kind, n_workers, client, tiny_dir, tmp_path):
+    """HunyuanVideo 1.0 (guidance-distilled: one call per tile-step, none to split in the sketch) and 1.5
+    (true CFG: the sketch's branches on two workers): the video is the in-process one."""
+    spec = prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir(kind), width=128, height=96,
                               frames=5, steps=4, refine_steps=3, checkpoint_every=0, seed=1))
     ours = render_as_a_worker(spec)
-    assert ours.forwards == {"sketch": 4, "refine": 3 * 4}
+    calls = 1 if kind == "hunyuan-t2v" else 2
+    assert ours.forwards == {"sketch": 4 * calls, "refine": 3 * 4 * calls}
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:n_workers])
     st = RenderStore.open(str(tmp_path / "s"))

@@ -14,12 +14,14 @@ unmasked). Without the padding the mask is all true; the transformer's attention
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from ..errors import BackendError
 from .. import rope as rope_positions
+from ..errors import BackendError
 from .base import Conditioning, FlowMatch, GuidedPredict, ModelInfo, PlacedRope
-from .loading import DTYPES, cast_module, fresh_scheduler, sample_tiling
+from .loading import DTYPES, cast_module, fresh_scheduler, sample_tiling, vae_tiling
 
 PRESETS = dict(scale=2, frames=129, steps=50, guidance=6.0, fps=24, cache_threshold=0.20, cache_alpha=0.5,
                vae_tile=512, vae_dtype="dtype")
@@ -171,3 +173,92 @@ def _default_template() -> dict:
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
     return DEFAULT_PROMPT_TEMPLATE
+
+
+PRESETS_15 = dict(scale=2, frames=121, steps=50, guidance=6.0, fps=24, cache_threshold=0.20, cache_alpha=0.5,
+                  vae_tile=512, vae_dtype="dtype")
+
+
+class HunyuanVideo15Backend(HunyuanVideoBackend):
+    """HunyuanVideo 1.5 text-to-video (`HunyuanVideo15Pipeline`): true CFG (two branches, as its guider
+    combines them), the Qwen2.5-VL text states plus ByT5's glyph states, each with its mask as the pipeline
+    pads them; the transformer takes zero image-condition channels and image embeddings for text-to-video.
+    The schedule is 1.0's (the pipeline's own sigmas)."""
+
+    @staticmethod
+    def info_from_configs(c: dict) -> ModelInfo:
+        index, tr, vae = c["index"], c["transformer"], c["vae"]
+        side = c.get("sidecar", {})
+        return ModelInfo(
+            family="hunyuanvideo1.5-t2v",
+            pipeline_class=index["_class_name"],
+            latent_channels=vae["latent_channels"],
+            vae_spatial=vae.get("spatial_compression_ratio", 16),
+            vae_temporal=vae.get("temporal_compression_ratio", 4),
+            patch=(tr.get("patch_size_t", 1), tr["patch_size"], tr["patch_size"]),
+            native_size=tuple(side.get("native_size", (848, 480))),
+            is_i2v=False,
+            scheduler=c["scheduler"].get("_class_name", ""),
+            presets={**PRESETS_15, **side.get("presets", {})},
+            sketch_multiple=16,
+        )
+
+    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
+                 vae_dtype: str = "float32"):
+        self.pipe, self.info = pipe, info
+        self.device, self.dtype, self.vae_dtype = torch.device(device), DTYPES[dtype], DTYPES[vae_dtype]
+        pipe.to(self.device)
+        for name in ("transformer", "text_encoder", "text_encoder_2"):
+            cast_module(getattr(pipe, name), self.dtype)
+        cast_module(pipe.vae, self.vae_dtype)
+        self.scheduler = pipe.scheduler
+        self.sf = pipe.vae.config.scaling_factor
+        self.forwards = 0
+
+    @torch.no_grad()
+    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
+        if image is not None:
+            raise BackendError("HunyuanVideo 1.5 image-to-video is not supported yet")
+
+        def text(p):
+            e, m, e2, m2 = self.pipe.encode_prompt(prompt=p, device=self.device, dtype=self.dtype)
+            return {"encoder_hidden_states": e, "encoder_attention_mask": m, "encoder_hidden_states_2": e2,
+                    "encoder_attention_mask_2": m2}
+
+        cfg = self.pipe.transformer.config
+        images = torch.zeros(1, self.pipe.vision_num_semantic_tokens, cfg.image_embed_dim, device=self.device,
+                             dtype=self.dtype)
+        return Conditioning(guidance, text(prompt), text(negative_prompt) if guidance > 1.0 else None,
+                            {"image_embeds": images})
+
+    @torch.no_grad()
+    def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
+        from diffusers.guiders import ClassifierFreeGuidance
+
+        pipe = copy.copy(self.pipe)  # its guider carries the scale
+        pipe.guider = ClassifierFreeGuidance(guidance_scale=guidance, enabled=guidance > 1.0)
+        out = pipe(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=frames,
+                   num_inference_steps=steps, generator=generator, output_type="latent").frames
+        self.forwards += steps * (2 if guidance > 1.0 else 1)
+        return out.float()
+
+    def _tiling(self, vae_tile, height, width):
+        vae, t = self.pipe.vae, vae_tiling(vae_tile, self.info.vae_spatial, (height, width))
+        if t is None:
+            vae.disable_tiling()
+        else:
+            s = self.info.vae_spatial
+            vae.enable_tiling(tile_sample_min_height=t[0], tile_sample_min_width=t[0], tile_latent_min_height=t[0] // s,
+                              tile_latent_min_width=t[0] // s, tile_overlap_factor=1 - t[1] / t[0])
+
+    @torch.no_grad()
+    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None, place=None):
+        t = self.timesteps(steps)[index].to(self.device)
+        b, c, f, h, w = x.shape
+        zeros = torch.zeros(b, c + 1, f, h, w, device=self.device)  # no image condition: its latents and mask
+        inp = torch.cat([x.to(self.device), zeros], dim=1).to(self.dtype)
+        text = cond.text if branch == 0 else cond.negative_text
+        self.forwards += 1
+        with self.pipe.transformer.cache_context("pred_cond" if branch == 0 else "pred_uncond"):
+            return self.pipe.transformer(hidden_states=inp, timestep=t.expand(b).to(inp.dtype), return_dict=False,
+                                         **text, **cond.extra)[0].float()

@@ -21,6 +21,7 @@ REGISTRY = {
     "CogVideoXPipeline": "supergen.backends.cogvideox:CogVideoXBackend",
     "CogVideoXImageToVideoPipeline": "supergen.backends.cogvideox:CogVideoXBackend",
     "HunyuanVideoPipeline": "supergen.backends.hunyuan:HunyuanVideoBackend",
+    "HunyuanVideo15Pipeline": "supergen.backends.hunyuan:HunyuanVideo15Backend",
 }
 SIDECAR = "supergen.json"  # optional per-folder facts the configs lack (native size, presets)
 

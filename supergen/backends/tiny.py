@@ -17,7 +17,7 @@ import torch
 NATIVE = (64, 64)  # (width, height) pixels: latent 8x8 with the 8x VAEs below
 PRESETS = dict(scale=4, frames=9, steps=10, guidance=5.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
 KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "wan22-i2v", "wan22-5b-t2v", "wan22-5b-i2v", "cogvideox-t2v",
-         "cogvideox15-t2v", "cogvideox15-i2v", "cogvideox-i2v", "hunyuan-t2v")
+         "cogvideox15-t2v", "cogvideox15-i2v", "cogvideox-i2v", "hunyuan-t2v", "hunyuan15-t2v")
 EMBEDDED = {"tiny": "wan-t2v", "tiny-i2v": "wan-i2v"}
 
 WORDS = ("a the of and in on with video red green blue yellow white black moving circle square cat dog "
@@ -169,6 +169,47 @@ def _hunyuan():
                                 tokenizer_2=tok2)
 
 
+def qwen_tokenizer():
+    """A Qwen2-style byte-level tokenizer over the 256 byte symbols (no merges), with a chat template of the
+    Qwen form (HunyuanVideo 1.5 formats its prompt as a system and a user message)."""
+    from transformers import Qwen2Tokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    symbols = printable + [256 + k for k in range(256 - len(printable))]  # GPT-2's byte-to-symbol map
+    vocab = {t: i for i, t in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])}
+    for c in symbols:
+        vocab.setdefault(chr(c), len(vocab))
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>")
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tok
+
+
+def _hunyuan15():
+    from diffusers import (AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline,
+                           HunyuanVideo15Transformer3DModel)
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    tok = qwen_tokenizer()
+    te = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=None, eos_token_id=None,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})).eval()
+    te2 = T5EncoderModel(T5Config(vocab_size=384, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                  relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    tr = HunyuanVideo15Transformer3DModel(in_channels=2 * 4 + 1, out_channels=4, num_attention_heads=2,
+                                          attention_head_dim=16, num_layers=1, num_refiner_layers=1, mlp_ratio=2.0,
+                                          text_embed_dim=32, text_embed_2_dim=16, image_embed_dim=8,
+                                          rope_axes_dim=(4, 6, 6), target_size=64, task_type="t2v")
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1)
+    return HunyuanVideo15Pipeline(text_encoder=te, tokenizer=tok, transformer=tr, vae=vae,
+                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=te2,
+                                  tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=5.0))
+
+
 def hunyuan_template() -> dict:
     return {"template": HUNYUAN_TEMPLATE,
             "crop_start": len(llama_tokenizer()(HUNYUAN_TEMPLATE.split("{}")[0]).input_ids)}
@@ -180,8 +221,8 @@ def build(kind: str = "wan-t2v", seed: int = 0):
         raise ValueError(f"unknown tiny kind {kind!r}; known: {KINDS}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe = (_wan(kind) if kind.startswith("wan") else _hunyuan() if kind.startswith("hunyuan")
-                else _cogvideox(kind))
+        pipe = (_wan(kind) if kind.startswith("wan") else _hunyuan15() if kind.startswith("hunyuan15")
+                else _hunyuan() if kind.startswith("hunyuan") else _cogvideox(kind))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -189,7 +230,7 @@ def build(kind: str = "wan-t2v", seed: int = 0):
 def sidecar(kind: str = "wan-t2v") -> dict:
     """The supergen.json facts of a tiny pipeline (its configs cannot say it was trained at 64x64, nor, for
     HunyuanVideo, where its tokenizer's prompt template ends)."""
-    presets = {**PRESETS, "prompt_template": hunyuan_template()} if kind.startswith("hunyuan") else PRESETS
+    presets = {**PRESETS, "prompt_template": hunyuan_template()} if kind == "hunyuan-t2v" else PRESETS
     return {"native_size": list(NATIVE), "presets": presets}
 
 
