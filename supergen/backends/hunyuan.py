@@ -48,24 +48,27 @@ class UnmaskedAttention:
 
 
 class HunyuanVideoBackend(FlowMatch, GuidedPredict):
-    @staticmethod
-    def info_from_configs(c: dict) -> ModelInfo:
+    FAMILY, PRESETS, NATIVE = "hunyuanvideo1.0-t2v", PRESETS, (1280, 720)
+    DISTILLED = True  # guidance an input, one call a step; also: unpadded prompts, canvas positions
+
+    @classmethod
+    def info_from_configs(cls, c: dict) -> ModelInfo:
         index, tr, vae = c["index"], c["transformer"], c["vae"]
         side = c.get("sidecar", {})
         return ModelInfo(
-            family="hunyuanvideo1.0-t2v",
+            family=cls.FAMILY,
             pipeline_class=index["_class_name"],
             latent_channels=vae["latent_channels"],
             vae_spatial=vae.get("spatial_compression_ratio", 8),
             vae_temporal=vae.get("temporal_compression_ratio", 4),
             patch=(tr.get("patch_size_t", 1), tr["patch_size"], tr["patch_size"]),
-            native_size=tuple(side.get("native_size", (1280, 720))),
+            native_size=tuple(side.get("native_size", cls.NATIVE)),
             is_i2v=False,
             scheduler=c["scheduler"].get("_class_name", ""),
-            presets={**PRESETS, **side.get("presets", {})},
-            sketch_multiple=16,  # HunyuanVideoPipeline.check_inputs
-            guidance_embedded=True,
-            canvas_rope=True,
+            presets={**cls.PRESETS, **side.get("presets", {})},
+            sketch_multiple=16,  # the pipelines' check_inputs
+            guidance_embedded=cls.DISTILLED,
+            canvas_rope=cls.DISTILLED,
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
@@ -76,7 +79,14 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
         for name in ("transformer", "text_encoder", "text_encoder_2"):
             cast_module(getattr(pipe, name), self.dtype)
         cast_module(pipe.vae, self.vae_dtype)
-        model = pipe.transformer
+        self.scheduler = pipe.scheduler
+        self.sf = pipe.vae.config.scaling_factor
+        self.forwards = 0
+        self._wrap(pipe.transformer)
+
+    def _wrap(self, model) -> None:
+        """1.0's transformer: attention that drops the all-true masks of unpadded prompts, and a `rope` that
+        takes a tile's canvas positions."""
         blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
         for block in blocks:
             if not isinstance(block.attn.processor, UnmaskedAttention):
@@ -84,11 +94,8 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
         self.processors = [b.attn.processor for b in blocks]
         if not isinstance(model.rope, PlacedRope):
             model.rope = PlacedRope(model.rope)
-        self.scheduler = pipe.scheduler
-        self.sf = pipe.vae.config.scaling_factor
         self.max_sequence_length = 256
-        self.template = dict(info.presets.get("prompt_template") or _default_template())
-        self.forwards = 0
+        self.template = dict(self.info.presets.get("prompt_template") or _default_template())
 
     # -- conditioning ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -185,35 +192,11 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
     pads them; the transformer takes zero image-condition channels and image embeddings for text-to-video.
     The schedule is 1.0's (the pipeline's own sigmas)."""
 
-    @staticmethod
-    def info_from_configs(c: dict) -> ModelInfo:
-        index, tr, vae = c["index"], c["transformer"], c["vae"]
-        side = c.get("sidecar", {})
-        return ModelInfo(
-            family="hunyuanvideo1.5-t2v",
-            pipeline_class=index["_class_name"],
-            latent_channels=vae["latent_channels"],
-            vae_spatial=vae.get("spatial_compression_ratio", 16),
-            vae_temporal=vae.get("temporal_compression_ratio", 4),
-            patch=(tr.get("patch_size_t", 1), tr["patch_size"], tr["patch_size"]),
-            native_size=tuple(side.get("native_size", (848, 480))),
-            is_i2v=False,
-            scheduler=c["scheduler"].get("_class_name", ""),
-            presets={**PRESETS_15, **side.get("presets", {})},
-            sketch_multiple=16,
-        )
+    FAMILY, PRESETS, NATIVE = "hunyuanvideo1.5-t2v", PRESETS_15, (848, 480)
+    DISTILLED = False
 
-    def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
-                 vae_dtype: str = "float32"):
-        self.pipe, self.info = pipe, info
-        self.device, self.dtype, self.vae_dtype = torch.device(device), DTYPES[dtype], DTYPES[vae_dtype]
-        pipe.to(self.device)
-        for name in ("transformer", "text_encoder", "text_encoder_2"):
-            cast_module(getattr(pipe, name), self.dtype)
-        cast_module(pipe.vae, self.vae_dtype)
-        self.scheduler = pipe.scheduler
-        self.sf = pipe.vae.config.scaling_factor
-        self.forwards = 0
+    def _wrap(self, model) -> None:
+        """Nothing: the stock transformer, its prompts padded and masked as its pipeline makes them."""
 
     @torch.no_grad()
     def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
