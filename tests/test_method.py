@@ -119,7 +119,8 @@ def test_hunyuanvideo_native_single_tile_equals_the_stock_pipeline(rope, tiny_di
     torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-5)
 
 
-def test_hunyuanvideo15_native_single_tile_equals_the_stock_pipeline(tiny_dir):
+@pytest.mark.parametrize("rope", ["local", "canvas-ntk"])
+def test_hunyuanvideo15_native_single_tile_equals_the_stock_pipeline(rope, tiny_dir):
     """HunyuanVideo 1.5 (true CFG through its guider, Qwen2.5-VL and ByT5 text, zero image channels for T2V):
     at native size our refinement is the stock pipeline continuing from the same latent, bit for bit."""
     from diffusers.guiders import ClassifierFreeGuidance
@@ -128,7 +129,7 @@ def test_hunyuanvideo15_native_single_tile_equals_the_stock_pipeline(tiny_dir):
     steps, k, frames, prompt, neg, g = 6, 3, 5, "a red circle moving", "blurry", 4.5
     (w, h), (lh, lw) = be.info.native_size, be.info.native_latent
     x0 = torch.randn(1, be.info.latent_channels, 2, lh, lw, generator=torch.Generator().manual_seed(3))
-    plan = RefinePlan(steps, k, (lh, lw), (lh, lw), "wrap", 1, 16)
+    plan = RefinePlan(steps, k, (lh, lw), (lh, lw), "wrap", 1, 16, rope)
     cond = be.encode_conditioning(prompt, neg, g, None, (w, h), frames)
     x, state = x0.clone(), {}
     for i in range(k):

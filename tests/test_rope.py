@@ -32,9 +32,10 @@ def test_a_native_tile_at_the_origin_gets_the_stock_positions_cogvideox15(mode, 
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["hunyuan-t2v", "hunyuan15-t2v"])
 @pytest.mark.parametrize("mode", MODES)
-def test_a_native_tile_at_the_origin_gets_the_stock_positions_hunyuanvideo(mode, tiny_dir):
-    stock = load_backend(tiny_dir("hunyuan-t2v")).pipe.transformer.rope.stock
+def test_a_native_tile_at_the_origin_gets_the_stock_positions_hunyuanvideo(mode, kind, tiny_dir):
+    stock = load_backend(tiny_dir(kind)).pipe.transformer.rope.stock
     x = torch.zeros(1, 4, 2, 8, 12)
     got = rope.hunyuan_rotary(stock, x.shape, rope.Place(0, 0, (8, 12), (8, 12), mode))
     for a, b in zip(got, stock(x)):
@@ -83,7 +84,7 @@ def test_ntk_and_interp_scale_the_spatial_axes_by_the_canvas():
     assert rope.place("local", 3, 4, (32, 16), (8, 8)) is None
 
 
-@pytest.mark.parametrize("kind", ["wan-t2v", "cogvideox15-t2v", "hunyuan-t2v"])
+@pytest.mark.parametrize("kind", ["wan-t2v", "cogvideox15-t2v", "hunyuan-t2v", "hunyuan15-t2v"])
 def test_the_positions_reach_the_transformer(kind, tiny_dir):
     from supergen import RenderSpec
     from supergen.executor import prepare

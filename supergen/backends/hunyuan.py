@@ -49,7 +49,7 @@ class UnmaskedAttention:
 
 class HunyuanVideoBackend(FlowMatch, GuidedPredict):
     FAMILY, PRESETS, NATIVE = "hunyuanvideo1.0-t2v", PRESETS, (1280, 720)
-    DISTILLED = True  # guidance an input, one call a step; also: unpadded prompts, canvas positions
+    DISTILLED = True  # guidance an input, one call a step; also: unpadded prompts
 
     @classmethod
     def info_from_configs(cls, c: dict) -> ModelInfo:
@@ -68,7 +68,7 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
             presets={**cls.PRESETS, **side.get("presets", {})},
             sketch_multiple=16,  # the pipelines' check_inputs
             guidance_embedded=cls.DISTILLED,
-            canvas_rope=cls.DISTILLED,
+            canvas_rope=True,
         )
 
     def __init__(self, pipe, info: ModelInfo, device: str = "cpu", dtype: str = "float32",
@@ -82,18 +82,22 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
         self.scheduler = pipe.scheduler
         self.sf = pipe.vae.config.scaling_factor
         self.forwards = 0
+        if not isinstance(pipe.transformer.rope, PlacedRope):  # a `rope` that takes a tile's canvas positions
+            pipe.transformer.rope = PlacedRope(pipe.transformer.rope)
         self._wrap(pipe.transformer)
 
+    def _placed(self, model, shape, place) -> None:
+        """The call's rotary positions: the window's canvas positions, or (None) the stock ones."""
+        given = None if place is None else rope_positions.hunyuan_rotary(model.rope.stock, shape, place)
+        model.rope.given = None if given is None else tuple(v.to(self.device) for v in given)
+
     def _wrap(self, model) -> None:
-        """1.0's transformer: attention that drops the all-true masks of unpadded prompts, and a `rope` that
-        takes a tile's canvas positions."""
+        """1.0's transformer: attention that drops the all-true masks of unpadded prompts."""
         blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
         for block in blocks:
             if not isinstance(block.attn.processor, UnmaskedAttention):
                 block.attn.set_processor(UnmaskedAttention(block.attn.processor))
         self.processors = [b.attn.processor for b in blocks]
-        if not isinstance(model.rope, PlacedRope):
-            model.rope = PlacedRope(model.rope)
         self.max_sequence_length = 256
         self.template = dict(self.info.presets.get("prompt_template") or _default_template())
 
@@ -161,9 +165,7 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
         inp = x.to(self.device, self.dtype)
         self.forwards += 1
         model = self.pipe.transformer
-        if place is not None:
-            given = rope_positions.hunyuan_rotary(model.rope.stock, inp.shape, place)
-            model.rope.given = tuple(v.to(self.device) for v in given)
+        self._placed(model, inp.shape, place)
         for p in self.processors:  # `encode_conditioning`'s prompts are unpadded: all-true masks
             p.drop = True
         try:
@@ -242,6 +244,11 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
         inp = torch.cat([x.to(self.device), zeros], dim=1).to(self.dtype)
         text = cond.text if branch == 0 else cond.negative_text
         self.forwards += 1
-        with self.pipe.transformer.cache_context("pred_cond" if branch == 0 else "pred_uncond"):
-            return self.pipe.transformer(hidden_states=inp, timestep=t.expand(b).to(inp.dtype), return_dict=False,
-                                         **text, **cond.extra)[0].float()
+        model = self.pipe.transformer
+        self._placed(model, inp.shape, place)
+        try:
+            with model.cache_context("pred_cond" if branch == 0 else "pred_uncond"):
+                return model(hidden_states=inp, timestep=t.expand(b).to(inp.dtype), return_dict=False, **text,
+                             **cond.extra)[0].float()
+        finally:
+            model.rope.given = None
