@@ -143,12 +143,10 @@ def cmd_render(args) -> int:
     if args.cluster and spec.image is not None:  # read where the render is submitted (the store keeps a copy):
         read_image(spec.image)  # refused before any cluster starts (in process, RenderStore.create reads it)
     if not args.quiet:
-        from supergen import experts
-        from supergen.backends import model_info, schedule
+        from supergen.backends import expert_plan
         from supergen.spec import size_warnings
 
-        info = model_info(spec.model)
-        expert = experts.note(schedule(spec.model, spec.steps), info.expert_boundary, spec.steps - spec.refine_steps)
+        expert = expert_plan(spec.model, spec.steps, spec.steps - spec.refine_steps)[1]
         for note in size_warnings(spec) + ([expert] if expert else []):
             print(f"supergen render: note: {note}", file=sys.stderr)
     url = args.store if args.store is not None else (args.out if args.out is not None else "supergen-out")

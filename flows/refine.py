@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from distributed import Client
 
-from supergen.backends import model_info, schedule
+from supergen.backends import expert_plan, model_info
 from supergen.cache import CacheConfig, CacheReport
 from supergen.cache.policy import decide
 from supergen.cache.state import canvas_observation
-from supergen.experts import switches
 from supergen.refine import RefinePlan
 from supergen.stepplan import plan_compute, plan_gather
 from supergen.tiling import Window, intersections
@@ -202,8 +201,7 @@ class _Driver:
             client, store, spec, balance, rid, on_step
         self.plan = RefinePlan.from_spec(spec, info.vae_spatial, info.native_latent)
         self.canvas = tuple(self.plan.canvas)
-        self.cfg = CacheConfig.from_spec(spec, switches(schedule(spec.model, spec.steps), info.expert_boundary,
-                                                        self.plan.start))
+        self.cfg = CacheConfig.from_spec(spec, expert_plan(spec.model, spec.steps, self.plan.start)[0])
         self.cache_on = self.cfg.policy != "none"
         names = check_workers(client, spec)
         self.workers = names if workers is None else [w for w in names if w in set(workers)]

@@ -6,7 +6,7 @@ import pytest
 
 import supergen
 from supergen import RenderSpec, experts
-from supergen.backends import load_backend, model_info, schedule
+from supergen.backends import expert_plan, load_backend, model_info, schedule
 from supergen.executor import prepare
 
 # threshold 1e9, no warm-up: every tile that may skip does, so a carried residual would show as a skip
@@ -14,11 +14,18 @@ CACHED = dict(prompt="a red circle moving", width=128, height=128, frames=5, ste
               cache="region", cache_threshold=1e9, cache_warmup=1, max_consecutive_skips=100, checkpoint_every=0)
 
 
-def test_the_schedule_from_configs_is_the_backends(tiny_dir):
-    be = load_backend(tiny_dir("wan22-t2v"))
-    assert schedule(tiny_dir("wan22-t2v"), 12).tolist() == be.timesteps(12).tolist()
+@pytest.mark.parametrize("kind", ["wan22-t2v", "hunyuan-t2v", "cogvideox15-t2v"])
+def test_the_schedule_from_configs_is_the_backends(kind, tiny_dir):
+    """Also where the pipeline passes its own sigmas (HunyuanVideo)."""
+    assert schedule(tiny_dir(kind), 12).tolist() == load_backend(tiny_dir(kind)).timesteps(12).tolist()
+
+
+def test_the_expert_plan_from_configs(tiny_dir):
     assert model_info(tiny_dir("wan22-t2v")).expert_boundary == 875.0
     assert model_info(tiny_dir("wan-t2v")).expert_boundary is None
+    assert expert_plan(tiny_dir("wan-t2v"), 20, 2) == ((), None)
+    ts = schedule(tiny_dir("wan22-t2v"), 20).tolist()
+    assert expert_plan(tiny_dir("wan22-t2v"), 20, 2) == (experts.switches(ts, 875.0, 2), experts.note(ts, 875.0, 2))
 
 
 def test_switches_and_the_note_place_the_refinement_against_the_boundary(tiny_dir):

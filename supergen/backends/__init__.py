@@ -11,8 +11,8 @@ from . import tiny
 from .base import Backend, Conditioning, ModelInfo
 from .loading import backend_class, load_pipeline, read_configs
 
-__all__ = ["Backend", "Conditioning", "ModelInfo", "model_configs", "model_info", "schedule", "load_backend",
-           "backend_for_pipeline"]
+__all__ = ["Backend", "Conditioning", "ModelInfo", "model_configs", "model_info", "schedule", "expert_plan",
+           "load_backend", "backend_for_pipeline"]
 
 
 def _configs(model: str) -> dict:
@@ -40,14 +40,28 @@ def model_info(model: str) -> ModelInfo:
 
 def schedule(model: str, steps: int):
     """The timesteps of an N-step schedule from the model's scheduler config alone (no weights): what the
-    loaded backend's `timesteps(steps)` gives, for the driver and the command line."""
+    loaded backend's `timesteps(steps)` gives (with the pipeline's own sigmas where it has them)."""
     import diffusers
+
+    from .loading import fresh_scheduler
 
     c = _configs(model)
     name = c["scheduler"].get("_class_name") or c["index"]["scheduler"][1]
-    s = getattr(diffusers, name).from_config(c["scheduler"])
-    s.set_timesteps(steps)
-    return s.timesteps
+    sigmas = getattr(backend_class(c["index"]["_class_name"]), "pipeline_sigmas", lambda n: None)(steps)
+    return fresh_scheduler(getattr(diffusers, name).from_config(c["scheduler"]), steps, sigmas).timesteps
+
+
+def expert_plan(model: str, steps: int, start: int) -> tuple[tuple[int, ...], str | None]:
+    """A two-expert model's refinement steps where the cache starts afresh, and the note for the user, for a
+    refinement from schedule index `start` (`supergen.experts`), from the configs; ((), None) for one model,
+    whose schedule is never built (the driver and the command line need no diffusers scheduler then)."""
+    from .. import experts
+
+    boundary = model_info(model).expert_boundary
+    if boundary is None:
+        return (), None
+    ts = schedule(model, steps)
+    return experts.switches(ts, boundary, start), experts.note(ts, boundary, start)
 
 
 def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,

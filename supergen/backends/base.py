@@ -188,12 +188,17 @@ class PlacedRope(torch.nn.Module):
 
 class FlowMatch:
     """The schedule calls of a flow-matching model (Wan, HunyuanVideo), each on a fresh scheduler
-    (`loading.fresh_scheduler`); `schedule` is where a pipeline's own sigmas go."""
+    (`loading.fresh_scheduler`) set to the pipeline's N steps."""
+
+    @staticmethod
+    def pipeline_sigmas(steps: int):
+        """The sigmas the pipeline passes its scheduler, before its shift; None: `set_timesteps(N)`'s own."""
+        return None
 
     def schedule(self, steps: int):
         from .loading import fresh_scheduler
 
-        return fresh_scheduler(self.scheduler, steps)
+        return fresh_scheduler(self.scheduler, steps, sigmas=self.pipeline_sigmas(steps))
 
     def timesteps(self, steps: int) -> torch.Tensor:
         return self.schedule(steps).timesteps

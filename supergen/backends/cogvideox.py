@@ -154,7 +154,8 @@ class CogVideoXBackend(GuidedPredict):
             return vae._encode(window.to(self.device, self.vae_dtype))
         if frames is not None:
             window = window[:, :, self._latent_frames(frames)[1]:]
-        return vae._decode((window.to(self.device, torch.float32) / self.sf).to(self.vae_dtype), return_dict=False)[0]
+        z = (window.to(self.device, torch.float32) / self.sf).to(self.vae_dtype)
+        return vae._decode(z, return_dict=False)[0]
 
     def vae_finish(self, out, encode=False, frames=None):
         """What `decode`/`encode` make of the tiled VAE's blended output."""

@@ -21,17 +21,10 @@ import torch
 from .. import rope as rope_positions
 from ..errors import BackendError
 from .base import Conditioning, FlowMatch, GuidedPredict, ModelInfo, PlacedRope
-from .loading import DTYPES, cast_module, fresh_scheduler, sample_tiling, vae_tiling
+from .loading import DTYPES, cast_module, sample_tiling, vae_tiling
 
 PRESETS = dict(scale=2, frames=129, steps=50, guidance=6.0, fps=24, cache_threshold=0.20, cache_alpha=0.5,
                vae_tile=512, vae_dtype="dtype")
-
-
-def sigmas(steps: int):
-    """The pipeline's sigmas before the scheduler's shift."""
-    import numpy as np
-
-    return np.linspace(1.0, 0.0, steps + 1)[:-1]
 
 
 class UnmaskedAttention:
@@ -155,8 +148,11 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
         return z.float() * self.sf
 
     # -- schedule: `FlowMatch` over the pipeline's own sigmas --------------------------------------
-    def schedule(self, steps: int):
-        return fresh_scheduler(self.scheduler, steps, sigmas=sigmas(steps))
+    @staticmethod
+    def pipeline_sigmas(steps: int):
+        import numpy as np
+
+        return np.linspace(1.0, 0.0, steps + 1)[:-1]
 
     # -- the per-tile call -----------------------------------------------------------------------
     @torch.no_grad()
