@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -97,6 +98,18 @@ def by_task(stream: list, info: dict) -> dict:
     return out
 
 
+def timeline(stream: list, info: dict, t0: float) -> dict:
+    """Per worker name: [start, stop, key] of every computed task, seconds from the stage's start (where a
+    stage's idle time sits, for the next profile)."""
+    out: dict = {}
+    for t in stream:
+        name = str(info.get(t["worker"], {}).get("name", t["worker"]))
+        for ss in t.get("startstops", ()):
+            if ss["action"] == "compute":
+                out.setdefault(name, []).append([round(ss["start"] - t0, 3), round(ss["stop"] - t0, 3), str(t["key"])])
+    return {w: sorted(v) for w, v in sorted(out.items())}
+
+
 def run_render(client, store, serial: list, spread: list) -> dict:
     """The four stages as `flows.render.run_stages` drives them, the sketch, upscale and decode on `serial`
     and the refinement on `spread` (worker names), each stage timed with its memory peaks and busy
@@ -123,7 +136,11 @@ def run_render(client, store, serial: list, spread: list) -> dict:
         peaks = client.run(_memory_peak)
         stages[name] = {"s": round(t1 - t0, 2), "busy": busy_fractions(ts.data, info, t0, t1),
                         "peak_memory_gib": {str(info[a]["name"]): v for a, v in peaks.items() if a in info},
-                        "compute_s_by_task": by_task(ts.data, info)}
+                        "compute_s_by_task": by_task(ts.data, info), "timeline": timeline(ts.data, info, t0)}
+        if name in STEP_KEY:
+            ends = step_ends(ts.data, name)
+            stages[name]["step_ends_s"] = [round(e - t0, 3) for e in ends]
+            stages[name]["step_s"] = step_period(ends)
         timings[name] = t1 - t0
         return out
 
@@ -175,7 +192,8 @@ def main():
     ap.add_argument("--vae-tile", type=int)
     ap.add_argument("--scale", choices=["full", "tiny"], default="full")
     ap.add_argument("--model-dir", help="[default: a folder per architecture under the temp dir]")
-    ap.add_argument("--out", required=True, help="JSON per size; {arch} and {size} are replaced")
+    ap.add_argument("--out", help="JSON per size; {arch} and {size} are replaced")
+    ap.add_argument("--build-only", action="store_true", help="build the model folder (if missing) and stop")
     args = ap.parse_args()
     from distributed import Client
 
@@ -192,6 +210,10 @@ def main():
     model = build_model(args.arch, args.model_dir or os.path.join(tempfile.gettempdir(), "supergen-bench",
                                                                   f"{args.arch}-{args.scale}"), args.scale)
     build_s = round(time.time() - t0, 1)
+    if args.build_only:
+        return print(model, f"{build_s} s", flush=True)
+    if not args.out:
+        ap.error("--out is required")
     root = tempfile.mkdtemp(prefix="e2e-")
     warm = {}
     with make_cluster(gpus or 2) as cluster, Client(cluster, set_as_default=False) as client:
@@ -229,12 +251,35 @@ def main():
                                     for m, r in out["runs"].items()}), flush=True)
 
 
+STEP_KEY = {"sketch": re.compile(r"sketch-advance-(\d+)-"), "refine": re.compile(r"advance-s(\d+)-")}
+
+
+def step_ends(stream: list, stage: str) -> list[float]:
+    """When each denoising step of `stage` ended: its last `advance` task's stop, in step order."""
+    ends: dict[int, float] = {}
+    for t in stream:
+        m = STEP_KEY[stage].search(str(t["key"]))
+        for ss in t.get("startstops", ()) if m else ():
+            if ss["action"] == "compute":
+                ends[int(m.group(1))] = max(ends.get(int(m.group(1)), 0.0), ss["stop"])
+    return [ends[i] for i in sorted(ends)]
+
+
+def step_period(ends: list[float]) -> float | None:
+    """The steady-state seconds per step: the median gap between consecutive steps' ends (None under two)."""
+    gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
+    return round(gaps[len(gaps) // 2], 3) if gaps else None
+
+
 def extrapolate(stages: dict, args) -> dict:
-    """The full schedule's stage times: the sketch and refine per step, the VAE stages as measured."""
-    s = {"sketch": stages["sketch"]["s"] / args.steps * args.full_steps,
-         "upscale": stages["upscale"]["s"],
-         "refine": stages["refine"]["s"] / args.refine_steps * args.full_refine,
-         "decode_export": stages["decode_export"]["s"]}
+    """The full schedule's stage times: the run's stage plus its missing steps at the measured steady step
+    period, so a stage's fixed costs (the text encoding, the first step's reads, the final write) count
+    once; the VAE stages as measured. Where a stage ran one step, its time scaled per step (an upper bound)."""
+    s = {"upscale": stages["upscale"]["s"], "decode_export": stages["decode_export"]["s"]}
+    for name, run, full in (("sketch", args.steps, args.full_steps), ("refine", args.refine_steps, args.full_refine)):
+        period = stages[name].get("step_s")
+        s[name] = stages[name]["s"] + (full - run) * period if period else stages[name]["s"] / run * full
+    s = {k: s[k] for k in ("sketch", "upscale", "refine", "decode_export")}
     return {**{k: round(v, 1) for k, v in s.items()}, "total": round(sum(s.values()), 1)}
 
 

@@ -4,8 +4,8 @@
 #   cog-2k   CogVideoX-1.5-5B at 2560x1440x41: before, after, after on one GPU (bench/gpu_e2e.py)
 #   cog-4k   the same at 3840x2160x41: before, after
 #   cog-after  `after` alone at both sizes (one warm-up)
-#   cog-2k-after  2560x1440x41: after, after on one GPU, after with the VAE in float32
-#   cog-4k-after  3840x2160x41: after, 4 refinement steps timed
+#   cog-2k-after  2560x1440x41: after, after on one GPU (6 sketch and 4 refinement steps timed)
+#   cog-4k-after  3840x2160x41: after (4 and 4 steps timed)
 #   queue    four CogVideoX-1.5-5B renders at 2560x1440x41 queued on one cluster, compiled (bench/render_queue.py)
 #   wan14b   Wan2.1-14B at 2560x1440x81: before, after (VAE tiles of 512 px); wan14b-after: after alone
 #   cp       the peer: diffusers' context-parallel direct forward of Wan2.1-14B at 2560x1440x81 (bench/cp_direct.py)
@@ -27,10 +27,11 @@ for part in "$@"; do
     cog-after) python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 2560x1440 3840x2160 --modes after \
                  --out "$OUT/e2e_{arch}_{size}.json" ;;
     cog-2k-after) python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 2560x1440 --modes after after-1gpu \
-                    after-vae32 --out "$OUT/e2e_{arch}_{size}.json" ;;
+                    --steps 6 --refine-steps 4 --out "$OUT/e2e_{arch}_{size}.json" ;;
     cog-4k-after) python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 3840x2160 --modes after \
-                    --refine-steps 4 --out "$OUT/e2e_{arch}_{size}.json" ;;  # 4 steps: a stall weighs less
-    queue) python3 bench/render_queue.py --model /tmp/supergen-bench/cogvideox1.5-t2v-5b-full --device cuda \
+                    --steps 4 --refine-steps 4 --out "$OUT/e2e_{arch}_{size}.json" ;;  # 4 steps: a stall weighs less
+    queue) python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --build-only
+           python3 bench/render_queue.py --model /tmp/supergen-bench/cogvideox1.5-t2v-5b-full --device cuda \
              --dtype bfloat16 --width 2560 --height 1440 --frames 41 --steps 3 --refine-steps 2 --compile \
              --out "$OUT/render_queue_cogvideox_2k.json" ;;
     wan14b) python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --steps 2 --refine-steps 1 \

@@ -28,7 +28,8 @@ cells); h x w the sketch; s, t the VAE's spatial and time factors; F' = (F - 1) 
         the files are on disk (8 bytes and a JSON header per file; no tensor is read), else from closed forms
         over the configs (`_params_from_config`); a component with neither counts 0 (inputs["params_source"]).
 
-VAE, per tile. `vae_tile` (stride 3/4 of it, as `loading.vae_tiling` sets; one tile when the frame fits)
+VAE, per tile. `vae_tile` (neighbours overlap by `loading.vae_overlap` of it, as `loading.vae_tiling` sets;
+one tile when the frame fits)
 gives tiles of A = min(tile, H) x min(tile, W) pixels that together cover r = (sum of tile areas) / (H W)
 >= 1 frames' worth. Tiles run one after another; inside a tile the VAE takes T_c frames at a time (Wan:
 4 = one latent frame; CogVideoX: 8 + F mod 8 to encode, 2 or 3 latent frames = 8 or 12 to decode).
@@ -394,10 +395,10 @@ def _axis_extent(size: int, tile: int, stride: int) -> int:
 
 def _vae(vae: dict, family: str, size: tuple[int, int], vae_tile: int, spatial: int) -> dict:
     """VAE tile geometry and width for a frame of `size` = (H, W) pixels."""
-    from .backends.loading import vae_tiling
+    from .backends.loading import vae_overlap, vae_tiling
 
     H, W = size
-    t = vae_tiling(vae_tile, spatial, (H, W))
+    t = vae_tiling(vae_tile, spatial, (H, W), vae_overlap(family))
     if t is None:
         area, overlap, tile = H * W, 1.0, None
     else:

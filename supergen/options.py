@@ -38,7 +38,7 @@ HELP = {
     "rope": "the tiles' rotary positions: local (every tile at the origin, the paper's), canvas (each tile's "
             "cells' canvas positions), canvas-ntk (those, NTK-scaled bases), canvas-interp (those, scaled into "
             "the native extent) [default: local]",
-    "vae_tile": "VAE tiling tile in pixels, stride 3/4 of it (default: 2x the native size)",
+    "vae_tile": "VAE tiling tile in pixels, overlap 1/4 of it (CogVideoX: 1/6) (default: 2x the native size)",
     "fps": "frames per second of the written videos (default per model)",
     "cache": "tile cache policy",
     "cache_threshold": "cache threshold tau (default per model family)",

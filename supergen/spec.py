@@ -69,7 +69,9 @@ class RenderSpec:
     shift_loop: int = 16  # shift quantum = tile // shift_loop per axis (the paper's loop_step)
     boundary: str = "wrap"  # "wrap": windows wrap around the canvas (paper's torus); "clamp": stay inside
     rope: str | None = None  # the tiles' rotary positions (supergen/rope.py); preset: local, the paper's
-    vae_tile: int | None = None  # VAE tiling tile size in pixels (stride = 3/4 of it); preset: the model's, else 2x native
+    # VAE tiling tile size in pixels (neighbours overlap by a quarter of it, CogVideoX's by a sixth);
+    # preset: the model's, else 2x native
+    vae_tile: int | None = None
     fps: int | None = None
     cache: str = "none"  # tile cache policy: none | region | uniform
     cache_threshold: float | None = None  # tau; preset per model family

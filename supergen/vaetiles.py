@@ -11,7 +11,7 @@ is the single-process tiled VAE's bit for bit (tests/test_vaetiles.py).
 
 This holds while every tile that is blended into another (any tile but the last of its row or column)
 spans at least two blend extents, so that its own blends never reach the strips it hands on: diffusers'
-tiles are at least a stride long and supergen's stride is three quarters of a tile (`vae_tiling`).
+tiles are at least a stride long and supergen's stride is at least three quarters of a tile (`vae_tiling`).
 """
 
 from __future__ import annotations

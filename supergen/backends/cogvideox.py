@@ -17,7 +17,7 @@ from .. import noise, rope as rope_positions
 from ..errors import BackendError
 from .base import Conditioning, GuidedPredict, ModelInfo, preprocess_image, stock_latents, text_conditioning
 from ..vaetiles import Axis, Tiling
-from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_tiling
+from .loading import DTYPES, cast_module, check_latent_shape, fresh_scheduler, vae_overlap, vae_tiling
 
 # vae_tile: CogVideoX's VAE decodes a 1024-px tile of a 4K clip in over 110 GiB (measured on an H200, see
 # docs/benchmarks.md); 512-px tiles cover the same area with the same work in a fraction of the memory
@@ -122,7 +122,8 @@ class CogVideoXBackend(GuidedPredict):
 
     # -- VAE -------------------------------------------------------------------------------------
     def _tiling(self, vae_tile, height, width):
-        vae, t = self.pipe.vae, vae_tiling(vae_tile, self.info.vae_spatial, (height, width))
+        vae = self.pipe.vae
+        t = vae_tiling(vae_tile, self.info.vae_spatial, (height, width), vae_overlap(self.info.family))
         if t is None:
             vae.disable_tiling()
         else:
