@@ -47,7 +47,7 @@ def main():
     model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
     size = tuple(int(v) for v in args.size.split("x"))
     kw = tile_inputs(arch, model, device, size if args.scale == "full" else None, args.scale)
-    times = []
+    times, warm = [], []
     with torch.no_grad():
         for i in range(args.warmup + args.forwards):
             if device.type == "cuda":
@@ -58,14 +58,16 @@ def main():
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dist.barrier()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
+            (times if i >= args.warmup else warm).append(time.perf_counter() - t0)
+            if rank == 0:
+                print(f"forward {i}: {time.perf_counter() - t0:.2f} s", flush=True)
     if rank == 0:
         fwd = sum(times) / len(times)
         result = environment(" ".join(["torchrun"] + sys.argv))
         result.update(peer="diffusers context parallelism (Ulysses), direct whole-canvas forward",
                       arch=args.arch, size=args.size, gpus=world, tokens=image_tokens(arch, size),
                       forward_s=[round(t, 2) for t in times], forward_mean_s=round(fwd, 2),
+                      warmup_forward_s=[round(t, 2) for t in warm],
                       peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda"
                       else 0.0,
                       denoise_full_schedule_s=round(fwd * 2 * args.steps, 1),

@@ -8,7 +8,9 @@ the stages, in one run:
   transformer compiled (`--compile`), after a warm-up render that pays the compile;
 * `after-1gpu`: `after` on one worker;
 * `after-vae32`: `after` with the VAE in float32, as `before` runs it (`after` takes the model's preset
-  `vae_dtype`: bfloat16 for CogVideoX at --dtype bfloat16, float32 for Wan).
+  `vae_dtype`: bfloat16 for CogVideoX at --dtype bfloat16, float32 for Wan);
+* `after-eager`: `after` without `--compile` (and without the warm-up render it needs: where device time
+  is short, a conservative `after`: the compiled tile forward is `bench/gpu_tile.py --compile`'s).
 
 A reduced schedule (N = --steps, k = --refine-steps) keeps a run inside a device call; a sketch step and a
 refinement step cost the same at every schedule index, so the stage times extrapolate to the full schedule
@@ -39,7 +41,7 @@ import torch  # noqa: E402
 from archs import ARCHS, T5_DIM, build  # noqa: E402
 from common import busy_fractions  # noqa: E402
 
-MODES = ("before", "after", "after-1gpu", "after-vae32")
+MODES = ("before", "after", "after-1gpu", "after-vae32", "after-eager")
 
 
 def build_model(arch: str, path: str, scale: str) -> str:
@@ -110,10 +112,10 @@ def timeline(stream: list, info: dict, t0: float) -> dict:
     return {w: sorted(v) for w, v in sorted(out.items())}
 
 
-def run_render(client, store, serial: list, spread: list) -> dict:
+def run_render(client, store, serial: list, spread: list, progress=None) -> dict:
     """The four stages as `flows.render.run_stages` drives them, the sketch, upscale and decode on `serial`
     and the refinement on `spread` (worker names), each stage timed with its memory peaks and busy
-    fractions."""
+    fractions; `progress(stages)` after each stage (a call cut short keeps the stages it measured)."""
     from distributed import get_task_stream
 
     from flows.refine import workers_info
@@ -142,6 +144,8 @@ def run_render(client, store, serial: list, spread: list) -> dict:
             stages[name]["step_ends_s"] = [round(e - t0, 3) for e in ends]
             stages[name]["step_s"] = step_period(ends)
         timings[name] = t1 - t0
+        if progress:
+            progress(stages)
         return out
 
     sk = timed("sketch", S.sketch, client, store, rid, serial)
@@ -228,7 +232,7 @@ def main():
                    "workers": [str(n) for n in names], "runs": {}}
             path = args.out.replace("{arch}", args.arch).replace("{size}", size)
             for mode in args.modes:
-                spec = {**base, "compile": mode != "before",
+                spec = {**base, "compile": mode not in ("before", "after-eager"),
                         "vae_dtype": "float32" if mode in ("before", "after-vae32") else None}
                 use = names[:1] if mode == "after-1gpu" else names
                 serial = use[:1] if mode == "before" else use
@@ -237,7 +241,8 @@ def main():
                 out["warm_up_s"] = warm
                 store = RenderStore.create(os.path.join(root, f"{size}-{mode}"), prepare(RenderSpec(**spec), here=False))
                 t1 = time.time()
-                rec = run_render(client, store, serial, use)
+                rec = run_render(client, store, serial, use, progress=lambda stages: write_result(
+                    path, {**out, "runs": {**out["runs"], mode: {"stages": stages, "partial": True}}}))
                 rec["wall_s"] = round(time.time() - t1, 2)
                 rec["store"] = store.url
                 rec["vae_dtype"] = store.spec().vae_dtype  # the resolved preset where the spec leaves it unset
