@@ -28,10 +28,10 @@ def conditioning(backend: Backend, spec, image) -> Conditioning:
                                        (spec.sketch_width, spec.sketch_height), spec.frames, seed=spec.seed)
 
 
-def first(backend: Backend, spec) -> Carry:
-    """The pure noise the stock pipeline starts from, and the generator's state after drawing it."""
+def first(backend: Backend, spec, cond: Conditioning) -> Carry:
+    """The latent the stock pipeline starts from, and the generator's state after drawing its noise."""
     g = noise.generator(spec.seed, "sketch")
-    x = backend.initial_latent(spec.sketch_width, spec.sketch_height, spec.frames, g)
+    x = backend.initial_latent(spec.sketch_width, spec.sketch_height, spec.frames, g, cond.image_latent)
     return x, {"rng": g.get_state()}
 
 
@@ -63,7 +63,7 @@ def to_cpu(carry: Carry) -> Carry:
 def sketch(backend: Backend, spec, image) -> torch.Tensor:
     """The whole sketch in this process: the reference the split sketch reproduces."""
     cond = conditioning(backend, spec, image)
-    carry = first(backend, spec)
+    carry = first(backend, spec, cond)
     for i in range(spec.steps):
         x = carry[0]
         carry = advance(backend, spec, cond, i, carry, [branch(backend, spec, cond, i, x, b)

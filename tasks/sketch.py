@@ -26,8 +26,8 @@ def _on(device, carry: sketch.Carry) -> sketch.Carry:
 
 @guarded("sketch")
 def first(store, render_id: str) -> sketch.Carry:
-    spec, be, _ = _model(store, render_id)
-    return sketch.to_cpu(sketch.first(be, spec))
+    spec, be, cond = _model(store, render_id)
+    return sketch.to_cpu(sketch.first(be, spec, cond))
 
 
 @guarded("sketch")

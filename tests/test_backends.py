@@ -22,6 +22,8 @@ KINDS = {
     "cogvideox-i2v": ("cogvideox1.0-i2v", 9),
     "hunyuan-t2v": ("hunyuanvideo1.0-t2v", 5),
     "hunyuan15-t2v": ("hunyuanvideo1.5-t2v", 5),
+    "hunyuan-i2v": ("hunyuanvideo1.0-i2v", 5),
+    "hunyuan15-i2v": ("hunyuanvideo1.5-i2v", 5),
 }
 
 
@@ -121,3 +123,24 @@ def test_hunyuanvideo_1_0_takes_no_image(tiny_dir, image_path):
     path = tiny_dir("hunyuan-t2v")
     with pytest.raises(SpecError, match="`image`.*text-to-video"):
         prepare(RenderSpec(prompt="x", model=path, image=image_path), check_memory=False)
+
+
+@pytest.mark.parametrize("kind", ["hunyuan-i2v", "hunyuan15-i2v", "hunyuan15-t2v", "cogvideox15-i2v"])
+def test_an_image_is_checked_against_the_configs_before_any_weights(kind, tiny_dir, image_path):
+    """Image-to-video kinds need an image and text-to-video kinds refuse one, from the configs alone."""
+    i2v = kind.endswith("i2v")
+    with pytest.raises(SpecError, match="pass a conditioning image" if i2v else "takes no image"):
+        prepare(RenderSpec(prompt="x", model=tiny_dir(kind), image=None if i2v else image_path), here=False)
+
+
+def test_hunyuanvideo_i2v_33ch_is_refused_from_its_configs(tiny_dir, tmp_path):
+    """HunyuanVideo-I2V-33ch (`latent_concat`) returns four frames fewer than asked: refused, saying why."""
+    import json
+    import shutil
+
+    path = shutil.copytree(tiny_dir("hunyuan-i2v"), tmp_path / "33ch")
+    cfg = json.loads((path / "transformer" / "config.json").read_text())
+    (path / "transformer" / "config.json").write_text(json.dumps({**cfg, "image_condition_type": "latent_concat",
+                                                                   "in_channels": 9}))
+    with pytest.raises(SpecError, match="latent_concat.*first four frames"):
+        prepare(RenderSpec(prompt="x", model=str(path), image="unused.png"), here=False)

@@ -185,14 +185,18 @@ def test_an_image_to_video_render_is_the_in_process_one(kind, n_workers, client,
     assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
 
 
-@pytest.mark.parametrize("kind,n_workers", [("hunyuan-t2v", 1), ("hunyuan-t2v", 3), ("hunyuan15-t2v", 2)])
-def test_hunyuanvideo_on_the_cluster_is_the_in_process_render(kind, n_workers, client, tiny_dir, tmp_path):
+@pytest.mark.parametrize("kind,n_workers", [("hunyuan-t2v", 1), ("hunyuan-t2v", 3), ("hunyuan15-t2v", 2),
+                                             ("hunyuan-i2v", 2), ("hunyuan15-i2v", 3)])
+def test_hunyuanvideo_on_the_cluster_is_the_in_process_render(kind, n_workers, client, tiny_dir, tmp_path,
+                                                              image_path):
     """HunyuanVideo 1.0 (guidance-distilled: one call per tile-step, none to split in the sketch) and 1.5
-    (true CFG: the sketch's branches on two workers): the video is the in-process one."""
+    (true CFG: the sketch's branches on two workers; image-to-video: the image's latent cropped per tile):
+    the video is the in-process one."""
     spec = prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir(kind), width=128, height=96,
-                              frames=5, steps=4, refine_steps=3, checkpoint_every=0, seed=1))
+                              frames=5, steps=4, refine_steps=3, checkpoint_every=0, seed=1,
+                              image=image_path if kind.endswith("i2v") else None))
     ours = render_as_a_worker(spec)
-    calls = 1 if kind == "hunyuan-t2v" else 2
+    calls = 1 if kind.startswith("hunyuan-") else 2
     assert ours.forwards == {"sketch": 4 * calls, "refine": 3 * 4 * calls}
     store = RenderStore.create(str(tmp_path / "s"), spec)
     run_stages(client, store, workers=worker_names(client)[:n_workers])

@@ -100,46 +100,75 @@ def test_ti2v_native_single_tile_equals_the_stock_pipeline(kind, tiny_dir):
         assert torch.equal(ours[:, :, :1], cond.image_latent) and not torch.equal(x[:, :, :1], ours[:, :, :1])
 
 
-@pytest.mark.parametrize("rope", ["local", "canvas-ntk"])
-def test_hunyuanvideo_native_single_tile_equals_the_stock_pipeline(rope, tiny_dir):
-    """HunyuanVideo 1.0 (guidance-distilled: the scale an input, one call a step; the pipeline's own sigmas):
-    at native size our refinement is the stock pipeline continuing from the same latent, to rounding (the
-    stock pads the prompt and masks the padding; supergen drops it)."""
-    be = load_backend(tiny_dir("hunyuan-t2v"))
+@pytest.mark.parametrize("kind,rope", [("hunyuan-t2v", "local"), ("hunyuan-t2v", "canvas-ntk"),
+                                       ("hunyuan-i2v", "local")])
+def test_hunyuanvideo_native_single_tile_equals_the_stock_pipeline(kind, rope, tiny_dir):
+    """HunyuanVideo 1.0 (guidance-distilled: the scale an input, one call a step; the pipeline's own sigmas;
+    for HunyuanVideo-I2V the image read by LLaVA with the prompt, its latent as the first frame, 0.1% of it in
+    the start): at native size our refinement is the stock pipeline continuing from the same latent, to
+    rounding (the stock pads the prompt and masks the padding; supergen drops it)."""
+    from PIL import Image
+
+    be = load_backend(tiny_dir(kind))
     steps, k, frames, prompt, g = 8, 3, 5, "a red circle moving", 4.5
     x0 = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(3))
-    ours = _ours(be, x0, steps, k, prompt, "", g, frames, rope=rope)
+    image = Image.radial_gradient("L").convert("RGB").resize((64, 64)) if be.info.is_i2v else None
+    cond = be.encode_conditioning(prompt, "", g, image, (64, 64), frames)
+    plan = RefinePlan(steps, k, (8, 8), (8, 8), "wrap", 1, 16, rope)
+    x, state = x0.clone(), {}
+    if image is not None:  # the stock pipeline mixes the image into the latent it is given
+        t = torch.tensor([0.999])
+        x = x0 * t + cond.image_latent * (1 - t)
+    for i in range(k):
+        x, state, _ = refine_step(be, cond, plan, i, x, state)
+    ours = be.finish(x, cond.image_latent)
     assert be.forwards == k  # one call per tile-step
     pipe = copy.copy(be.pipe)
     pipe.scheduler = _truncated(be.pipe.scheduler, steps - k)
     ref = pipe(prompt=prompt, height=64, width=64, num_frames=frames, num_inference_steps=steps, guidance_scale=g,
                output_type="latent", latents=x0.clone(), prompt_template=be.template,
-               max_sequence_length=be.max_sequence_length).frames
+               max_sequence_length=be.max_sequence_length, **({"image": image} if image is not None else {})).frames
     assert (ref - x0).abs().max() > 0.1
     torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-5)
+    if image is not None:  # the image reaches the text states and the first frame
+        assert torch.equal(ours[:, :, :1], cond.image_latent)
+        other = be.encode_conditioning(prompt, "", g, Image.new("RGB", (64, 64), (0, 90, 200)), (64, 64), frames)
+        assert (other.text["encoder_hidden_states"] - cond.text["encoder_hidden_states"]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("rope", ["local", "canvas-ntk"])
-def test_hunyuanvideo15_native_single_tile_equals_the_stock_pipeline(rope, tiny_dir):
-    """HunyuanVideo 1.5 (true CFG through its guider, Qwen2.5-VL and ByT5 text, zero image channels for T2V):
-    at native size our refinement is the stock pipeline continuing from the same latent, bit for bit."""
+@pytest.mark.parametrize("kind,rope", [("hunyuan15-t2v", "local"), ("hunyuan15-t2v", "canvas-ntk"),
+                                       ("hunyuan15-i2v", "local")])
+def test_hunyuanvideo15_native_single_tile_equals_the_stock_pipeline(kind, rope, tiny_dir):
+    """HunyuanVideo 1.5 (true CFG through its guider, Qwen2.5-VL and ByT5 text; for text-to-video zero image
+    channels, for image-to-video the image's latent frame, its mask and SigLIP's embedding): at native size
+    our refinement is the stock pipeline continuing from the same latent, bit for bit. (The image is square:
+    the I2V pipeline takes the size of its bucket nearest the image's aspect, here the native 64 x 64.)"""
     from diffusers.guiders import ClassifierFreeGuidance
+    from PIL import Image
 
-    be = load_backend(tiny_dir("hunyuan15-t2v"))
+    be = load_backend(tiny_dir(kind))
     steps, k, frames, prompt, neg, g = 6, 3, 5, "a red circle moving", "blurry", 4.5
     (w, h), (lh, lw) = be.info.native_size, be.info.native_latent
     x0 = torch.randn(1, be.info.latent_channels, 2, lh, lw, generator=torch.Generator().manual_seed(3))
     plan = RefinePlan(steps, k, (lh, lw), (lh, lw), "wrap", 1, 16, rope)
-    cond = be.encode_conditioning(prompt, neg, g, None, (w, h), frames)
+    image = Image.radial_gradient("L").convert("RGB").resize((w, h)) if be.info.is_i2v else None
+    cond = be.encode_conditioning(prompt, neg, g, image, (w, h), frames)
     x, state = x0.clone(), {}
     for i in range(k):
         x, state, _ = refine_step(be, cond, plan, i, x, state)
     pipe = copy.copy(be.pipe)
     pipe.scheduler = _truncated(be.pipe.scheduler, steps - k)
     pipe.guider = ClassifierFreeGuidance(guidance_scale=g)
-    ref = pipe(prompt=prompt, negative_prompt=neg, height=h, width=w, num_frames=frames, num_inference_steps=steps,
-               output_type="latent", latents=x0.clone()).frames
+    size = {"image": image} if image is not None else {"height": h, "width": w}
+    ref = pipe(prompt=prompt, negative_prompt=neg, num_frames=frames, num_inference_steps=steps,
+               output_type="latent", latents=x0.clone(), **size).frames
     assert (ref - x0).abs().max() > 0.1 and torch.equal(x, ref.float())
+    if image is not None:  # the image reaches the model: another image, another video
+        other = be.encode_conditioning(prompt, neg, g, Image.new("RGB", (w, h), (0, 90, 200)), (w, h), frames)
+        y, state = x0.clone(), {}
+        for i in range(k):
+            y, state, _ = refine_step(be, other, plan, i, y, state)
+        assert (y - x).abs().max() > 1e-3
 
 
 class PerCellBackend(FlowMatch):

@@ -20,7 +20,7 @@ def _spec(model, **kw):
 # HunyuanVideo's pipeline pads the prompt and masks the padding, where supergen drops it: equal to rounding.
 EXACT = {"wan-t2v": True, "wan22-t2v": True, "wan-i2v": True, "wan22-5b-t2v": True, "wan22-5b-i2v": True,
          "cogvideox-t2v": False, "cogvideox15-t2v": False, "cogvideox15-i2v": False, "hunyuan-t2v": False,
-         "hunyuan15-t2v": True}
+         "hunyuan15-t2v": True, "hunyuan-i2v": False, "hunyuan15-i2v": True}
 
 
 @pytest.mark.parametrize("kind", list(EXACT))
@@ -44,7 +44,7 @@ def test_the_written_out_sketch_is_the_stock_pipelines(kind, tiny_dir, tmp_path)
                         width=spec.sketch_width, num_frames=spec.frames, num_inference_steps=spec.steps,
                         guidance_scale=spec.guidance, output_type="latent", max_sequence_length=be.max_sequence_length,
                         generator=noise.generator(spec.seed, "image-latent"),
-                        latents=sketch.first(be, spec)[0].permute(0, 2, 1, 3, 4)).frames.permute(0, 2, 1, 3, 4)
+                        latents=sketch.first(be, spec, sketch.conditioning(be, spec, img))[0].permute(0, 2, 1, 3, 4)).frames.permute(0, 2, 1, 3, 4)
     else:
         stock = be.sketch(spec.prompt, spec.negative_prompt, img, spec.sketch_width, spec.sketch_height,
                           spec.frames, spec.steps, spec.guidance, noise.generator(spec.seed, "sketch"))

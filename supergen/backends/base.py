@@ -157,8 +157,10 @@ class Backend(Protocol):
                        image_latent: torch.Tensor | None = None, place=None) -> torch.Tensor:
         """One CFG branch's model output for one tile, float32 (see `Conditioning.branches`)."""
 
-    def initial_latent(self, width: int, height: int, frames: int, generator: torch.Generator) -> torch.Tensor:
-        """The noise the stock pipeline starts from (float32, BCFHW), drawn from `generator`."""
+    def initial_latent(self, width: int, height: int, frames: int, generator: torch.Generator,
+                       image_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent the stock pipeline starts from (float32, BCFHW): noise drawn from `generator` (with, for
+        HunyuanVideo-I2V, a trace of the image condition `image_latent`)."""
 
     def finish(self, x: torch.Tensor, image_latent: torch.Tensor | None = None) -> torch.Tensor:
         """The latent a denoising loop returns, from its last step's `x` (and the image condition of the same
@@ -214,7 +216,7 @@ class FlowMatch:
         s.set_begin_index(index)
         return s.step(prediction.float(), s.timesteps[index], x, return_dict=False)[0].float(), state
 
-    def initial_latent(self, width, height, frames, generator):
+    def initial_latent(self, width, height, frames, generator, image_latent=None):
         """The noise the stock pipeline's `prepare_latents` starts from (float32, on the generator's device)."""
         from diffusers.utils.torch_utils import randn_tensor
 

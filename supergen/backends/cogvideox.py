@@ -104,7 +104,7 @@ class CogVideoXBackend(GuidedPredict):
         return cond
 
     # -- stage 1 ---------------------------------------------------------------------------------
-    def initial_latent(self, width, height, frames, generator):
+    def initial_latent(self, width, height, frames, generator, image_latent=None):
         """The noise `CogVideoXPipeline.prepare_latents` starts from, 1.5's pad frames included, drawn in
         its BFCHW layout (float32: the pipeline draws in the prompt's dtype, bfloat16 on GPUs)."""
         from diffusers.utils.torch_utils import randn_tensor

@@ -19,7 +19,7 @@ import copy
 import torch
 
 from .. import rope as rope_positions
-from ..errors import BackendError
+from ..errors import BackendError, SpecError
 from .base import Conditioning, FlowMatch, GuidedPredict, ModelInfo, PlacedRope
 from .loading import DTYPES, cast_module, sample_tiling, vae_tiling
 
@@ -56,7 +56,7 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
             vae_temporal=vae.get("temporal_compression_ratio", 4),
             patch=(tr.get("patch_size_t", 1), tr["patch_size"], tr["patch_size"]),
             native_size=tuple(side.get("native_size", cls.NATIVE)),
-            is_i2v=False,
+            is_i2v=index["_class_name"].endswith("ImageToVideoPipeline"),
             scheduler=c["scheduler"].get("_class_name", ""),
             presets={**cls.PRESETS, **side.get("presets", {})},
             sketch_multiple=16,  # the pipelines' check_inputs
@@ -102,6 +102,10 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
         embeds, pooled, mask = self.pipe.encode_prompt(prompt=prompt, prompt_template=self.template,
                                                        device=self.device,
                                                        max_sequence_length=self.max_sequence_length)
+        return self._unpadded(embeds, pooled, mask, guidance)
+
+    def _unpadded(self, embeds, pooled, mask, guidance) -> Conditioning:
+        """The text states of the prompt's own tokens (its mask then all true) and the guidance input."""
         keep = mask[0].bool()  # the prompt's own tokens, wherever the tokenizer put its padding
         n = int(keep.sum())
         text = {"encoder_hidden_states": embeds[:, keep].to(self.dtype),
@@ -114,9 +118,10 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
     # -- stage 1 ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
+        image = {} if image is None else {"image": image}
         out = self.pipe(prompt=prompt, height=height, width=width, num_frames=frames, num_inference_steps=steps,
                         guidance_scale=guidance, generator=generator, output_type="latent",
-                        prompt_template=self.template, max_sequence_length=self.max_sequence_length).frames
+                        prompt_template=self.template, max_sequence_length=self.max_sequence_length, **image).frames
         self.forwards += steps
         return out.float()
 
@@ -174,8 +179,71 @@ class HunyuanVideoBackend(FlowMatch, GuidedPredict):
                 p.drop = False
 
 
-def _default_template() -> dict:
-    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+class HunyuanVideoI2VBackend(HunyuanVideoBackend):
+    """HunyuanVideo-I2V (`HunyuanVideoImageToVideoPipeline`, `image_condition_type` "token_replace", the
+    model the SuperGen paper refines): 1.0's guidance-distilled call, plus the image three ways. LLaVA reads
+    it with the prompt (its tokens lead the text states, global to every tile); its latent replaces the
+    first latent frame of every call's input (each tile its window's crop) and of the result, the model
+    told that frame is clean; and the sketch starts from noise holding 0.1% of it (`i2v_stability`).
+
+    The "33ch" variant (`latent_concat`) returns four frames fewer than it is asked for, which a spec's
+    `frames` cannot express: refused from its configs."""
+
+    FAMILY = "hunyuanvideo1.0-i2v"
+
+    @classmethod
+    def info_from_configs(cls, c: dict) -> ModelInfo:
+        kind = c["transformer"].get("image_condition_type")
+        if kind != "token_replace":
+            raise SpecError("model", f"HunyuanVideo-I2V with image_condition_type {kind!r} is not supported: only "
+                                     "'token_replace' (HunyuanVideo-I2V); 'latent_concat' (the 33-channel variant) "
+                                     "drops its first four frames, which a render's `frames` cannot express")
+        return super().info_from_configs(c)
+
+    def _wrap(self, model) -> None:
+        super()._wrap(model)
+        self.template = dict(self.info.presets.get("prompt_template") or _default_template(i2v=True))
+
+    @torch.no_grad()
+    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
+        if image is None:
+            raise BackendError(f"{self.info.family} is an image-to-video model: it needs an image")
+        pipe, (width, height) = self.pipe, size
+        embeds, pooled, mask = pipe.encode_prompt(image=image, prompt=prompt, prompt_template=self.template,
+                                                  device=self.device, max_sequence_length=self.max_sequence_length,
+                                                  image_embed_interleave=4)  # the pipeline's for token_replace
+        cond = self._unpadded(embeds, pooled, mask, guidance)
+        pixels = pipe.video_processor.preprocess(image, height, width).to(self.device, self.vae_dtype)
+        z = pipe.vae.encode(pixels.unsqueeze(2)).latent_dist.mode()
+        cond.image_latent = z.float() * pipe.vae_scaling_factor  # (1, C, 1, h, w): the first frame's latent
+        return cond
+
+    def initial_latent(self, width, height, frames, generator, image_latent=None):
+        """The pipeline's start: the noise with 0.1% of the image's latent in every frame."""
+        x = super().initial_latent(width, height, frames, generator)
+        if image_latent is None:
+            return x
+        t = torch.tensor([0.999], device=x.device)
+        return x * t + image_latent.to(x.device) * (1 - t)
+
+    def finish(self, x, image_latent=None):
+        """The image's latent as the first frame, as the pipeline's input and result carry it."""
+        if image_latent is None:
+            return x
+        x = x.clone()
+        x[:, :, :1] = image_latent.to(x)
+        return x
+
+    @torch.no_grad()
+    def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None, place=None):
+        return super().predict_branch(self.finish(x, image_latent), steps, index, cond, branch, place=place)
+
+
+def _default_template(i2v: bool = False) -> dict:
+    if i2v:
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
+    else:
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
     return DEFAULT_PROMPT_TEMPLATE
 
@@ -199,18 +267,19 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
     @torch.no_grad()
     def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
         if image is not None:
-            raise BackendError("HunyuanVideo 1.5 image-to-video is not supported yet")
+            raise BackendError(f"{self.info.family} is a text-to-video model and takes no image")
+        cfg = self.pipe.transformer.config
+        images = torch.zeros(1, self.pipe.vision_num_semantic_tokens, cfg.image_embed_dim, device=self.device,
+                             dtype=self.dtype)
+        return self._text(prompt, negative_prompt, guidance, {"image_embeds": images})
 
+    def _text(self, prompt, negative_prompt, guidance, extra) -> Conditioning:
         def text(p):
             e, m, e2, m2 = self.pipe.encode_prompt(prompt=p, device=self.device, dtype=self.dtype)
             return {"encoder_hidden_states": e, "encoder_attention_mask": m, "encoder_hidden_states_2": e2,
                     "encoder_attention_mask_2": m2}
 
-        cfg = self.pipe.transformer.config
-        images = torch.zeros(1, self.pipe.vision_num_semantic_tokens, cfg.image_embed_dim, device=self.device,
-                             dtype=self.dtype)
-        return Conditioning(guidance, text(prompt), text(negative_prompt) if guidance > 1.0 else None,
-                            {"image_embeds": images})
+        return Conditioning(guidance, text(prompt), text(negative_prompt) if guidance > 1.0 else None, extra)
 
     @torch.no_grad()
     def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
@@ -236,8 +305,9 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
     def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None, place=None):
         t = self.timesteps(steps)[index].to(self.device)
         b, c, f, h, w = x.shape
-        zeros = torch.zeros(b, c + 1, f, h, w, device=self.device)  # no image condition: its latents and mask
-        inp = torch.cat([x.to(self.device), zeros], dim=1).to(self.dtype)
+        if image_latent is None:  # text-to-video: no image condition (zero latents, zero mask)
+            image_latent = torch.zeros(b, c + 1, f, h, w, device=self.device)
+        inp = torch.cat([x.to(self.device), image_latent.to(self.device)], dim=1).to(self.dtype)
         text = cond.text if branch == 0 else cond.negative_text
         self.forwards += 1
         model = self.pipe.transformer
@@ -248,3 +318,42 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
                              **cond.extra)[0].float()
         finally:
             model.rope.given = None
+
+
+class HunyuanVideo15I2VBackend(HunyuanVideo15Backend):
+    """HunyuanVideo 1.5 image-to-video (`HunyuanVideo15ImageToVideoPipeline`): 1.5's text and CFG, and the
+    image twice: SigLIP's embedding of it (global, the same for every tile) and its latent in the condition
+    channels' first frame, with a mask channel marking that frame; each tile takes its window's crop of that
+    canvas, as CogVideoX's image-to-video does. The image is cropped to the size it conditions, as the
+    pipeline crops it.
+
+    The stock pipeline picks its own size, the bucket of `target_size`'s area nearest the image's aspect;
+    supergen's sketch is that pipeline's loop (its conditioning, noise, steps) at the spec's sketch size,
+    which equals the stock pipeline where the two sizes agree (tests/test_method.py)."""
+
+    FAMILY = "hunyuanvideo1.5-i2v"
+
+    @torch.no_grad()
+    def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
+        if image is None:
+            raise BackendError(f"{self.info.family} is an image-to-video model: it needs an image")
+        pipe, (width, height) = self.pipe, size
+        image = pipe.video_processor.resize(image, height=height, width=width, resize_mode="crop")
+        cond = self._text(prompt, negative_prompt, guidance,
+                          {"image_embeds": pipe.encode_image(image, 1, self.device, self.dtype)})
+        z = pipe._get_image_latents(pipe.vae, pipe.video_processor, image, height, width, self.device).float()
+        _, c, f, h, w = self.latent_shape(frames, height, width)
+        latent = torch.zeros(1, c + 1, f, h, w, device=self.device)  # the image's latent frame, then its mask
+        latent[:, :c, :1] = z
+        latent[:, c, 0] = 1.0
+        cond.image_latent = latent
+        return cond
+
+    @torch.no_grad()
+    def sketch(self, prompt, negative_prompt, image, width, height, frames, steps, guidance, generator):
+        cond = self.encode_conditioning(prompt, negative_prompt, guidance, image, (width, height), frames)
+        x, state = self.initial_latent(width, height, frames, generator), {}
+        for i in range(steps):
+            x, state = self.step(steps, i, self.predict(x, steps, i, cond, cond.image_latent), x, state,
+                                 generator=generator)
+        return x.float()

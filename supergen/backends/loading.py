@@ -21,7 +21,9 @@ REGISTRY = {
     "CogVideoXPipeline": "supergen.backends.cogvideox:CogVideoXBackend",
     "CogVideoXImageToVideoPipeline": "supergen.backends.cogvideox:CogVideoXBackend",
     "HunyuanVideoPipeline": "supergen.backends.hunyuan:HunyuanVideoBackend",
+    "HunyuanVideoImageToVideoPipeline": "supergen.backends.hunyuan:HunyuanVideoI2VBackend",
     "HunyuanVideo15Pipeline": "supergen.backends.hunyuan:HunyuanVideo15Backend",
+    "HunyuanVideo15ImageToVideoPipeline": "supergen.backends.hunyuan:HunyuanVideo15I2VBackend",
 }
 SIDECAR = "supergen.json"  # optional per-folder facts the configs lack (native size, presets)
 

@@ -17,7 +17,8 @@ import torch
 NATIVE = (64, 64)  # (width, height) pixels: latent 8x8 with the 8x VAEs below
 PRESETS = dict(scale=4, frames=9, steps=10, guidance=5.0, fps=8, cache_threshold=0.20, cache_alpha=0.5)
 KINDS = ("wan-t2v", "wan-i2v", "wan22-t2v", "wan22-i2v", "wan22-5b-t2v", "wan22-5b-i2v", "cogvideox-t2v",
-         "cogvideox15-t2v", "cogvideox15-i2v", "cogvideox-i2v", "hunyuan-t2v", "hunyuan15-t2v")
+         "cogvideox15-t2v", "cogvideox15-i2v", "cogvideox-i2v", "hunyuan-t2v", "hunyuan15-t2v",
+         "hunyuan-i2v", "hunyuan15-i2v")
 EMBEDDED = {"tiny": "wan-t2v", "tiny-i2v": "wan-i2v"}
 
 WORDS = ("a the of and in on with video red green blue yellow white black moving circle square cat dog "
@@ -126,27 +127,39 @@ HUNYUAN_TEMPLATE = ("<|start_header_id|>system<|end_header_id|>\n\nDescribe the 
                     "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>")
 
 
+# HunyuanVideo-I2V's: the image's tokens at `<image>`, and an assistant header its pipeline crops off
+HUNYUAN_I2V_TEMPLATE = ("<|start_header_id|>system<|end_header_id|>\n\n<image>\nDescribe the video.<|eot_id|>"
+                        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+                        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
 def llama_tokenizer():
-    """A LLaMA-style fast tokenizer over single characters (no merges) and the template's special tokens."""
+    """A LLaMA-style fast tokenizer over single characters (no merges) and the templates' special tokens
+    (`assistant` one token, as LLaMA 3's: the I2V pipeline crops the assistant header by token count)."""
     from transformers import LlamaTokenizerFast
 
-    specials = ["<unk>", "<s>", "</s>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    specials = ["<unk>", "<s>", "</s>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<image>",
+                "assistant"]
     vocab = {t: i for i, t in enumerate(specials)}
     for c in string.ascii_letters + string.digits + string.punctuation + "\u2581\n":
         vocab.setdefault(c, len(vocab))
     # padded on the right, as HunyuanVideo's: its transformer takes the first mask-sum text tokens as valid
-    return LlamaTokenizerFast(vocab=vocab, merges=[], unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                              pad_token="</s>", padding_side="right")
+    tok = LlamaTokenizerFast(vocab=vocab, merges=[], unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                             pad_token="</s>", padding_side="right")
+    tok.add_special_tokens({"additional_special_tokens": specials[3:]})
+    return tok
 
 
-def _hunyuan():
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
-                           HunyuanVideoTransformer3DModel)
+def _hunyuan(kind: str):
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideoImageToVideoPipeline, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig, LlamaModel
 
+    i2v = kind.endswith("i2v")
     tok = llama_tokenizer()
-    te = LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)).eval()
+    llama = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
+    te = _llava(tok, llama) if i2v else LlamaModel(llama).eval()
     chars = string.ascii_letters + string.digits + string.punctuation
     vocab = {**{c: i for i, c in enumerate(chars)}, "<|startoftext|>": len(chars), "<|endoftext|>": len(chars) + 1}
     tok2 = CLIPTokenizer(vocab=vocab, merges=[])
@@ -158,15 +171,31 @@ def _hunyuan():
                                         num_layers=1, num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0,
                                         patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
                                         text_embed_dim=32, pooled_projection_dim=16, rope_theta=256.0,
-                                        rope_axes_dim=(4, 6, 6))
+                                        rope_axes_dim=(4, 6, 6), image_condition_type="token_replace" if i2v else None)
     vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=4,
                                     down_block_types=("HunyuanVideoDownBlock3D",) * 4,
                                     up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
                                     layers_per_block=1, norm_num_groups=2, spatial_compression_ratio=8,
                                     temporal_compression_ratio=4, mid_block_add_attention=False)
-    return HunyuanVideoPipeline(text_encoder=te, tokenizer=tok, transformer=tr, vae=vae,
-                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=te2,
-                                tokenizer_2=tok2)
+    parts = dict(text_encoder=te, tokenizer=tok, transformer=tr, vae=vae, text_encoder_2=te2, tokenizer_2=tok2,
+                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+    if not i2v:
+        return HunyuanVideoPipeline(**parts)
+    from transformers import CLIPImageProcessor
+
+    return HunyuanVideoImageToVideoPipeline(**parts, image_processor=CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}))
+
+
+def _llava(tok, llama):
+    """HunyuanVideo-I2V's text encoder at toy size: LLaVA, a CLIP vision tower of 16 patches before LLaMA."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=16)
+    return LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=vision, text_config=llama, image_token_index=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id, vision_feature_layer=-2, image_seq_length=16)).eval()
 
 
 def qwen_tokenizer():
@@ -186,9 +215,9 @@ def qwen_tokenizer():
     return tok
 
 
-def _hunyuan15():
-    from diffusers import (AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline,
-                           HunyuanVideo15Transformer3DModel)
+def _hunyuan15(kind: str):
+    from diffusers import (AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel)
     from diffusers.guiders import ClassifierFreeGuidance
     from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
 
@@ -203,16 +232,32 @@ def _hunyuan15():
     tr = HunyuanVideo15Transformer3DModel(in_channels=2 * 4 + 1, out_channels=4, num_attention_heads=2,
                                           attention_head_dim=16, num_layers=1, num_refiner_layers=1, mlp_ratio=2.0,
                                           text_embed_dim=32, text_embed_2_dim=16, image_embed_dim=8,
-                                          rope_axes_dim=(4, 6, 6), target_size=64, task_type="t2v")
+                                          rope_axes_dim=(4, 6, 6), target_size=64,
+                                          task_type="i2v" if kind.endswith("i2v") else "t2v")
     vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1)
-    return HunyuanVideo15Pipeline(text_encoder=te, tokenizer=tok, transformer=tr, vae=vae,
-                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=te2,
-                                  tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=5.0))
+    parts = dict(text_encoder=te, tokenizer=tok, transformer=tr, vae=vae, text_encoder_2=te2,
+                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), tokenizer_2=ByT5Tokenizer(),
+                 guider=ClassifierFreeGuidance(guidance_scale=5.0))
+    if not kind.endswith("i2v"):
+        return HunyuanVideo15Pipeline(**parts)
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    encoder = SiglipVisionModel(SiglipVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    return HunyuanVideo15ImageToVideoPipeline(**parts, image_encoder=encoder,
+                                              feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}))
 
 
-def hunyuan_template() -> dict:
-    return {"template": HUNYUAN_TEMPLATE,
-            "crop_start": len(llama_tokenizer()(HUNYUAN_TEMPLATE.split("{}")[0]).input_ids)}
+def hunyuan_template(i2v: bool = False) -> dict:
+    """The tiny tokenizer's counts in the template: the tokens before the prompt (`crop_start`) and, for
+    image-to-video, where the image's 16 tokens go."""
+    template = HUNYUAN_I2V_TEMPLATE if i2v else HUNYUAN_TEMPLATE
+    ids = llama_tokenizer()(template.split("{}")[0]).input_ids
+    out = {"template": template, "crop_start": len(ids)}
+    if i2v:
+        start = ids.index(llama_tokenizer().convert_tokens_to_ids("<image>"))
+        out.update(image_emb_start=start, image_emb_end=start + 16, image_emb_len=16)
+    return out
 
 
 def build(kind: str = "wan-t2v", seed: int = 0):
@@ -221,8 +266,8 @@ def build(kind: str = "wan-t2v", seed: int = 0):
         raise ValueError(f"unknown tiny kind {kind!r}; known: {KINDS}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe = (_wan(kind) if kind.startswith("wan") else _hunyuan15() if kind.startswith("hunyuan15")
-                else _hunyuan() if kind.startswith("hunyuan") else _cogvideox(kind))
+        pipe = (_wan(kind) if kind.startswith("wan") else _hunyuan15(kind) if kind.startswith("hunyuan15")
+                else _hunyuan(kind) if kind.startswith("hunyuan") else _cogvideox(kind))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -230,7 +275,8 @@ def build(kind: str = "wan-t2v", seed: int = 0):
 def sidecar(kind: str = "wan-t2v") -> dict:
     """The supergen.json facts of a tiny pipeline (its configs cannot say it was trained at 64x64, nor, for
     HunyuanVideo, where its tokenizer's prompt template ends)."""
-    presets = {**PRESETS, "prompt_template": hunyuan_template()} if kind == "hunyuan-t2v" else PRESETS
+    hunyuan = kind in ("hunyuan-t2v", "hunyuan-i2v")
+    presets = {**PRESETS, "prompt_template": hunyuan_template(kind.endswith("i2v"))} if hunyuan else PRESETS
     return {"native_size": list(NATIVE), "presets": presets}
 
 
