@@ -147,7 +147,13 @@ def cmd_render(args) -> int:
         from supergen.spec import size_warnings
 
         expert = expert_plan(spec.model, spec.steps, spec.steps - spec.refine_steps)[1]
-        for note in size_warnings(spec) + ([expert] if expert else []):
+        notes = size_warnings(spec) + ([expert] if expert else [])
+        if spec.render_model is not None:
+            from supergen.pair import SwitchRule
+
+            notes.append(f"SRDiffusion: the render model takes over at a switch {SwitchRule.from_spec(spec).describe()} "
+                         "(render.json and `supergen inspect` say where it fell, and why)")
+        for note in notes:
             print(f"supergen render: note: {note}", file=sys.stderr)
     url = args.store if args.store is not None else (args.out if args.out is not None else "supergen-out")
     if args.cluster:

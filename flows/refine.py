@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from distributed import Client
 
+from supergen import pair
 from supergen.backends import expert_plan, model_info
 from supergen.cache import CacheConfig, CacheReport
 from supergen.cache.policy import decide
@@ -201,7 +202,9 @@ class _Driver:
             client, store, spec, balance, rid, on_step
         self.plan = RefinePlan.from_spec(spec, info.vae_spatial, info.native_latent)
         self.canvas = tuple(self.plan.canvas)
-        self.cfg = CacheConfig.from_spec(spec, expert_plan(spec.model, spec.steps, self.plan.start)[0])
+        fresh = expert_plan(spec.model, spec.steps, self.plan.start)[0] + pair.fresh_at(
+            store.stage_record("sketch"), self.plan.start, self.plan.refine_steps)
+        self.cfg = CacheConfig.from_spec(spec, tuple(sorted(set(fresh))))
         self.cache_on = self.cfg.policy != "none"
         names = check_workers(client, spec)
         self.workers = names if workers is None else [w for w in names if w in set(workers)]

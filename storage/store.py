@@ -352,12 +352,12 @@ class RenderStore:
 
     # -- stage tensors (RenderSink) ------------------------------------------------------------------
     def _write_array(self, name: str, data: np.ndarray, chunks: tuple[int, ...], dims: list[str],
-                     compressors=None) -> None:
+                     compressors=None, attributes: dict | None = None) -> None:
         self._require_writable()
         try:
             arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
                                           compressors=compressors, fill_value=0, dimension_names=dims,
-                                          overwrite=True)
+                                          overwrite=True, attributes=attributes)
             arr[...] = data
         except Exception as e:
             raise self._fail(f"cannot write {name} to", e) from None
@@ -398,10 +398,11 @@ class RenderStore:
         tile = self.attrs["spec"]["tile"]
         return shape if name == "sketch" else tuple(shape[:-2]) + tuple(min(t, s) for t, s in zip(tile, shape[-2:]))
 
-    def save_stage(self, name: str, tensor: torch.Tensor) -> None:
+    def save_stage(self, name: str, tensor: torch.Tensor, record: dict | None = None) -> None:
+        """A stage latent, `record` in its array's attributes (written with its metadata, before its data)."""
         data = tensor.detach().float().cpu().numpy()
         self._write_array(f"{name}/latent", data, self._stage_chunks(name, data.shape),
-                          ["batch", "channel", "frame", "y", "x"])
+                          ["batch", "channel", "frame", "y", "x"], attributes={"record": record} if record else None)
         if self.owned:  # in process; on a cluster the workers write stages and the driver advances
             self.advance(STATUSES[STAGES.index(name) + 1])
 
@@ -428,6 +429,13 @@ class RenderStore:
     def load_video(self, name: str) -> torch.Tensor | None:
         data = self._read_array(f"{name}/video")
         return None if data is None else torch.from_numpy(np.ascontiguousarray(data))
+
+    def stage_record(self, name: str) -> dict | None:
+        """The record saved with a stage latent (`save_stage`), or None."""
+        try:
+            return dict(self.group[f"{name}/latent"].attrs).get("record")
+        except MISSING:
+            return None
 
     def load_stage(self, name: str) -> torch.Tensor | None:
         data = self._read_array(f"{name}/latent")
@@ -526,7 +534,8 @@ class RenderStore:
                   "layout": attrs.get("supergen_layout"), "seed": attrs.get("seed"),
                   "spec": attrs.get("spec"),
                   "last_checkpoint_step": None if m is None else m.step,
-                  "stages": [s for s in STAGES if self.has_array(f"{s}/latent")]}
+                  "stages": [s for s in STAGES if self.has_array(f"{s}/latent")],
+                  "models": self.stage_record("sketch")}  # SRDiffusion: where the switch fell and why
         if m is not None and m.record.get("cache", {}).get("skip_map"):
             sm = m.record["cache"]["skip_map"]
             total = sum(len(r) for r in sm)

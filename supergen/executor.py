@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import experts, lora, memory, noise, sketch
+from . import experts, lora, memory, noise, pair, sketch
 from .backends import load_backend, model_configs, model_info
 from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
@@ -19,7 +19,7 @@ from .inputs import decode_image, read_image
 from .progress import NullProgress, Progress
 from .refine import RefinePlan, refine_step
 from .sink import Checkpoint, RenderSink
-from .spec import RenderSpec, crop_to_request, device_problem, resolve, size_warnings
+from .spec import RenderSpec, check_render_model, crop_to_request, device_problem, resolve, size_warnings
 from .tiling import cores
 from .upscale import to_uint8, upscale_video
 
@@ -37,6 +37,7 @@ class RenderResult:
     forwards: dict[str, int] = field(default_factory=dict)  # transformer calls: sketch / refine
     family: str = ""
     notes: list[str] = field(default_factory=list)  # what the model makes of the spec (`model_notes`)
+    models: dict | None = None  # SRDiffusion: where the switch fell and why (`supergen.pair.record`)
 
     @property
     def warnings(self) -> list[str]:
@@ -57,15 +58,26 @@ class RenderResult:
             "warnings": self.warnings,
             "memory": memory_summary(self.spec),
             "lora": lora.record(self.spec.lora),
+            "models": self.models,
         }
 
 
-def model_notes(backend, spec: RenderSpec) -> list[str]:
+def model_notes(backend, spec: RenderSpec, models: dict | None = None) -> list[str]:
     """What the loaded model makes of a resolved spec, one sentence each: where the refinement starts
-    against a two-expert model's switch (`supergen.experts.note`)."""
+    against a two-expert model's switch (`supergen.experts.note`) and SRDiffusion's (`supergen.pair.note`)."""
     start = spec.steps - spec.refine_steps
-    note = experts.note(backend.timesteps(spec.steps), backend.info.expert_boundary, start)
-    return [note] if note else []
+    notes = [experts.note(backend.timesteps(spec.steps), backend.info.expert_boundary, start),
+             pair.note(models, spec.steps, start)]
+    return [n for n in notes if n]
+
+
+def load_models(spec: RenderSpec) -> Backend:
+    """The spec's model, with SRDiffusion's render model beside it as one backend (`pair.ModelPair`)."""
+    large = load_backend(spec.model, spec.device, spec.dtype, spec.compile, spec.vae_dtype or "float32", spec.lora)
+    if spec.render_model is None:
+        return large
+    return pair.ModelPair(large, load_backend(spec.render_model, spec.device, spec.dtype, spec.compile,
+                                              spec.vae_dtype or "float32", share=large))
 
 
 def memory_summary(spec: RenderSpec) -> dict | None:
@@ -92,6 +104,10 @@ def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = 
     if spec.lora:  # absolute paths (workers elsewhere open the same files), then checked against the model
         spec = spec.replace(lora=lora.normalized(spec.lora))
         lora.check(spec.lora, model_configs(spec.model))
+    if spec.render_model is not None:  # SRDiffusion: the pair must share one trajectory
+        small = model_info(spec.render_model)
+        pair.check(model_configs(spec.model), model_configs(spec.render_model), info, small)
+        check_render_model(spec, small)
     if here:
         problem = device_problem(spec.device)
         if problem:
@@ -110,10 +126,10 @@ def load_image(spec: RenderSpec, sink: RenderSink | None = None):
     return decode_image(data) if data is not None else decode_image(read_image(spec.image), spec.image)
 
 
-def sketch_latent(backend: Backend, spec: RenderSpec, image) -> torch.Tensor:
+def sketch_latent(backend: Backend, spec: RenderSpec, image) -> tuple[torch.Tensor, dict | None]:
     """Stage 1: the whole clip at native size with the full N-step schedule: the stock pipeline, written
     out as per-branch calls (`supergen.sketch`: a cluster may then split the CFG branches and still give
-    this latent)."""
+    this latent); with SRDiffusion, where its switch fell (`sketch.models`)."""
     return sketch.sketch(backend, spec, image)
 
 
@@ -157,21 +173,20 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     image = load_image(spec, sink)  # a missing or unreadable image is refused before any weights load
     timings: dict[str, float] = {}
     with _timed(timings, "load", progress):
-        backend = backend or load_backend(spec.model, spec.device, spec.dtype, spec.compile,
-                                          spec.vae_dtype or "float32", spec.lora)
+        backend = backend or load_models(spec)
     plan = RefinePlan.from_spec(spec, backend.info.vae_spatial, backend.info.native_latent)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
-    save = sink.save_stage if sink is not None else (lambda name, t: None)
+    save = sink.save_stage if sink is not None else (lambda name, t, record=None: None)
     forwards = {"sketch": 0, "refine": 0}
 
     # 1. Sketch: the whole clip at native size, the full N-step schedule, the stock pipeline.
     with _timed(timings, "sketch", progress), memory.guard("sketch", spec):
-        z_lo = load("sketch")
+        z_lo, models = load("sketch"), sink.stage_record("sketch") if sink is not None else None
         if z_lo is None:
             calls0 = backend.forwards
-            z_lo = sketch_latent(backend, spec, image)
+            z_lo, models = sketch_latent(backend, spec, image)
             forwards["sketch"] = backend.forwards - calls0
-            save("sketch", z_lo)
+            save("sketch", z_lo, models)
         z_lo = z_lo.to(backend.device)
 
     # 2. Upscale in pixel space, re-encode, re-noise to schedule index N - k with seeded noise.
@@ -184,10 +199,12 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
         x = x.to(backend.device)
         cond = backend.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image,
                                            spec.canvas_size, spec.frames, seed=spec.seed)
+        cond.model_switch = models["switch_step"] if models else None
 
     # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
     schedule, boundary = backend.timesteps(spec.steps), backend.info.expert_boundary
-    cache = TileCache(CacheConfig.from_spec(spec, experts.switches(schedule, boundary, plan.start)), plan.refine_steps)
+    fresh = experts.switches(schedule, boundary, plan.start) + pair.fresh_at(models, plan.start, plan.refine_steps)
+    cache = TileCache(CacheConfig.from_spec(spec, tuple(sorted(set(fresh)))), plan.refine_steps)
     tiles_per_step, state, first = [], {}, 0
     ckpt = sink.load_checkpoint() if sink is not None else None
     if ckpt is not None:  # resume after the last checkpointed step
@@ -223,4 +240,4 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
         return RenderResult(spec=spec, video=crop_to_request(to_uint8(video), spec), sketch_video=to_uint8(video_lo),
                             latent=x.cpu(), sketch_latent=z_lo.cpu(), timings=timings, tiles_per_step=tiles_per_step,
                             forwards=forwards, family=backend.info.family, cache=cache.report,
-                            notes=model_notes(backend, spec))
+                            notes=model_notes(backend, spec, models), models=models)

@@ -485,6 +485,8 @@ def estimate(spec, info=None, configs: dict | None = None, device: str | None = 
     Lat, lat = C * Fl * (H // s) * (W // s) * B32, C * Fl * (h // s) * (w // s) * B32
 
     weights = _weights(spec.model, fam, c)
+    if getattr(spec, "render_model", None):  # SRDiffusion: the render model's transformer too (it shares the rest)
+        weights["render_transformer"] = _weights(spec.render_model, fam, _configs(spec.render_model))["transformer"]
     params = {k: n for k, (n, _) in weights.items()}
     P = sum(n * (bv if k == "vae" else b) for k, n in params.items())
 

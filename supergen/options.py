@@ -50,6 +50,14 @@ HELP = {
                "process of the host (Inductor's /tmp/torchinductor_<user>, or SUPERGEN_COMPILE_CACHE)",
     "lora": "a LoRA adapter for the transformer, PATH[:SCALE] (a .safetensors file or a folder with "
             "pytorch_lora_weights.safetensors; scale 1 by default), fused into the weights; repeat for several",
+    "render_model": "SRDiffusion: a smaller model of the same family, sharing the VAE and text encoder, that "
+                    "predicts the steps from the switch on, in the sketch and the refinement alike",
+    "switch_step": "SRDiffusion's switch at a fixed step: the first step the render model predicts (default: "
+                   "adaptive, from the model's outputs in the sketch)",
+    "switch_threshold": "SRDiffusion's adaptive switch: the render model takes over once the self-diff of the "
+                        "model's outputs falls in (0, threshold)",
+    "switch_min": "SRDiffusion's adaptive switch: the earliest step it may fall on (default: steps / 10)",
+    "switch_max": "SRDiffusion's adaptive switch: the latest step it falls on (default: 3/5 of the steps)",
 }
 CHOICES = {"dtype": DTYPES, "vae_dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES, "rope": ROPE_MODES}
 

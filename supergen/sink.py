@@ -30,7 +30,11 @@ class RenderSink(Protocol):
     def load_stage(self, name: str) -> torch.Tensor | None:
         """A saved stage tensor ("sketch", "start", "final"), or None."""
 
-    def save_stage(self, name: str, tensor: torch.Tensor) -> None: ...
+    def save_stage(self, name: str, tensor: torch.Tensor, record: dict | None = None) -> None:
+        """Persist a stage tensor with `record`, a small account kept with it (the sketch's: SRDiffusion's
+        switch, which the refinement needs on resume)."""
+
+    def stage_record(self, name: str) -> dict | None: ...
 
     def save_checkpoint(self, ckpt: Checkpoint) -> None:
         """Persist `ckpt`; it counts only once fully written (a crash mid-write keeps the previous one)."""

@@ -14,9 +14,11 @@ Wan's pipeline calls its branches separately and this loop equals it bit for bit
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from . import noise
+from . import noise, pair
 from .backends.base import Backend, Conditioning
 
 Carry = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -35,23 +37,38 @@ def first(backend: Backend, spec, cond: Conditioning) -> Carry:
     return x, {"rng": g.get_state()}
 
 
-def branch(backend: Backend, spec, cond: Conditioning, index: int, x: torch.Tensor, b: int) -> torch.Tensor:
-    """One CFG branch of step `index` on the whole sketch latent."""
+def branch(backend: Backend, spec, cond: Conditioning, index: int, carry: Carry, b: int) -> torch.Tensor:
+    """One CFG branch of step `index` on the whole sketch latent (with SRDiffusion, by the model the carry's
+    switch gives the step)."""
+    x, state = carry
     image = None if cond.image_latent is None else cond.image_latent.to(x.device)
-    return backend.predict_branch(x, spec.steps, index, cond, b, image)
+    return backend.predict_branch(x, spec.steps, index, switched(spec, cond, state), b, image)
+
+
+def switched(spec, cond: Conditioning, state: dict) -> Conditioning:
+    """`cond` with SRDiffusion's switch as far as the sketch has decided it (unchanged for one model)."""
+    if spec.render_model is None:
+        return cond
+    return dataclasses.replace(cond, model_switch=pair.switch_of(state, pair.SwitchRule.from_spec(spec)))
 
 
 def advance(backend: Backend, spec, cond: Conditioning, index: int, carry: Carry,
             outputs: list[torch.Tensor]) -> Carry:
-    """The guided prediction of step `index` from its branch outputs, and the scheduler step."""
+    """The guided prediction of step `index` from its branch outputs, and the scheduler step; with SRDiffusion
+    the switch rule reads a large-model step's prediction (`supergen.pair`)."""
     x, state = carry
     g = torch.Generator().set_state(state["rng"])
-    state = {k: v.to(x.device) for k, v in state.items() if k != "rng"}
-    x, state = backend.step(spec.steps, index, cond.guide([o.to(x.device) for o in outputs]), x, state,
-                            seed=spec.seed, generator=g)
+    rule = {k: v for k, v in state.items() if k.startswith("pair_")}
+    state = {k: v.to(x.device) for k, v in state.items() if k != "rng" and k not in rule}
+    prediction = cond.guide([o.to(x.device) for o in outputs])
+    if spec.render_model is not None:
+        r = pair.SwitchRule.from_spec(spec)
+        if pair.switch_of(rule, r) is None:  # the large model made this step
+            rule = pair.advance_rule(rule, index, prediction, r)
+    x, state = backend.step(spec.steps, index, prediction, x, state, seed=spec.seed, generator=g)
     if index == spec.steps - 1:
         x = backend.finish(x, None if cond.image_latent is None else cond.image_latent.to(x.device))
-    return x, {**state, "rng": g.get_state()}
+    return x, {**state, **rule, "rng": g.get_state()}
 
 
 def to_cpu(carry: Carry) -> Carry:
@@ -59,13 +76,20 @@ def to_cpu(carry: Carry) -> Carry:
     return x.cpu(), {k: v.cpu() for k, v in state.items()}
 
 
+def models(spec, state: dict) -> dict | None:
+    """SRDiffusion's account of a finished sketch (`pair.record`: where the switch fell and why), or None for
+    one model."""
+    if spec.render_model is None:
+        return None
+    return pair.record(state, pair.SwitchRule.from_spec(spec), spec.steps)
+
+
 @torch.no_grad()
-def sketch(backend: Backend, spec, image) -> torch.Tensor:
-    """The whole sketch in this process: the reference the split sketch reproduces."""
+def sketch(backend: Backend, spec, image) -> tuple[torch.Tensor, dict | None]:
+    """The whole sketch in this process (the reference the split sketch reproduces), and `models`."""
     cond = conditioning(backend, spec, image)
     carry = first(backend, spec, cond)
     for i in range(spec.steps):
-        x = carry[0]
-        carry = advance(backend, spec, cond, i, carry, [branch(backend, spec, cond, i, x, b)
+        carry = advance(backend, spec, cond, i, carry, [branch(backend, spec, cond, i, carry, b)
                                                         for b in range(cond.branches)])
-    return carry[0].float()
+    return carry[0].float(), models(spec, carry[1])

@@ -81,6 +81,13 @@ class RenderSpec:
     checkpoint_every: int = 5  # checkpoint the refinement every c steps into the render store; 0: never
     compile: bool = False  # torch.compile the transformer(s) (supergen/compiled.py)
     lora: tuple[str, ...] = ()  # LoRA adapters, "PATH[:SCALE]" each (supergen/lora.py), fused into the transformer
+    # SRDiffusion (supergen/pair.py): a smaller model of the same family, sharing the VAE and text encoder,
+    # predicts the steps from the switch on, in the sketch and the refinement alike
+    render_model: str | None = None
+    switch_step: int | None = None  # fixed switch: the first step the render model predicts; None: adaptive
+    switch_threshold: float = 0.01  # adaptive: the self-diff below which the render model takes over
+    switch_min: int | None = None  # adaptive: the earliest switch; preset: a tenth of the steps (5 of 50)
+    switch_max: int | None = None  # adaptive: the latest switch; preset: three fifths of the steps (30 of 50)
 
     def __post_init__(self):
         _check_fields(self)
@@ -225,23 +232,33 @@ def _check_fields(s: RenderSpec) -> None:
     _int(s, "max_consecutive_skips", lo=0, optional=False)
     _int(s, "checkpoint_every", lo=0, optional=False)
     _check_model(s.model)
+    if s.render_model is not None:
+        _check_model(s.render_model, "render_model")
+    _int(s, "switch_step", lo=1)
+    _float(s, "switch_threshold", lo=0.0, optional=False)
+    _int(s, "switch_min", lo=0)
+    _int(s, "switch_max", lo=1)
+    if s.render_model is None:
+        for name in ("switch_step", "switch_min", "switch_max"):
+            if getattr(s, name) is not None:
+                raise SpecError(name, "sets where SRDiffusion's render model takes over: give a render_model too")
     if s.image is not None and (not isinstance(s.image, str) or not s.image):
         raise SpecError("image", f"must be a path, not {s.image!r}")  # whether it opens: `inputs.read_image`
 
 
-def _check_model(model: str) -> None:
+def _check_model(model: str, field: str = "model") -> None:
     if not isinstance(model, str) or not model:
-        raise SpecError("model", "must be an embedded model ('world', 'tiny', 'tiny-i2v'), a hub id like "
-                                 "'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
+        raise SpecError(field, "must be an embedded model ('world', 'tiny', 'tiny-i2v'), a hub id like "
+                               "'Wan-AI/Wan2.1-T2V-1.3B-Diffusers', or a folder")
     if model in EMBEDDED_MODELS:
         return
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "model_index.json")):
-            raise SpecError("model", f"folder {model!r} has no model_index.json: not a diffusers pipeline folder")
+            raise SpecError(field, f"folder {model!r} has no model_index.json: not a diffusers pipeline folder")
         return
     if model.startswith((".", "/", "~")) or model.count("/") != 1 or not _HUB_ID.match(model):
         raise SpecError(
-            "model",
+            field,
             f"{model!r} is neither an embedded model {list(EMBEDDED_MODELS)}, an existing folder, "
             "nor a hub id of the form 'org/name'",
         )
@@ -374,7 +391,9 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
     if not info.is_i2v and spec.image is not None:
         raise SpecError("image", f"{info.family} is a text-to-video model and takes no image")
 
+    switch_min, switch_max = _switch_bounds(spec, steps)
     return spec.replace(
+        switch_min=switch_min, switch_max=switch_max,
         width=width, height=height, canvas_width=cw, canvas_height=ch, sketch_width=sw, sketch_height=sh,
         frames=frames, steps=steps, refine_steps=k,
         guidance=spec.guidance if spec.guidance is not None else p["guidance"],
@@ -384,6 +403,22 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         cache_threshold=spec.cache_threshold if spec.cache_threshold is not None else p["cache_threshold"],
         cache_alpha=spec.cache_alpha if spec.cache_alpha is not None else p["cache_alpha"],
     )
+
+
+def _switch_bounds(spec: RenderSpec, steps: int) -> tuple[int | None, int | None]:
+    """SRDiffusion's adaptive switch window, presets scaled from the ports' 5 and 30 of 50 steps, checked
+    against the schedule (and a fixed switch with it)."""
+    if spec.render_model is None:
+        return None, None
+    lo = spec.switch_min if spec.switch_min is not None else max(1, round(steps / 10))
+    hi = spec.switch_max if spec.switch_max is not None else max(lo, round(steps * 3 / 5))
+    if hi > steps:
+        raise SpecError("switch_max", f"must be <= steps ({steps}), got {hi}")
+    if lo > hi:
+        raise SpecError("switch_min", f"must be <= switch_max ({hi}), got {lo}")
+    if spec.switch_step is not None and spec.switch_step > steps:
+        raise SpecError("switch_step", f"must be <= steps ({steps}), got {spec.switch_step}")
+    return lo, hi
 
 
 def vae_dtype_preset(dtype: str, presets: dict) -> str:
@@ -408,6 +443,20 @@ def _check_tile(tile: tuple[int, int], canvas: tuple[int, int], info: ModelInfo)
     if info.max_tile is not None and (th > info.max_tile[0] or tw > info.max_tile[1]):
         raise SpecError("tile", f"{th}x{tw} exceeds the largest tile {info.max_tile[0]}x{info.max_tile[1]} "
                                 f"that {info.family}'s positional embedding covers")
+
+
+def check_render_model(spec: RenderSpec, info: ModelInfo) -> None:
+    """SRDiffusion's render model predicts the resolved spec's sketch and tiles too: refuse what it cannot
+    take, saying so."""
+    canvas = (spec.canvas_height // info.vae_spatial, spec.canvas_width // info.vae_spatial)
+    try:
+        _check_tile(spec.tile, canvas, info)
+    except SpecError as e:
+        raise SpecError("render_model", f"the render model cannot take the tiles: {str(e).split(': ', 1)[1]}") from None
+    if info.exact_tile and (spec.sketch_width, spec.sketch_height) != tuple(info.native_size):
+        raise SpecError("render_model", f"the render model only generates at its native "
+                                        f"{info.native_size[0]}x{info.native_size[1]}, the sketch is "
+                                        f"{spec.sketch_width}x{spec.sketch_height}")
 
 
 # ---------------------------------------------------------------------------------------------------

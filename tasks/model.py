@@ -7,6 +7,7 @@ module global or an argument.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 from distributed import WorkerPlugin, get_worker
@@ -25,6 +26,7 @@ class ModelHolder(WorkerPlugin):
         self.worker = worker
         self.backends: OrderedDict = OrderedDict()  # (model, device, dtype, compile) -> backend
         self.conds: OrderedDict = OrderedDict()  # (render id, frame size) -> conditioning (text, image condition)
+        self.switches: dict = {}  # render id -> SRDiffusion's switch step
         self.loads = 0
 
     def teardown(self, worker):
@@ -39,15 +41,14 @@ class ModelHolder(WorkerPlugin):
             torch.cuda.empty_cache()
 
     def backend(self, spec):
-        from supergen.backends import load_backend
+        from supergen.executor import load_models
 
-        key = (spec.model, spec.device, spec.dtype, spec.compile, spec.vae_dtype, tuple(spec.lora))
+        key = (spec.model, spec.render_model, spec.device, spec.dtype, spec.compile, spec.vae_dtype, tuple(spec.lora))
         if key not in self.backends:
             while len(self.backends) >= self.max_models:  # one model per GPU: evict the least recent
                 self.backends.popitem(last=False)
                 self.conds.clear()
-            self.backends[key] = load_backend(spec.model, spec.device, spec.dtype, spec.compile,
-                                              spec.vae_dtype or "float32", tuple(spec.lora))
+            self.backends[key] = load_models(spec)  # with SRDiffusion, both models of the pair
             self.loads += 1
         self.backends.move_to_end(key)
         return self.backends[key]
@@ -69,7 +70,21 @@ class ModelHolder(WorkerPlugin):
             while len(self.conds) > 2 * self.max_renders:  # a sketch's and a canvas's per render
                 self.conds.popitem(last=False)
         self.conds.move_to_end(key)
-        return self.conds[key]
+        cond = self.conds[key]
+        if spec.render_model is not None and size == tuple(spec.canvas_size):  # SRDiffusion: the sketch's switch
+            cond = dataclasses.replace(cond, model_switch=self._switch(render_id, store))
+        return cond
+
+    def _switch(self, render_id: str, store) -> int | None:
+        """Where the render's sketch switched to the render model (known once the sketch is saved)."""
+        if render_id not in self.switches:
+            models = store.stage_record("sketch")
+            if models is None:
+                return None  # the sketch is still running (a worker warming up): asked again later
+            self.switches[render_id] = models["switch_step"]
+            while len(self.switches) > 4 * self.max_renders:
+                self.switches.pop(next(iter(self.switches)))
+        return self.switches[render_id]
 
 
 def stored_image(store):

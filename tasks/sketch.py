@@ -33,7 +33,7 @@ def first(store, render_id: str) -> sketch.Carry:
 @guarded("sketch")
 def branch(store, render_id: str, carry: sketch.Carry, index: int, b: int) -> torch.Tensor:
     spec, be, cond = _model(store, render_id)
-    return sketch.branch(be, spec, cond, index, carry[0].to(be.device), b).cpu()
+    return sketch.branch(be, spec, cond, index, _on(be.device, carry), b).cpu()
 
 
 @guarded("sketch")
@@ -43,4 +43,4 @@ def advance(store, render_id: str, carry: sketch.Carry, index: int, *outputs: to
 
 
 def save(store, carry: sketch.Carry) -> None:
-    store.save_stage("sketch", carry[0].float())
+    store.save_stage("sketch", carry[0].float(), sketch.models(store.spec(), carry[1]))

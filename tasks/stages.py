@@ -57,7 +57,8 @@ def sketch_stage(store) -> StageResult:
         return StageResult(0.0, skipped=True)
     be = holder().backend(spec)
     t0, calls0 = time.perf_counter(), be.forwards
-    store.save_stage("sketch", sketch_latent(be, spec, stored_image(store)).cpu())
+    z, models = sketch_latent(be, spec, stored_image(store))
+    store.save_stage("sketch", z.cpu(), models)
     return StageResult(time.perf_counter() - t0, be.forwards - calls0)
 
 
@@ -105,7 +106,7 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
     spec = store.spec()
     be = holder().backend(spec)
     t0 = time.perf_counter()
-    z_lo, x = store.load_stage("sketch"), store.load_stage("final")
+    z_lo, x, models = store.load_stage("sketch"), store.load_stage("final"), store.stage_record("sketch")
     if decoded:
         video = torch.from_numpy(store.video_frames())
     else:
@@ -118,6 +119,7 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
     timings = {**timings, "decode": timings.get("decode", 0.0) + time.perf_counter() - t0}
     result = RenderResult(spec=spec, video=video, sketch_video=to_uint8(video_lo),
                           latent=x, sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step,
-                          forwards=forwards, family=be.info.family, cache=report, notes=model_notes(be, spec))
+                          forwards=forwards, family=be.info.family, cache=report, notes=model_notes(be, spec, models),
+                          models=models)
     write_outputs(store, result, frames_written=decoded)
     return StageResult(timings["decode"])

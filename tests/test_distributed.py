@@ -115,7 +115,7 @@ def test_split_sketch_of_a_batched_cfg_model(kind, client, tiny_dir, tmp_path):
     client.register_plugin(ModelHolder())
     sk = sketch_on_cluster(client, store, worker_names(client)[:2], uuid.uuid4().hex[:8], pin_kwargs(client))
     assert sk.forwards == 2 * spec.steps
-    assert torch.equal(store.load_stage("sketch"), sketch_latent(load_backend(spec.model), spec, None))
+    assert torch.equal(store.load_stage("sketch"), sketch_latent(load_backend(spec.model), spec, None)[0])
 
 
 def test_canvas_positions_on_the_cluster_are_the_in_process_ones(client, tmp_path):
@@ -355,7 +355,7 @@ def test_a_tile_that_kills_its_worker_gets_a_clear_error(tmp_path):
     from supergen.executor import sketch_latent, start_latent
 
     be = load_backend("tiny")
-    video_lo = be.decode(sketch_latent(be, spec, None), frames=spec.frames, vae_tile=spec.vae_tile)
+    video_lo = be.decode(sketch_latent(be, spec, None)[0], frames=spec.frames, vae_tile=spec.vae_tile)
     store.save_stage("start", start_latent(be, spec, video_lo, spec.steps - spec.refine_steps))
     workers = {"small-0": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "memory_limit": "150MB",
                                                       "resources": {"pin-small-0": 1}}}}
@@ -388,3 +388,29 @@ def test_the_model_stays_loaded_when_stages_register_the_holder_again(client, tm
     before = client.run(state)
     client.register_plugin(ModelHolder())
     assert client.run(state) == before and all(loads >= 1 for _, loads in before.values())
+
+
+@pytest.fixture(scope="module")
+def pair_spec(tiny_dir, tmp_path_factory):
+    """SRDiffusion: tiny Wan with a one-layer render model, the switch adaptive, the region cache on."""
+    from supergen.backends import tiny
+
+    small = tiny.save_render_model("wan-t2v", str(tmp_path_factory.mktemp("render-model")))
+    return prepare(RenderSpec(prompt="a red circle moving", model=tiny_dir("wan-t2v"), render_model=small,
+                              width=128, height=96, frames=5, steps=8, refine_steps=6, switch_threshold=0.5,
+                              cache="region", cache_threshold=5.0, cache_warmup=1, checkpoint_every=0, seed=2))
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_srdiffusion_on_the_cluster_is_the_in_process_render(n_workers, client, pair_spec, tmp_path):
+    """Both models on every worker, the switch decided in the sketch (its branches split over two workers)
+    and read from the store by the refinement: the in-process video, whatever the worker count."""
+    ours = render_as_a_worker(pair_spec)
+    assert ours.models is not None and pair_spec.steps - pair_spec.refine_steps < ours.models["switch_step"]
+    store = RenderStore.create(str(tmp_path / "s"), pair_spec)
+    run_stages(client, store, workers=worker_names(client)[:n_workers])
+    st = RenderStore.open(str(tmp_path / "s"))
+    assert st.stage_record("sketch") == ours.models
+    assert torch.equal(st.load_stage("final"), ours.latent)
+    assert torch.equal(torch.from_numpy(st.video_frames()), ours.video)
+    assert json.loads(st.read_file("render.json"))["models"] == ours.models == st.inspect()["models"]

@@ -180,8 +180,10 @@ OOM_SCRIPT = textwrap.dedent("""
             self.stages, self.ckpt = {}, None
         def load_stage(self, name):
             return self.stages.get(name)
-        def save_stage(self, name, t):
+        def save_stage(self, name, t, record=None):
             self.stages[name] = t.clone()
+        def stage_record(self, name):
+            return None
         def save_checkpoint(self, ckpt):
             self.ckpt = ckpt
         def load_checkpoint(self):

@@ -47,7 +47,7 @@ def test_workers_condition_on_the_stored_image(image_path, tmp_path):
         return be.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image, spec.canvas_size,
                                       spec.frames, seed=spec.seed).image_latent.cpu()
 
-    assert torch.equal(store.load_stage("sketch"), sketch_latent(be, spec, original).cpu())
+    assert torch.equal(store.load_stage("sketch"), sketch_latent(be, spec, original)[0].cpu())
     assert torch.equal(on_worker, image_latent(original))
 
 

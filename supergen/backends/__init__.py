@@ -64,15 +64,23 @@ def expert_plan(model: str, steps: int, start: int) -> tuple[tuple[int, ...], st
     return experts.switches(ts, boundary, start), experts.note(ts, boundary, start)
 
 
+SHARED = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "image_encoder", "image_processor",
+          "feature_extractor")  # what SRDiffusion's render model takes from the model (`supergen.pair.check`)
+
+
 def load_backend(model: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,
-                 vae_dtype: str = "float32", lora: tuple[str, ...] = ()) -> Backend:
+                 vae_dtype: str = "float32", lora: tuple[str, ...] = (), share: Backend | None = None) -> Backend:
     """The backend of `model`; `lora`'s adapters fused into its transformer (`supergen.lora`, in float32,
-    before the cast); with `compile`, its transformers compile at their first forward (`supergen.compiled`)."""
+    before the cast); with `compile`, its transformers compile at their first forward (`supergen.compiled`).
+    `share`: a loaded backend whose VAE and encoders this one uses instead of loading its own (SRDiffusion's
+    render model: one copy of the text encoder, which for Wan is larger than the 1.3B transformer)."""
     if model in tiny.EMBEDDED:
         pipe = tiny.build(tiny.EMBEDDED[model])
     else:
         c = _configs(model)
-        pipe = load_pipeline(models.folder(model) or model, c["index"]["_class_name"])
+        given = {} if share is None else {k: getattr(share.pipe, k) for k in SHARED
+                                          if c["index"].get(k) and getattr(share.pipe, k, None) is not None}
+        pipe = load_pipeline(models.folder(model) or model, c["index"]["_class_name"], **given)
         pipe.set_progress_bar_config(disable=True)
     if lora:
         from ..lora import apply

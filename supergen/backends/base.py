@@ -64,6 +64,7 @@ class Conditioning:
     negative_text: dict[str, torch.Tensor] | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. CLIP image embeddings
     image_latent: torch.Tensor | None = None
+    model_switch: int | None = None  # SRDiffusion: the schedule index from which the small model predicts
 
     @property
     def do_cfg(self) -> bool:

@@ -25,6 +25,7 @@ REGISTRY = {
     "HunyuanVideo15Pipeline": "supergen.backends.hunyuan:HunyuanVideo15Backend",
     "HunyuanVideo15ImageToVideoPipeline": "supergen.backends.hunyuan:HunyuanVideo15I2VBackend",
 }
+ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # configs read beside the diffusers ones
 SIDECAR = "supergen.json"  # optional per-folder facts the configs lack (native size, presets)
 
 
@@ -71,18 +72,22 @@ def read_configs(model: str) -> dict[str, Any]:
         if index.get(comp) and index[comp][0] is not None:
             name = "scheduler_config.json" if comp == "scheduler" else "config.json"
             out[comp] = load(f"{comp}/{name}")
+    for comp in ENCODERS:  # what SRDiffusion's pair must share (supergen/pair.py)
+        if index.get(comp) and index[comp][0] is not None:
+            out[comp] = load(f"{comp}/config.json", required=False)
     return out
 
 
-def load_pipeline(model: str, pipeline_class: str):
+def load_pipeline(model: str, pipeline_class: str, **components):
     """The pipeline `model` holds, loaded without diffusers' and transformers' own progress bars: the
-    executor's progress reports loading as its "load" stage, and a quiet render prints nothing."""
+    executor's progress reports loading as its "load" stage, and a quiet render prints nothing.
+    `components`: parts given loaded, which its folder's copies do not replace."""
     import diffusers
 
     cls = getattr(diffusers, pipeline_class)
     try:
         with _no_library_progress_bars():
-            return cls.from_pretrained(model)
+            return cls.from_pretrained(model, **components)
     except Exception as e:
         raise BackendError(f"loading {model!r} as {pipeline_class} failed: {e}") from e
 

@@ -37,13 +37,13 @@ def t5_tokenizer(words=WORDS):
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-def _wan_transformer(in_channels=16, image_dim=None, out_channels=16):
+def _wan_transformer(in_channels=16, image_dim=None, out_channels=16, layers=2):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                  in_channels=in_channels, out_channels=out_channels, text_dim=32, freq_dim=32,
                                  ffn_dim=64,
-                                 num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                 num_layers=layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                  image_dim=image_dim, rope_max_seq_len=256)
 
 
@@ -288,6 +288,21 @@ def save(kind: str, path: str, seed: int = 0) -> str:
     return path
 
 
+def save_render_model(kind: str, path: str, seed: int = 1) -> str:
+    """SRDiffusion's small model for the tiny `kind` (Wan text-to-video): the same pipeline, its VAE and text
+    encoder the same weights, with a one-layer transformer of its own; saved as `save` saves."""
+    if kind != "wan-t2v":
+        raise ValueError(f"no tiny render model for {kind!r}")
+    pipe = build(kind)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe.register_modules(transformer=_wan_transformer(layers=1))
+    pipe.save_pretrained(path)
+    with open(os.path.join(path, "supergen.json"), "w") as f:
+        json.dump(sidecar(kind), f, indent=1)
+    return path
+
+
 CONFIGS_FILE = os.path.join(os.path.dirname(__file__), "tiny_configs.json")
 
 
@@ -323,6 +338,12 @@ def configs(pipe) -> dict:
         module = getattr(pipe, comp, None)
         if module is not None:
             out[comp] = dict(module.config)
+    from .loading import ENCODERS
+
+    for comp in ENCODERS:
+        module = getattr(pipe, comp, None)
+        if module is not None:
+            out[comp] = module.config.to_dict()
     return out
 
 
