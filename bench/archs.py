@@ -148,6 +148,8 @@ def image_tokens(arch: Arch, size: tuple[int, int, int] | None = None) -> int:
     w, h, f = size or arch.native
     s, t = arch.vae
     lf = (f - 1) // t + 1
-    pt, ph = (2, 2) if arch.cls == "CogVideoXTransformer3DModel" else (1, arch.config.get("patch_size", 2))
+    patch = arch.config.get("patch_size", 2)  # Wan's is (t, h, w)
+    pt, ph = (2, 2) if arch.cls == "CogVideoXTransformer3DModel" else (1, patch[-1] if isinstance(patch, (list, tuple))
+                                                                        else patch)
     lf += (-lf) % pt
     return (lf // pt) * (h // s // ph) * (w // s // ph)

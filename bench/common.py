@@ -50,3 +50,15 @@ def busy_fractions(stream: list, info: dict, t0: float, t1: float) -> dict:
             if ss["action"] == "compute":
                 busy[name] = busy.get(name, 0.0) + max(0.0, min(ss["stop"], t1) - max(ss["start"], t0))
     return {w: round(b / max(t1 - t0, 1e-9), 3) for w, b in sorted(busy.items())}
+
+
+def timeline(stream: list, info: dict, t0: float) -> dict:
+    """Per worker name: [start, stop, key] of every computed task, seconds from the stage's start (where a
+    stage's idle time sits, for the next profile)."""
+    out: dict = {}
+    for t in stream:
+        name = str(info.get(t["worker"], {}).get("name", t["worker"]))
+        for ss in t.get("startstops", ()):
+            if ss["action"] == "compute":
+                out.setdefault(name, []).append([round(ss["start"] - t0, 3), round(ss["stop"] - t0, 3), str(t["key"])])
+    return {w: sorted(v) for w, v in sorted(out.items())}

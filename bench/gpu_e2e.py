@@ -18,7 +18,7 @@ refinement step cost the same at every schedule index, so the stage times extrap
 of every worker, and each worker's busy fraction (compute time of its tasks over the stage's wall time).
 
     python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 2560x1440 --out '$OUT/e2e_{arch}_{size}.json'
-    python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --full-refine 35 --vae-tile 512
+    python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --full-refine 45 --vae-tile 512
     python3 bench/gpu_e2e.py --scale tiny --size 256x128 --frames 9 --out '/tmp/e2e_{arch}_{size}.json'  # CPU
 """
 
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from archs import ARCHS, T5_DIM, build  # noqa: E402
-from common import busy_fractions  # noqa: E402
+from common import busy_fractions, timeline  # noqa: E402
 
 MODES = ("before", "after", "after-1gpu", "after-vae32", "after-eager")
 
@@ -98,18 +98,6 @@ def by_task(stream: list, info: dict) -> dict:
                 w = out.setdefault(name, {})
                 w[kind] = round(w.get(kind, 0.0) + ss["stop"] - ss["start"], 2)
     return out
-
-
-def timeline(stream: list, info: dict, t0: float) -> dict:
-    """Per worker name: [start, stop, key] of every computed task, seconds from the stage's start (where a
-    stage's idle time sits, for the next profile)."""
-    out: dict = {}
-    for t in stream:
-        name = str(info.get(t["worker"], {}).get("name", t["worker"]))
-        for ss in t.get("startstops", ()):
-            if ss["action"] == "compute":
-                out.setdefault(name, []).append([round(ss["start"] - t0, 3), round(ss["stop"] - t0, 3), str(t["key"])])
-    return {w: sorted(v) for w, v in sorted(out.items())}
 
 
 def run_render(client, store, serial: list, spread: list, progress=None) -> dict:

@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import busy_fractions, environment, write_result  # noqa: E402
+from common import busy_fractions, environment, timeline, write_result  # noqa: E402
 
 
 def main():
@@ -87,13 +87,14 @@ def main():
             t1 = time.time()
         info = workers_info(client)
         busy = busy_fractions(ts.data, info, t0, t1)
+        tasks = timeline(ts.data, info, t0)  # where a worker's idle time sits
     same = bool(RenderStore.open(f"{root}/r0").load_stage("final").equal(RenderStore.open(f"{root}/alone")
                                                                           .load_stage("final")))
     result = environment(" ".join(["python"] + sys.argv))
     result.update(spec=specs[0].to_dict(), renders=rows, errors=errors, queue_wall_s=round(t1 - t0, 2),
                   one_render_alone_s=round(alone_s, 2), busy_fraction=busy,
                   queue_speedup_vs_serial=round(alone_s * len(specs) / (t1 - t0), 3),
-                  first_render_same_as_alone=same, target_busy=0.95)
+                  first_render_same_as_alone=same, target_busy=0.95, timeline=tasks)
     write_result(args.out, result)
     print({k: result[k] for k in ("queue_wall_s", "one_render_alone_s", "busy_fraction", "queue_speedup_vs_serial",
                                   "first_render_same_as_alone", "errors")}, flush=True)

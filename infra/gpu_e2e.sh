@@ -36,11 +36,11 @@ for part in "$@"; do
              --dtype bfloat16 --width 2560 --height 1440 --frames 41 --steps 3 --refine-steps 2 --compile \
              --out "$OUT/render_queue_cogvideox_2k.json" ;;
     wan14b) python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --steps 2 --refine-steps 1 \
-              --full-refine 35 --vae-tile 512 --modes before after --out "$OUT/e2e_{arch}_{size}.json" ;;
+              --full-refine 45 --vae-tile 512 --modes before after --out "$OUT/e2e_{arch}_{size}.json" ;;
     wan14b-after) python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --steps 2 \
-                    --refine-steps 1 --full-refine 35 --vae-tile 512 --modes after --out "$OUT/e2e_{arch}_{size}.json" ;;
+                    --refine-steps 1 --full-refine 45 --vae-tile 512 --modes after --out "$OUT/e2e_{arch}_{size}.json" ;;
     wan14b-eager) python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --steps 2 \
-                    --refine-steps 1 --full-refine 35 --vae-tile 512 --modes after-eager --out "$OUT/e2e_{arch}_{size}.json" ;;
+                    --refine-steps 1 --full-refine 45 --vae-tile 512 --modes after-eager --out "$OUT/e2e_{arch}_{size}.json" ;;
     cp) torchrun --nproc-per-node "$NGPU" bench/cp_direct.py --arch wan2.1-t2v-14b --size 2560x1440x81 \
           --out "$OUT/cp_direct_wan2.1-t2v-14b.json" ;;
     tile14b) python3 bench/gpu_tile.py --arch wan2.1-t2v-14b --compile --forwards 2 --attention torch \

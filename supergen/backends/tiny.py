@@ -342,8 +342,9 @@ def configs(pipe) -> dict:
 
     for comp in ENCODERS:
         module = getattr(pipe, comp, None)
-        if module is not None:
-            out[comp] = module.config.to_dict()
+        if module is not None:  # less what says which library version or dtype wrote it
+            out[comp] = {k: v for k, v in module.config.to_dict().items()
+                         if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")}
     return out
 
 
