@@ -141,7 +141,7 @@ def test_hunyuanvideo_native_single_tile_equals_the_stock_pipeline(kind, rope, t
 def test_hunyuanvideo15_native_single_tile_equals_the_stock_pipeline(kind, rope, tiny_dir):
     """HunyuanVideo 1.5 (true CFG through its guider, Qwen2.5-VL and ByT5 text; for text-to-video zero image
     channels, for image-to-video the image's latent frame, its mask and SigLIP's embedding): at native size
-    our refinement is the stock pipeline continuing from the same latent, bit for bit. (The image is square:
+    our refinement is the stock pipeline continuing from the same latent, to rounding. (The image is square:
     the I2V pipeline takes the size of its bucket nearest the image's aspect, here the native 64 x 64.)"""
     from diffusers.guiders import ClassifierFreeGuidance
     from PIL import Image
@@ -162,7 +162,9 @@ def test_hunyuanvideo15_native_single_tile_equals_the_stock_pipeline(kind, rope,
     size = {"image": image} if image is not None else {"height": h, "width": w}
     ref = pipe(prompt=prompt, negative_prompt=neg, num_frames=frames, num_inference_steps=steps,
                output_type="latent", latents=x0.clone(), **size).frames
-    assert (ref - x0).abs().max() > 0.1 and torch.equal(x, ref.float())
+    assert (ref - x0).abs().max() > 0.1
+    # to rounding: supergen attends among the valid tokens alone, unmasked; the stock masks the padding
+    torch.testing.assert_close(x, ref.float(), rtol=1e-5, atol=1e-5)
     if image is not None:  # the image reaches the model: another image, another video
         other = be.encode_conditioning(prompt, neg, g, Image.new("RGB", (w, h), (0, 90, 200)), (w, h), frames)
         y, state = x0.clone(), {}

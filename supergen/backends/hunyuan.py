@@ -40,6 +40,58 @@ class UnmaskedAttention:
                           image_rotary_emb)
 
 
+class ValidTokensAttention:
+    """HunyuanVideo 1.5's joint attention over its valid tokens alone, while `on` is set (the backend's own
+    calls; the stock pipeline's keep the stock processor, `inner`).
+
+    Its pipeline pads the prompt (Qwen2.5-VL to 1000 tokens, ByT5 to 256) and, for text-to-video, appends 729
+    zero image tokens, and masks all of them as queries and as keys. With a mask, SDPA runs its
+    memory-efficient kernel (about 135 TFLOP/s on an H200, against cuDNN's 578 unmasked on the same shape:
+    the 1.5 tile forward measured 21% MFU). A masked token gives nothing to a valid one and takes nothing
+    from it, so the valid tokens' attention among themselves is the same arithmetic, run unmasked; the masked
+    positions, whose outputs only ever reach other masked positions, get zeros."""
+
+    def __init__(self, inner):
+        self.inner, self.on = inner, False
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        if not self.on:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        def heads(x):
+            return x.unflatten(2, (attn.heads, -1))
+
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+        text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        if text:
+            eq, ek = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
+            ev = heads(attn.add_v_proj(encoder_hidden_states))
+            eq = eq if attn.norm_added_q is None else attn.norm_added_q(eq)
+            ek = ek if attn.norm_added_k is None else attn.norm_added_k(ek)
+            q, k, v = torch.cat([q, eq], 1), torch.cat([k, ek], 1), torch.cat([v, ev], 1)
+        b, n = q.shape[:2]
+        valid = torch.ones(b, n, dtype=torch.bool, device=q.device)
+        if attention_mask is not None:  # the mask covers the text (and image) tokens at the end
+            valid[:, n - attention_mask.shape[1]:] = attention_mask.bool()
+        out = torch.zeros_like(q)
+        for i in range(b):  # each sample's own valid tokens
+            idx = valid[i].nonzero().squeeze(1)
+            q_, k_, v_ = (x[i, idx].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (1, heads, tokens, dim)
+            out[i, idx] = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_)[0].transpose(0, 1)
+        out = out.flatten(2, 3).to(q.dtype)
+        video, words = out[:, : n - text], out[:, n - text:]
+        if getattr(attn, "to_out", None) is not None:
+            video = attn.to_out[1](attn.to_out[0](video))
+        if text and getattr(attn, "to_add_out", None) is not None:
+            words = attn.to_add_out(words)
+        return video, (words if text else None)
+
+
 class HunyuanVideoBackend(FlowMatch, GuidedPredict):
     FAMILY, PRESETS, NATIVE = "hunyuanvideo1.0-t2v", PRESETS, (1280, 720)
     DISTILLED = True  # guidance an input, one call a step; also: unpadded prompts
@@ -262,7 +314,12 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
     DISTILLED = False
 
     def _wrap(self, model) -> None:
-        """Nothing: the stock transformer, its prompts padded and masked as its pipeline makes them."""
+        """Attention over the valid tokens alone in the backend's calls (`ValidTokensAttention`): the prompts
+        stay padded as the pipeline pads them, and the masks say which tokens count."""
+        for block in model.transformer_blocks:
+            if not isinstance(block.attn.processor, ValidTokensAttention):
+                block.attn.set_processor(ValidTokensAttention(block.attn.processor))
+        self.processors = [b.attn.processor for b in model.transformer_blocks]
 
     @torch.no_grad()
     def encode_conditioning(self, prompt, negative_prompt, guidance, image, size, frames, seed=0) -> Conditioning:
@@ -312,12 +369,16 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
         self.forwards += 1
         model = self.pipe.transformer
         self._placed(model, inp.shape, place)
+        for p in self.processors:
+            p.on = True
         try:
             with model.cache_context("pred_cond" if branch == 0 else "pred_uncond"):
                 return model(hidden_states=inp, timestep=t.expand(b).to(inp.dtype), return_dict=False, **text,
                              **cond.extra)[0].float()
         finally:
             model.rope.given = None
+            for p in self.processors:
+                p.on = False
 
 
 class HunyuanVideo15I2VBackend(HunyuanVideo15Backend):
