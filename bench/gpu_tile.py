@@ -133,16 +133,22 @@ def compiled_forwards(model, kwargs, device, n: int, order: str, eager: dict) ->
 
 
 def unmasked_forwards(model, kwargs, device, n: int, order: str, result: dict) -> dict:
-    """The forwards again with every attention's mask dropped (HunyuanVideo's all-true text mask of an
-    unpadded prompt): seconds, MFU and the largest difference to the masked forward's output."""
-    from supergen.backends.hunyuan import UnmaskedAttention
+    """The forwards again as supergen's HunyuanVideo backends run them: 1.0 with every attention's mask
+    dropped (the all-true text mask of an unpadded prompt, `UnmaskedAttention`), 1.5 attending among the
+    valid tokens alone (`ValidTokensAttention`): seconds, MFU and the largest difference to the masked
+    forward's output."""
+    from supergen.backends.hunyuan import UnmaskedAttention, ValidTokensAttention
 
     with torch.no_grad(), kernels(order):
         ref = model(**kwargs)[0]
-    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    blocks = list(model.transformer_blocks) + list(getattr(model, "single_transformer_blocks", []))
+    v15 = not hasattr(model, "single_transformer_blocks")
     for b in blocks:
-        b.attn.set_processor(UnmaskedAttention(b.attn.processor))
-        b.attn.processor.drop = True
+        b.attn.set_processor((ValidTokensAttention if v15 else UnmaskedAttention)(b.attn.processor))
+        if v15:
+            b.attn.processor.on = True
+        else:
+            b.attn.processor.drop = True
     try:
         forward_times(model, kwargs, device, 1, order)  # warm-up
         times = forward_times(model, kwargs, device, n, order)
@@ -249,8 +255,8 @@ def main():
     ap.add_argument("--attention", nargs="+", default=["torch", "cudnn"], choices=ORDERS,
                     help="attention kernel orders to time the forwards under (MFU: the fastest)")
     ap.add_argument("--unmasked", action="store_true",
-                    help="HunyuanVideo: then the same forwards with the text mask dropped, as supergen's backend runs "
-                         "its unpadded prompts (supergen.backends.hunyuan.UnmaskedAttention)")
+                    help="HunyuanVideo: then the same forwards as supergen's backends run them: 1.0 with the text "
+                         "mask of its unpadded prompts dropped, 1.5 attending among the valid tokens alone")
     ap.add_argument("--compile", action="store_true",
                     help="then the same forwards compiled as --compile compiles them: first call, MFU, difference")
     args = ap.parse_args()

@@ -55,7 +55,7 @@ case "$PART" in
   hunyuan-mask) python3 bench/gpu_tile.py --arch hunyuanvideo-t2v-13b --forwards 3 --attention cudnn --unmasked \
                   --out "$OUT/tile_hunyuan_mask.json"
                 CUDA_VISIBLE_DEVICES=$((NGPU - 1)) python3 bench/gpu_tile.py --arch hunyuanvideo1.5-t2v-8b \
-                  --forwards 3 --out "$OUT/tile_hunyuanvideo1.5.json" ;;
+                  --forwards 3 --unmasked --out "$OUT/tile_hunyuanvideo1.5.json" ;;
   stage2) stage2 3840x2160 2560x1440 ;;  # one cluster and one model build for both sizes
   stage2-4k) stage2 3840x2160 ;;
   stage2-2k) stage2 2560x1440 ;;
