@@ -175,6 +175,26 @@ def test_render_to_s3_and_credentials_never_leak(s3, capsys, caplog):
     assert frames.shape == (4, 48, 64, 3)
 
 
+def test_a_downstream_job_reads_a_render_with_zarr_dask_and_xarray_alone(s3, capsys):
+    """docs/examples/read_render.py, in a process of its own that imports no supergen: zarr, dask.array and
+    xarray each read the first second of one region of an S3 render, and read what supergen wrote."""
+    import os
+    import subprocess
+    import sys
+
+    url = "s3://renders/jobs/readers"
+    assert main(["render", *_args(), "--store", url, "--endpoint-url", s3.endpoint, "--quiet"]) == 0
+    script = os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "read_render.py")
+    run = subprocess.run([sys.executable, script, url, s3.endpoint], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    store = RenderStore.open(url, s3.options())
+    fps = store.spec().fps
+    expected = int(store.video_frames(slice(0, fps), slice(0, 64), slice(0, 64)).astype(np.int64).sum())
+    assert got["zarr"] == got["dask"] == got["xarray"] == expected > 0
+    assert got["fps"] == fps and got["dims"] == ["frame", "y", "x", "rgb"] and not got["supergen_imported"]
+
+
 def test_missing_bucket(s3, capsys):
     assert main(["render", *_args(), "--store", "s3://no-such-bucket/x", "--endpoint-url", s3.endpoint,
                  "--quiet"]) == 2
