@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from distributed import Client
 
+from flows import tilemap
 from supergen import pair
 from supergen.backends import expert_plan, model_info
 from supergen.cache import CacheConfig, CacheReport
@@ -53,6 +54,7 @@ class StepStats:
     idle_s: dict[str, float]  # the busiest worker's time minus each worker's
     wall_s: float
     calls: dict[str, int] = field(default_factory=dict)  # model calls per worker (the balance, noise-free)
+    tile_map: dict = field(default_factory=dict)  # which worker denoised which tile, which were skipped (tilemap)
 
 
 @dataclass
@@ -147,6 +149,7 @@ class _Submitted:
     computed: int
     moved: int
     metas: list  # futures of DenoiseMeta: the step's tiles, then its CFG branches run apart
+    layout: tuple = ()  # (grid, each tile's worker, {split tile: its branches' workers}) for the tile map
 
 
 class TileFailure(RuntimeError):
@@ -224,6 +227,7 @@ class _Driver:
         self.forwards = 0
         manifest = store.checkpoint_manifest()
         self.first, self.source = (0, "start") if manifest is None else (manifest.step + 1, "checkpoint")
+        self.tilemap = tilemap.TileMap(store, self.first)
         if manifest is not None:
             rec = manifest.record
             self.tiles_per_step, self.forwards = list(rec.get("tiles_per_step", [])), rec.get("refine_forwards", 0)
@@ -246,7 +250,9 @@ class _Driver:
             due = bool(self.spec.checkpoint_every) and ((i + 1) % self.spec.checkpoint_every == 0 or last)
             slot, arrays = self._begin_checkpoint(grid, due)
             advanced = self._advance(i, gp.cores, cp, gathered, denoised, taus, slot)
-            self.pending.append(_Submitted(i, len(grid), sum(computing), gp.moved_bytes + cp.moved_bytes, metas))
+            branches = {m: [cp.branch_worker(m, b) for b in range(self.branches)] for m in cp.split}
+            self.pending.append(_Submitted(i, len(grid), sum(computing), gp.moved_bytes + cp.moved_bytes, metas,
+                                           (grid, list(cp.workers), branches)))
             if due:
                 self._commit(i, grid, gp.cores, advanced, slot, arrays)
             else:  # nothing waited on this step: it stays in flight while the driver reads the one before
@@ -401,8 +407,11 @@ class _Driver:
         longest = max(busy.values(), default=0.0)
         now = time.perf_counter()
         allgather = 2 * (len(self.workers) - 1) * self.canvas_elems * 2
+        grid, tile_workers, branches = sub.layout
+        record = tilemap.step_record(sub.step, grid, tile_workers, branches, [mt.computed for mt in metas[:sub.tiles]])
+        self.tilemap.add(record)
         st = StepStats(sub.step, sub.tiles, sub.computed, sub.moved, allgather, busy,
-                       {w: round(longest - b, 4) for w, b in busy.items()}, now - self.t_last, calls)
+                       {w: round(longest - b, 4) for w, b in busy.items()}, now - self.t_last, calls, record)
         self.t_last = now
         self.stats.steps.append(st)
         if self.on_step is not None:

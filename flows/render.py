@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.stages import StageResult, export_stage, start_done, upscale_stage, warm_worker
 
+from . import tilemap
 from .cluster import connect
 from .refine import check_workers, pin_kwargs, refine_on_cluster, worker_names, workers_info
 from .sketch import sketch_on_cluster
@@ -97,11 +98,25 @@ def refine(client, store, balance: str = "branches", render_id: str | None = Non
     """`refine_tiles` with a progress artifact, updated after every step (artifacts need a Prefect run)."""
     spec = store.spec()
     art = create_progress_artifact(0.0, key=None, description=f"refinement of {store.url}")
+    tiles = create_markdown_artifact("The tile map appears when the first refinement step finishes.",
+                                     description=f"tile map of {store.url}: workers and cache skips, newest step")
+    seen: list[dict] = []
 
     def on_step(st):
         update_progress_artifact(art, 100.0 * (st.step + 1) / spec.refine_steps)
+        seen.append(st.tile_map)
+        update_markdown_artifact(tiles, tilemap.markdown(st.tile_map, spec.refine_steps, seen))
 
     return refine_tiles(client, store, balance, render_id, workers, on_step=on_step)
+
+
+def update_markdown_artifact(artifact_id, text: str) -> None:
+    """Replace a markdown artifact's text in place (Prefect updates only progress artifacts by name)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id=artifact_id, artifact=ArtifactUpdate(data=text))
 
 
 @task(name="decode and export", cache_policy=NO_CACHE, **STORAGE_RETRIES)

@@ -42,8 +42,39 @@ def test_flow_renders_into_the_store_with_artifacts(prefect_api, dask_cluster, t
     assert any(float(a.data) == 100.0 for a in progress)
     texts = " ".join(str(a.data) for a in arts if a.type == "markdown")
     assert "bytes moved between workers" in texts and "contact_sheet.png" in texts
+    # the tile map: in the store, every step's tiles as the plan lays them, their workers and the cache's
+    # skips as the cache report counts them; in the artifact, updated in place to the last step
+    import json
+
+    from supergen.backends import model_info
+    from supergen.refine import RefinePlan
+
+    spec = store.spec()
+    info = model_info(spec.model)
+    plan = RefinePlan.from_spec(spec, info.vae_spatial, info.native_latent)
+    steps = json.loads(store.read_file("tile_map.json"))["steps"]
+    assert [st["step"] for st in steps] == list(range(spec.refine_steps))
+    names = {str(w) for w in _worker_names(dask_cluster)}
+    for st in steps:
+        assert [tuple(t["window"]) for t in st["tiles"]] == [tuple(w) for w in plan.grid(st["step"]).windows]
+        assert {t["worker"] for t in st["tiles"]} <= names
+    skip_map = json.loads(store.read_file("render.json"))["cache"]["skip_map"]
+    skipped = sum(not t["computed"] for st in steps for t in st["tiles"])
+    assert skipped == sum(map(sum, skip_map)) > 0
+    maps = [str(a.data) for a in arts if a.type == "markdown" and "Refinement step" in str(a.data)]
+    assert len(maps) == 1 and f"Refinement step {spec.refine_steps} of {spec.refine_steps}" in maps[0]
+    assert "tiles skipped" in maps[0] and "(skipped)" in maps[0]
     # running the flow again on the complete store is a no-op (retries and re-runs are idempotent)
     assert render(spec=SPEC, store_url=str(tmp_path / "s"), cluster=dask_cluster) == url
+
+
+def _worker_names(address: str) -> list[str]:
+    from distributed import Client
+
+    from flows.refine import worker_names
+
+    with Client(address, set_as_default=False) as c:
+        return worker_names(c)
 
 
 def test_deployment_schedule_is_data():
