@@ -16,9 +16,10 @@ BASE = dict(prompt="a red circle moving", model="tiny", width=128, height=128, f
 
 
 def test_tau_zero_is_bit_identical_to_no_cache():
-    a = supergen.render(RenderSpec(**BASE, cache="none"))
+    short = {**BASE, "steps": 8, "refine_steps": 6}  # past the warm-up: every rule runs, at half the cost
+    a = supergen.render(RenderSpec(**short, cache="none"))
     for policy in ("region", "uniform"):
-        b = supergen.render(RenderSpec(**BASE, cache=policy, cache_threshold=0.0))
+        b = supergen.render(RenderSpec(**short, cache=policy, cache_threshold=0.0))
         assert torch.equal(a.latent, b.latent) and torch.equal(a.video, b.video)
         assert b.cache.to_dict()["skip_ratio"] == 0.0
 

@@ -292,7 +292,7 @@ def test_renders_started_together_begin_on_different_workers(client):
 
 
 def test_two_concurrent_renders_share_the_cluster(client, tmp_path):
-    specs = [RenderSpec(**{**SPEC, "seed": s, "cache": "none"}) for s in (1, 2)]
+    specs = [RenderSpec(**{**SPEC, "seed": s, "cache": "none", "steps": 4, "refine_steps": 3}) for s in (1, 2)]
     refs = [supergen.render(s) for s in specs]
     results, errors = {}, []
 
