@@ -62,7 +62,7 @@ def test_flow_renders_into_the_store_with_artifacts(prefect_api, dask_cluster, t
     skip_map = json.loads(store.read_file("render.json"))["cache"]["skip_map"]
     skipped = sum(not t["computed"] for st in steps for t in st["tiles"])
     assert skipped == sum(map(sum, skip_map)) > 0
-    maps = [str(a.data) for a in arts if a.type == "markdown" and "Refinement step" in str(a.data)]
+    maps = [str(a.data) for a in arts if a.description == f"tile map of {store.url}: workers and cache skips, newest step"]
     assert len(maps) == 1 and f"Refinement step {spec.refine_steps} of {spec.refine_steps}" in maps[0]
     totals: dict = {}
     for st in steps:
