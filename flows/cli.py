@@ -383,11 +383,17 @@ COMMANDS = {"serve": cmd_serve, "render": cmd_render, "resume": cmd_resume, "ins
 
 
 def _interrupt(signum, frame):
+    from . import interrupt
+
+    interrupt.request()  # asked for again between steps, should a library swallow the exception below
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import interrupt
+
+    interrupt.clear()  # a command called in process again (tests, notebooks) starts without an old Ctrl-C
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         # Python's own handler, but not *the* default one: an asyncio runner (Prefect drives its API calls

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from distributed import Client
 
-from flows import tilemap
+from flows import interrupt, tilemap
 from supergen import pair
 from supergen.backends import expert_plan, model_info
 from supergen.cache import CacheConfig, CacheReport
@@ -237,6 +237,7 @@ class _Driver:
         self.t0 = self.t_last = time.perf_counter()
         prev, from_store = None, True  # the first step reads the start latent (or the checkpoint) from the store
         for i in range(self.first, self.plan.refine_steps):
+            interrupt.check()  # a Ctrl-C some library swallowed on the way
             grid = self.plan.grid(i)
             gp = plan_gather(i, grid, None if prev is None else prev[:2], self.workers, self.cell_bytes, from_store)
             gathered = self._gather(i, grid, gp, prev, from_store)

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.stages import StageResult, export_stage, start_done, upscale_stage, warm_worker
 
-from . import tilemap
+from . import interrupt, tilemap
 from .cluster import connect
 from .refine import check_workers, pin_kwargs, refine_on_cluster, worker_names, workers_info
 from .sketch import sketch_on_cluster
@@ -175,18 +175,22 @@ def run_stages(client, store, balance: str = "branches", workers: list | None = 
     warming = [client.submit(warm_worker, store, rid, workers=[w], pure=False, key=f"warm-{w}-{rid}")
                for w in names[1:]]
     t0 = time.perf_counter()
+    interrupt.check()
     sk = stages.sketch(client, store, rid, names)
     store.advance("sketched")  # workers write the stages; the driver, which owns the store, moves its status
     timings["sketch"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    interrupt.check()
     stages.upscale(client, store, names)
     store.advance("refining")
     timings["upscale"] = time.perf_counter() - t0
     client.gather(warming)  # a worker that cannot load the model fails here, before any tile is submitted
     t0 = time.perf_counter()
+    interrupt.check()
     refined = stages.refine(client, store, balance, rid, names)
     timings["refine"] = time.perf_counter() - t0
     store.advance("refined")
+    interrupt.check()
     stages.export(client, store, timings, refined, sk.forwards, names)
     store.finish()
     return {"timings": timings, "refine": refined}

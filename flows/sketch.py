@@ -5,6 +5,7 @@ latent: megabytes, against seconds of transformer work per branch); the video is
 
 from __future__ import annotations
 
+from flows import interrupt
 from supergen.backends import model_info
 from tasks import sketch as tasks
 from tasks.stages import StageResult, sketch_stage
@@ -34,6 +35,7 @@ def sketch_on_cluster(client, store, workers: list, render_id: str, pins: dict) 
 
     carry = on(a, tasks.first, render_id, name="first")
     for i in range(spec.steps):
+        interrupt.check()
         outs = [on(w, tasks.branch, render_id, carry, i, k, name=f"branch-{i}-{k}") for k, w in enumerate((a, b))]
         carry = on(a, tasks.advance, render_id, carry, i, *outs, name=f"advance-{i}")
     on(a, tasks.save, carry, name="save").result()

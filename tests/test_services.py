@@ -261,3 +261,19 @@ def test_quiet_console_raises_stream_handlers_only_for_the_block():
     finally:
         lg.removeHandler(stream)
         lg.removeHandler(api)
+
+
+def test_a_ctrl_c_a_library_swallowed_stops_the_render_between_steps():
+    """flows.interrupt: the command's SIGINT handler records the request; the render's loops ask for it
+    between steps (and between stages), so an interrupt some library caught still ends the render."""
+    import pytest
+
+    from flows import interrupt
+
+    interrupt.clear()
+    interrupt.check()  # nothing requested: no effect
+    interrupt.request()
+    with pytest.raises(KeyboardInterrupt):
+        interrupt.check()
+    interrupt.clear()
+    interrupt.check()

@@ -16,3 +16,4 @@ def test_a_steps_record_and_its_markdown_show_workers_branches_and_skips():
     assert "| y 2 | gpu-0 | gpu-1 (skipped) |" in text
     assert "| y 10 | gpu-0 | gpu-1 / branches gpu-1 + gpu-0 |" in text
     assert "| gpu-0 | 4 | 0 |" in text and "| gpu-1 | 2 | 2 |" in text  # two steps' totals
+

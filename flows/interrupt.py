@@ -1,0 +1,28 @@
+"""A Ctrl-C that outlives the exception it raises.
+
+The command turns SIGINT into KeyboardInterrupt in the main thread, wherever that thread is. Most places
+let it through; a library that catches BaseException to clean up and carries on (an HTTP client's retry,
+an event loop's cancellation) may swallow it, and a full-suite run once saw a render finish through its
+Ctrl-C. The request is therefore also recorded here, and the loops that run a render's steps ask for it
+between steps: a swallowed interrupt stops the render at the next step instead of never."""
+
+from __future__ import annotations
+
+import threading
+
+_requested = threading.Event()
+
+
+def request() -> None:
+    """Record a Ctrl-C (the command's SIGINT handler, before it raises KeyboardInterrupt)."""
+    _requested.set()
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C was requested: called between a render's steps."""
+    if _requested.is_set():
+        raise KeyboardInterrupt
+
+
+def clear() -> None:
+    _requested.clear()
