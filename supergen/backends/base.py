@@ -225,6 +225,14 @@ class FlowMatch:
                             dtype=torch.float32)
 
 
+def with_first_frame(x: torch.Tensor, image_latent: torch.Tensor) -> torch.Tensor:
+    """`x` with its first latent frame the image's: what a model that writes the image into the clip feeds
+    its transformer and returns (Wan 2.2 TI2V-5B, HunyuanVideo-I2V's token replace)."""
+    x = x.clone()
+    x[:, :, :1] = image_latent.to(x)
+    return x
+
+
 class GuidedPredict:
     """`predict` as the guided sum of per-branch calls. Every backend computes the branches as separate
     model calls, so a branch run on another worker gives exactly the numbers it would have given here:

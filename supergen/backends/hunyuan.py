@@ -20,7 +20,7 @@ import torch
 
 from .. import rope as rope_positions
 from ..errors import BackendError, SpecError
-from .base import Conditioning, FlowMatch, GuidedPredict, ModelInfo, PlacedRope
+from .base import Conditioning, FlowMatch, GuidedPredict, ModelInfo, PlacedRope, with_first_frame
 from .loading import DTYPES, cast_module, sample_tiling, vae_tiling
 
 PRESETS = dict(scale=2, frames=129, steps=50, guidance=6.0, fps=24, cache_threshold=0.20, cache_alpha=0.5,
@@ -280,11 +280,7 @@ class HunyuanVideoI2VBackend(HunyuanVideoBackend):
 
     def finish(self, x, image_latent=None):
         """The image's latent as the first frame, as the pipeline's input and result carry it."""
-        if image_latent is None:
-            return x
-        x = x.clone()
-        x[:, :, :1] = image_latent.to(x)
-        return x
+        return x if image_latent is None else with_first_frame(x, image_latent)
 
     @torch.no_grad()
     def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None, place=None):

@@ -17,7 +17,7 @@ import torch
 from .. import rope as rope_positions
 from ..errors import BackendError
 from .base import (Conditioning, FlowMatch, GuidedPredict, ModelInfo, PlacedRope, preprocess_image,
-                   stock_latents, text_conditioning)
+                   stock_latents, text_conditioning, with_first_frame)
 from ..vaetiles import Axis, Tiling
 from .loading import DTYPES, cast_module, check_latent_shape, sample_tiling
 
@@ -180,9 +180,7 @@ class WanBackend(FlowMatch, GuidedPredict):
         feeds the transformer each step and returns at the end); any other model: `x`."""
         if image_latent is None or not self.pipe.config.get("expand_timesteps"):
             return x
-        x = x.clone()
-        x[:, :, :1] = image_latent.to(x)
-        return x
+        return with_first_frame(x, image_latent)
 
     # -- the per-tile call -----------------------------------------------------------------------
     @torch.no_grad()
