@@ -73,16 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_storage_options(r)
 
     d = sub.add_parser("serve", help="publish the render flow as a Prefect deployment and run its runs")
-    add_render_options(d)
-    d.add_argument("--name", default="default", help="deployment name [default: default]")
-    d.add_argument("--store", required=True, help="store URL of each run; may contain {flow_run_id}")
-    d.add_argument("--cluster", required=True, help="Dask scheduler address the runs use")
-    d.add_argument("--credentials-block", metavar="NAME",
-                   help="a Prefect Secret block with storage credentials as JSON, read by each run")
-    g = d.add_mutually_exclusive_group()
-    g.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
-    g.add_argument("--interval", type=float, help="schedule every N seconds")
-    _add_storage_options(d)
+    _add_deployment_options(d)
+
+    p = sub.add_parser("deploy", help="publish the render flow to a Prefect work pool, whose workers "
+                                      "(`prefect worker start --pool POOL`) run its runs")
+    _add_deployment_options(p)
+    p.add_argument("--pool", required=True, help="the work pool (process type; created if missing)")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="at most N renders of this pool at once (a Prefect global concurrency limit, "
+                        "supergen-renders-POOL, that every run holds a slot of)")
+    p.add_argument("--stage-retries", action="append", default=[], metavar="STAGE=N",
+                   help="retries of a stage (sketch, upscale, refine, export); repeatable")
+    p.add_argument("--stage-timeout", action="append", default=[], metavar="STAGE=SECONDS",
+                   help="a stage's timeout: past it the render fails (and `resume` continues it); repeatable")
 
     s = sub.add_parser("resume", help="continue an interrupted render from its last checkpoint (taking over "
                                       "a store whose render died)")
@@ -359,26 +362,81 @@ def cmd_quality(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    _require_cluster_extra("supergen serve")
+def _add_deployment_options(d) -> None:
+    add_render_options(d)
+    d.add_argument("--name", default="default", help="deployment name [default: default]")
+    d.add_argument("--store", required=True, help="store URL of each run; may contain {flow_run_id}")
+    d.add_argument("--cluster", required=True, help="Dask scheduler address the runs use")
+    d.add_argument("--credentials-block", metavar="NAME",
+                   help="a Prefect Secret block with storage credentials as JSON, read by each run")
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
+    g.add_argument("--interval", type=float, help="schedule every N seconds")
+    _add_storage_options(d)
+
+
+def _deployment_parameters(args) -> tuple[dict, dict | None]:
+    """The spec (field checks now; model checks when each run starts) and the storage options a deployment
+    may store: secret ones are refused (deployment parameters are stored in plain text)."""
     from storage.location import split_secrets
 
-    from .deploy import serve
-
-    spec = spec_from_args(args)  # field checks now; model checks when each run starts
+    spec = spec_from_args(args)
     public, secret = split_secrets(storage_options(args))
     if secret:
         raise SupergenError(f"storage option(s) {sorted(secret)} would be stored in the deployment's parameters: "
                             "keep credentials in a Prefect Secret block (--credentials-block NAME) or in the "
                             "workers' environment or profile")
-    with contextlib.ExitStack() as stack:  # with no configured API, a server bound to this command
+    return spec.to_dict(), public or None
+
+
+def _stage_options(args) -> dict | None:
+    out: dict = {}
+    for flag, key, kind in (("stage_retries", "retries", int), ("stage_timeout", "timeout_s", float)):
+        for entry in getattr(args, flag):
+            stage, sep, value = entry.partition("=")
+            try:
+                out.setdefault(stage, {})[key] = kind(value)
+            except ValueError:
+                raise SupergenError(f"--{flag.replace('_', '-')} takes STAGE=NUMBER, got {entry!r}") from None
+            if not sep:
+                raise SupergenError(f"--{flag.replace('_', '-')} takes STAGE=NUMBER, got {entry!r}")
+    return out or None
+
+
+def cmd_deploy(args) -> int:
+    _require_cluster_extra("supergen deploy")
+    from prefect.settings import PREFECT_API_URL
+
+    from .deploy import deploy_to_pool
+
+    if not PREFECT_API_URL.value():
+        raise SupergenError("supergen deploy publishes to a Prefect server, and none is configured: set "
+                            "PREFECT_API_URL (a throwaway server would vanish with the command)")
+
+    spec, public = _deployment_parameters(args)
+    with contextlib.ExitStack() as stack:
         _flow_services(stack, quiet=False).wait_ready()
-        serve(args.name, spec=spec.to_dict(), store_url=args.store, cluster=args.cluster, cron=args.cron,
-              interval=args.interval, storage_options=public or None, credentials=args.credentials_block)
+        dep = deploy_to_pool(args.name, args.pool, spec, args.store, args.cluster, concurrency=args.concurrency,
+                             stage_options=_stage_options(args), cron=args.cron, interval=args.interval,
+                             storage_options=public, credentials=args.credentials_block)
+    print(f"deployment supergen-render/{args.name} ({dep}) on work pool {args.pool}: start its workers with "
+          f"`prefect worker start --pool {args.pool}`")
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "render": cmd_render, "resume": cmd_resume, "inspect": cmd_inspect,
+def cmd_serve(args) -> int:
+    _require_cluster_extra("supergen serve")
+    from .deploy import serve
+
+    spec, public = _deployment_parameters(args)
+    with contextlib.ExitStack() as stack:  # with no configured API, a server bound to this command
+        _flow_services(stack, quiet=False).wait_ready()
+        serve(args.name, spec=spec, store_url=args.store, cluster=args.cluster, cron=args.cron,
+              interval=args.interval, storage_options=public, credentials=args.credentials_block)
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "deploy": cmd_deploy, "render": cmd_render, "resume": cmd_resume, "inspect": cmd_inspect,
             "compare": cmd_compare, "quality": cmd_quality}
 
 

@@ -9,6 +9,7 @@ the same functions called directly on a Dask client, with no Prefect API.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -145,6 +146,40 @@ class Stages(NamedTuple):
 
 
 PREFECT_STAGES = Stages(sketch, upscale, refine, export)  # inside the flow: task runs, retries, artifacts
+
+
+def stage_tasks(options: dict | None) -> Stages:
+    """The flow's stages with an operator's `retries` and `timeout_s` per stage (stages not named keep theirs):
+    a stage that runs past its timeout fails the render, which a retry or a later `resume` continues."""
+    if not options:
+        return PREFECT_STAGES
+    unknown = sorted(set(options) - set(Stages._fields))
+    if unknown:
+        raise ValueError(f"stage_options names no stage {unknown}: the stages are {list(Stages._fields)}")
+    out = {}
+    for name, stage in zip(Stages._fields, PREFECT_STAGES):
+        o = dict(options.get(name) or {})
+        bad = sorted(set(o) - {"retries", "timeout_s"})
+        if bad:
+            raise ValueError(f"stage_options[{name!r}] takes retries and timeout_s, not {bad}")
+        kw = {"retries": int(o["retries"])} if "retries" in o else {}
+        if "timeout_s" in o:
+            kw["timeout_seconds"] = float(o["timeout_s"])
+        out[name] = stage.with_options(**kw) if kw else stage
+    return Stages(**out)
+
+
+@contextlib.contextmanager
+def held(slots: str | None):
+    """One slot of the global concurrency limit `slots` for the duration (nothing where None): a run waits
+    for a slot before its first stage, so a pool never runs more renders than its GPUs take."""
+    if slots is None:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(slots, occupy=1, strict=True):
+        yield
 PLAIN_STAGES = Stages(sketch.fn, upscale.fn, refine_tiles, export.fn)  # the same code on any Dask client
 
 
@@ -199,7 +234,7 @@ def run_stages(client, store, balance: str = "branches", workers: list | None = 
 @flow(name="supergen-render", log_prints=True)
 def render(spec: dict, store_url: str, cluster: str, storage_options: dict | None = None,
            overwrite: bool = False, balance: str = "branches", credentials: str | None = None,
-           bucket_root: bool = False) -> str:
+           bucket_root: bool = False, slots: str | None = None, stage_options: dict | None = None) -> str:
     """Render `spec` into the store at `store_url` on the Dask cluster at `cluster` (a scheduler address).
 
     `balance` places tile work: "locality" (each window where most of its cells are), "tiles" (plus moving
@@ -207,7 +242,11 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
     to even out what whole tiles cannot, e.g. 9 tiles on 4 GPUs).
 
     `storage_options` must hold no secret (flow parameters are stored and shown by Prefect): credentials
-    come from the workers' environment or profile, or from the Prefect Secret block named `credentials`."""
+    come from the workers' environment or profile, or from the Prefect Secret block named `credentials`.
+
+    `slots`: a Prefect global concurrency limit this render holds one slot of while its stages run (a GPU
+    pool's cap on concurrent renders, `flows/deploy.py`). `stage_options`: per stage ("sketch", "upscale",
+    "refine", "export"), `retries` and `timeout_s` for its task (`stage_tasks`)."""
     from storage import RenderStore
     from supergen import RenderSpec
     from supergen.executor import prepare
@@ -236,7 +275,8 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
             if store.complete:
                 logger.info("%s already holds this render", store.url)
                 return store.url
-            out = run_stages(client, store, balance, stages=PREFECT_STAGES)
+            with held(slots):
+                out = run_stages(client, store, balance, stages=stage_tasks(stage_options))
         finally:
             store.release()
     finally:

@@ -132,3 +132,52 @@ def test_serve_runs_a_deployment_on_a_local_prefect_server(served):
             time.sleep(0.25)
     assert run.state.is_completed(), run.state
     assert RenderStore.open(str(runs / str(run.id))).complete
+
+
+def test_a_work_pool_runs_renders_within_its_concurrency_limit(prefect_api, dask_cluster, tmp_path):
+    """`supergen deploy` to a process work pool with `--concurrency 1` and per-stage options; a pool worker
+    (`prefect worker start`) picks up two runs at once: both complete, and their stages never overlap (the
+    second waited for the pool's one slot), each with the stage options the deployment set."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+
+    from flows.cli import main
+
+    args = ["deploy", "--name", "pooled", "--pool", "gpus", "--concurrency", "1", "--cluster", dask_cluster,
+            "--store", str(tmp_path / "{flow_run_id}"), "--stage-retries", "export=1",
+            "--stage-timeout", "refine=300"]
+    for k, v in {**SPEC, "steps": 4, "refine_steps": 2, "checkpoint_every": 1}.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    assert main(args) == 0
+    env = {**os.environ, **prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "gpus"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        runs = [run_deployment("supergen-render/pooled", timeout=0, as_subflow=False) for _ in range(2)]
+
+        async def states():
+            async with get_client() as c:
+                flows = await c.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
+                tasks = {r.id: await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id])))
+                         for r in runs}
+                return flows, tasks
+
+        deadline = time.time() + 240
+        while True:
+            flows, tasks = anyio.run(states)
+            if all(f.state.is_final() for f in flows) or time.time() > deadline:
+                break
+            time.sleep(1)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert all(f.state.is_completed() for f in flows), [f.state for f in flows] + [(tmp_path / "worker.log").read_text()[-3000:]]
+    spans = sorted((min(t.start_time for t in ts), max(t.end_time for t in ts)) for ts in tasks.values())
+    assert spans[0][1] <= spans[1][0], spans  # one render's stages all ended before the other's began
+    for r in runs:
+        assert RenderStore.open(str(tmp_path / str(r.id))).complete
+        names = {t.name.rsplit("-", 1)[0]: t for t in tasks[r.id]}
+        assert names["decode and export"].empirical_policy.retries == 1
