@@ -111,6 +111,27 @@ def refine(client, store, balance: str = "branches", render_id: str | None = Non
     return refine_tiles(client, store, balance, render_id, workers, on_step=on_step)
 
 
+def preview(store, width: int = 640) -> str:
+    """The preview artifact: the contact sheet (sketch above final) as an inline image, scaled to `width`
+    px, so it shows in the Prefect UI whatever the store (a browser opens neither an s3:// URL nor a host's
+    path, and a presigned link would carry the access key), then where the full-size files are."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(store.read_file("contact_sheet.png"))) as im:
+        im = im.convert("RGB")
+        im.thumbnail((width, width * im.height // max(im.width, 1)))
+        buf = io.BytesIO()
+        im.save(buf, "PNG", optimize=True)
+    data = base64.b64encode(buf.getvalue()).decode()
+    written = store.inspect()["outputs_bytes"]
+    files = " · ".join(f"`{store.url}/{name}`" for name in ("video.mp4", "sketch.mp4", "contact_sheet.png",
+                                                             "cache_skips.png") if name in written)
+    return f"![contact sheet: sketch above final](data:image/png;base64,{data})\n\n{files}"
+
+
 def update_markdown_artifact(artifact_id, text: str) -> None:
     """Replace a markdown artifact's text in place (Prefect updates only progress artifacts by name)."""
     from prefect.client.orchestration import get_client
@@ -289,9 +310,5 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
         + f"| bytes moved between workers | {s['bytes_moved']} |\n| all-gather baseline bytes | {s['allgather_bytes']} |\n"
         + f"| tile tasks | {s['tasks']} |\n| store | {store.url} |\n",
         description="supergen render metrics")
-    create_markdown_artifact(
-        f"![contact sheet: sketch above final]({store.url}/contact_sheet.png)\n\n"
-        f"[sketch.mp4]({store.url}/sketch.mp4) · [video.mp4]({store.url}/video.mp4) · "
-        f"![cache skips per tile and step]({store.url}/cache_skips.png)",
-        description="sketch preview and final contact sheet")
+    create_markdown_artifact(preview(store), description="sketch preview and final contact sheet")
     return store.url

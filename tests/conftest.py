@@ -93,9 +93,11 @@ class _Boot:
             port = free_port()
             api = f"http://127.0.0.1:{port}/api"
             env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": tempfile.mkdtemp(prefix="prefect-home-")}
+            # the server serves its UI, pointed at this API, for the browser tests (tests/test_browser.py)
+            server_env = {**env, "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": api}
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             self.prefect = api, env
         return self.prefect
 

@@ -1,0 +1,97 @@
+"""What an operator sees, in a real browser: headless Chromium (Debian's package) driven by Playwright,
+on the Prefect UI of the session's server and on the Dask dashboard of its cluster. Skipped where the
+browser or Playwright is missing (`scripts/setup.sh` installs both where it can)."""
+
+import os
+import shutil
+
+import pytest
+
+from storage import RenderStore
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no chromium (Debian package: chromium)")]
+# the flags a sandboxed root process needs, and no calls home on a closed network
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]
+SPEC = dict(prompt="a red circle moving", model="tiny", width=128, height=128, frames=5, steps=5, refine_steps=3,
+            cache="region", cache_threshold=5.0, cache_warmup=1, checkpoint_every=0, seed=4)
+SHOTS = os.environ.get("SUPERGEN_SCREENSHOTS")  # a folder: also save the pages as the docs show them
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def rendered(prefect_api, dask_cluster, tmp_path_factory):
+    """One render through the flow; its store and its artifacts on the server, by description."""
+    from prefect.client.orchestration import get_client
+
+    from flows.render import render
+
+    url = render(spec=SPEC, store_url=str(tmp_path_factory.mktemp("r") / "s"), cluster=dask_cluster)
+    with get_client(sync_client=True) as c:
+        arts = [a for a in c.read_artifacts() if (a.description and url in a.description)
+                or (a.type == "markdown" and url in str(a.data))]
+    return RenderStore.open(url), arts, prefect_api["PREFECT_API_URL"].removesuffix("/api")
+
+
+def _shot(page, name):
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, name))
+
+
+def test_the_flow_runs_page_shows_its_artifacts_and_they_render(rendered, browser):
+    store, arts, ui = rendered
+    by = {a.description.split(" of ")[0] if a.description.startswith("tile map") else a.description: a for a in arts}
+    assert {"tile map", "supergen render metrics", "sketch preview and final contact sheet"} <= set(by)
+    run = by["tile map"].flow_run_id
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{ui}/runs/flow-run/{run}", wait_until="networkidle")
+    page.get_by_role("tab", name="Artifacts").click() if page.get_by_role("tab", name="Artifacts").count() \
+        else page.get_by_text("Artifacts", exact=True).first.click()
+    page.get_by_text("Task runs", exact=True).first.scroll_into_view_if_needed()  # task runs' cards load on view
+    for text in ("tile map of", "supergen render metrics", "sketch preview and final contact sheet"):
+        page.get_by_text(text).first.wait_for(timeout=15000)
+    _shot(page, "operator_prefect_run.png")
+
+    page.goto(f"{ui}/artifacts/artifact/{by['tile map'].id}", wait_until="networkidle")
+    page.locator("table").first.wait_for(timeout=15000)
+    body = page.inner_text("body")
+    assert f"Refinement step {SPEC['refine_steps']} of {SPEC['refine_steps']}" in body and "cpu-" in body
+    _shot(page, "operator_tile_map.png")
+
+    page.goto(f"{ui}/artifacts/artifact/{by['supergen render metrics'].id}", wait_until="networkidle")
+    page.get_by_text("bytes moved between workers").first.wait_for(timeout=15000)
+
+    page.goto(f"{ui}/artifacts/artifact/{by['sketch preview and final contact sheet'].id}", wait_until="networkidle")
+    img = page.locator("img[alt^='contact sheet']").first
+    img.wait_for(timeout=15000)
+    assert img.evaluate("i => i.complete && i.naturalWidth") > 0  # the preview loads in the page itself
+    assert f"{store.url}/video.mp4" in page.inner_text("body")
+    _shot(page, "operator_preview.png")
+    page.close()
+
+
+def test_the_dask_dashboard_shows_the_cluster(rendered, browser, dask_cluster):
+    """The scheduler's dashboard: its status page renders (Bokeh's plots, on canvas), and its task pages
+    name the refinement's tasks by their readable keys (step, tile, render)."""
+    from distributed import Client
+
+    with Client(dask_cluster, set_as_default=False) as c:
+        port = c.scheduler_info()["services"]["dashboard"]
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"http://127.0.0.1:{port}/status", wait_until="networkidle")
+    page.locator("canvas").first.wait_for(timeout=15000)
+    assert "Dask" in page.title()
+    _shot(page, "operator_dask_status.png")
+    page.goto(f"http://127.0.0.1:{port}/info/main/workers.html", wait_until="load")
+    assert "cpu-0" in page.inner_text("body")
+    page.close()
