@@ -145,8 +145,10 @@ def unmasked_forwards(model, kwargs, device, n: int, order: str, result: dict) -
     v15 = not hasattr(model, "single_transformer_blocks")
     for b in blocks:
         b.attn.set_processor((ValidTokensAttention if v15 else UnmaskedAttention)(b.attn.processor))
-        if v15:
-            b.attn.processor.on = True
+        if v15:  # as the backend sets it per call: the valid text tokens' count
+            from supergen.backends.hunyuan import _valid_tokens
+
+            b.attn.processor.on, b.attn.processor.valid = True, _valid_tokens(kwargs, kwargs["image_embeds"])
         else:
             b.attn.processor.drop = True
     try:

@@ -393,13 +393,11 @@ def _stage_options(args) -> dict | None:
     out: dict = {}
     for flag, key, kind in (("stage_retries", "retries", int), ("stage_timeout", "timeout_s", float)):
         for entry in getattr(args, flag):
-            stage, sep, value = entry.partition("=")
+            stage, _, value = entry.partition("=")
             try:
                 out.setdefault(stage, {})[key] = kind(value)
-            except ValueError:
+            except ValueError:  # no '=', or not a number
                 raise SupergenError(f"--{flag.replace('_', '-')} takes STAGE=NUMBER, got {entry!r}") from None
-            if not sep:
-                raise SupergenError(f"--{flag.replace('_', '-')} takes STAGE=NUMBER, got {entry!r}")
     return out or None
 
 

@@ -55,9 +55,11 @@ def deploy_to_pool(name: str, pool: str, spec: dict, store_url: str, cluster: st
 
     if cron and interval:
         raise ValueError("give a cron schedule or an interval, not both")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency is the number of renders the pool may run at once, at least 1; got {concurrency}")
     stage_tasks(stage_options)  # a misnamed stage or option fails here, not in every run
     params = {"spec": spec, "store_url": store_url, "cluster": cluster, "stage_options": stage_options,
-              "slots": slots_name(pool) if concurrency else None}
+              "slots": slots_name(pool) if concurrency is not None else None}
     if storage_options:
         params["storage_options"] = storage_options
     if credentials:
@@ -67,7 +69,7 @@ def deploy_to_pool(name: str, pool: str, spec: dict, store_url: str, cluster: st
             client.read_work_pool(pool)
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        if concurrency:
+        if concurrency is not None:
             try:
                 client.read_global_concurrency_limit_by_name(slots_name(pool))
                 client.update_global_concurrency_limit(slots_name(pool), GlobalConcurrencyLimitUpdate(limit=concurrency))

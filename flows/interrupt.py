@@ -3,8 +3,9 @@
 The command turns SIGINT into KeyboardInterrupt in the main thread, wherever that thread is. Most places
 let it through; a library that catches BaseException to clean up and carries on (an HTTP client's retry,
 an event loop's cancellation) may swallow it, and a full-suite run once saw a render finish through its
-Ctrl-C. The request is therefore also recorded here, and the loops that run a render's steps ask for it
-between steps: a swallowed interrupt stops the render at the next step instead of never."""
+Ctrl-C. The request is therefore also recorded here, and the driver asks for it between the refinement's
+steps, between stages and while it waits for the sketch: a swallowed interrupt stops the render there
+instead of never."""
 
 from __future__ import annotations
 

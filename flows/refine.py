@@ -234,6 +234,13 @@ class _Driver:
             self.report.restore(rec.get("cache", {}))
 
     def run(self) -> RefineStats:
+        try:
+            return self._run()
+        except BaseException:  # a failed tile, a stage timeout, a Ctrl-C: nothing of this try runs on
+            self.client.cancel(self.held + [f for sub in self.pending for f in sub.metas])
+            raise
+
+    def _run(self) -> RefineStats:
         self.t0 = self.t_last = time.perf_counter()
         prev, from_store = None, True  # the first step reads the start latent (or the checkpoint) from the store
         for i in range(self.first, self.plan.refine_steps):

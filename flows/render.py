@@ -65,7 +65,7 @@ def sketch(client, store, render_id: str, workers: list | None = None) -> StageR
     from tasks.model import ModelHolder
 
     client.register_plugin(ModelHolder())
-    return sketch_on_cluster(client, store, workers or worker_names(client), render_id, pin_kwargs(client))
+    return sketch_on_cluster(client, store, workers or worker_names(client), attempt(render_id), pin_kwargs(client))
 
 
 @task(name="upscale and re-noise", cache_policy=NO_CACHE, **STORAGE_RETRIES)
@@ -101,14 +101,23 @@ def refine(client, store, balance: str = "branches", render_id: str | None = Non
     art = create_progress_artifact(0.0, key=None, description=f"refinement of {store.url}")
     tiles = create_markdown_artifact("The tile map appears when the first refinement step finishes.",
                                      description=f"tile map of {store.url}: workers and cache skips, newest step")
-    seen: list[dict] = []
+    seen = {rec["step"]: rec for rec in tilemap.read(store)}  # a resumed render's steps so far count too
 
     def on_step(st):
         update_progress_artifact(art, 100.0 * (st.step + 1) / spec.refine_steps)
-        seen.append(st.tile_map)
-        update_markdown_artifact(tiles, tilemap.markdown(st.tile_map, spec.refine_steps, seen))
+        seen[st.step] = st.tile_map  # a step redone after a failure replaces its first try
+        update_markdown_artifact(tiles, tilemap.markdown(st.tile_map, spec.refine_steps, list(seen.values())))
 
-    return refine_tiles(client, store, balance, render_id, workers, on_step=on_step)
+    return refine_tiles(client, store, balance, attempt(render_id), workers, on_step=on_step)
+
+
+def attempt(render_id: str | None) -> str | None:
+    """The render id of this try of a stage: a retried stage submits its tasks under fresh keys (Dask hands
+    back the future of a key it still holds, a failed one included, instead of running it again)."""
+    from prefect.runtime import task_run
+
+    tries = task_run.run_count or 1
+    return render_id if render_id is None or tries <= 1 else f"{render_id}t{tries}"
 
 
 def preview(store, width: int = 640) -> str:
@@ -167,6 +176,7 @@ class Stages(NamedTuple):
 
 
 PREFECT_STAGES = Stages(sketch, upscale, refine, export)  # inside the flow: task runs, retries, artifacts
+PLAIN_STAGES = Stages(sketch.fn, upscale.fn, refine_tiles, export.fn)  # the same code on any Dask client
 
 
 def stage_tasks(options: dict | None) -> Stages:
@@ -201,7 +211,6 @@ def held(slots: str | None):
 
     with concurrency(slots, occupy=1, strict=True):
         yield
-PLAIN_STAGES = Stages(sketch.fn, upscale.fn, refine_tiles, export.fn)  # the same code on any Dask client
 
 
 def by_load(client, names: list, rotate: int = 0) -> list:
@@ -288,20 +297,22 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
     resolved = prepare(RenderSpec.from_dict(spec), here=False)  # the workers check device and memory
     check_distributable(resolved)
     opts = {**(storage_options or {}), **(creds.load(credentials) if credentials else {})}
-    client = connect(cluster)  # an unreachable scheduler fails here, before the store exists
-    try:
-        check_workers(client, resolved, memory=True)  # a worker that lacks the device: before any stage
-        store = RenderStore.create(store_url, resolved, opts or None, overwrite=overwrite, bucket_root=bucket_root)
+    stages = stage_tasks(stage_options)
+    with held(slots):  # a queued run waits here, holding no store and no cluster connection
+        client = connect(cluster)  # an unreachable scheduler fails here, before the store exists
         try:
-            if store.complete:
-                logger.info("%s already holds this render", store.url)
-                return store.url
-            with held(slots):
-                out = run_stages(client, store, balance, stages=stage_tasks(stage_options))
+            check_workers(client, resolved, memory=True)  # a worker that lacks the device: before any stage
+            store = RenderStore.create(store_url, resolved, opts or None, overwrite=overwrite,
+                                       bucket_root=bucket_root)
+            try:
+                if store.complete:
+                    logger.info("%s already holds this render", store.url)
+                    return store.url
+                out = run_stages(client, store, balance, stages=stages)
+            finally:
+                store.release()
         finally:
-            store.release()
-    finally:
-        client.close()
+            client.close()
     s = out["refine"]
     create_markdown_artifact(
         "| metric | value |\n|---|---|\n"

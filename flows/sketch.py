@@ -33,10 +33,21 @@ def sketch_on_cluster(client, store, workers: list, render_id: str, pins: dict) 
     def on(worker, fn, *args, name):
         return client.submit(fn, store, *args, key=f"sketch-{name}-{render_id}", pure=False, **pins[worker])
 
-    carry = on(a, tasks.first, render_id, name="first")
+    futures = [on(a, tasks.first, render_id, name="first")]
     for i in range(spec.steps):
-        interrupt.check()
-        outs = [on(w, tasks.branch, render_id, carry, i, k, name=f"branch-{i}-{k}") for k, w in enumerate((a, b))]
-        carry = on(a, tasks.advance, render_id, carry, i, *outs, name=f"advance-{i}")
-    on(a, tasks.save, carry, name="save").result()
+        outs = [on(w, tasks.branch, render_id, futures[-1], i, k, name=f"branch-{i}-{k}")
+                for k, w in enumerate((a, b))]
+        futures += outs + [on(a, tasks.advance, render_id, futures[-1], i, *outs, name=f"advance-{i}")]
+    futures.append(on(a, tasks.save, futures[-1], name="save"))
+    try:
+        while not futures[-1].done():  # between polls, a Ctrl-C some library swallowed (flows/interrupt.py)
+            interrupt.check()
+            try:
+                futures[-1].result(timeout=0.5)
+            except TimeoutError:  # not done yet (or the task's own timeout: `done` now, raised below)
+                pass
+        futures[-1].result()
+    except BaseException:
+        client.cancel(futures)
+        raise
     return StageResult(time.perf_counter() - t0, forwards=2 * spec.steps)

@@ -101,6 +101,9 @@ def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = 
     (`tasks.stages.worker_problem`) before any stage runs."""
     info = model_info(spec.model)
     spec = resolve(spec, info)
+    if spec.lora and spec.render_model is not None:
+        raise SpecError("lora", "LoRAs are fused into the model's transformer, and with a render_model the steps "
+                                "after the switch would run without them: give one or the other")
     if spec.lora:  # absolute paths (workers elsewhere open the same files), then checked against the model
         spec = spec.replace(lora=lora.normalized(spec.lora))
         lora.check(spec.lora, model_configs(spec.model))

@@ -56,8 +56,9 @@ HELP = {
                    "adaptive, from the model's outputs in the sketch)",
     "switch_threshold": "SRDiffusion's adaptive switch: the render model takes over once the self-diff of the "
                         "model's outputs falls in (0, threshold)",
-    "switch_min": "SRDiffusion's adaptive switch: the earliest step it may fall on (default: steps / 10)",
-    "switch_max": "SRDiffusion's adaptive switch: the latest step it falls on (default: 3/5 of the steps)",
+    "switch_min": "SRDiffusion's adaptive switch: the earliest step whose self-diff may trigger it (the render "
+                  "model then starts at the next; default: steps / 10)",
+    "switch_max": "SRDiffusion's adaptive switch: the render model's latest first step (default: 3/5 of the steps)",
 }
 CHOICES = {"dtype": DTYPES, "vae_dtype": DTYPES, "boundary": BOUNDARIES, "cache": CACHE_POLICIES, "rope": ROPE_MODES}
 

@@ -13,8 +13,9 @@ sketch from the large model's (guided) outputs o_i as the official code and its 
 
     d_i        = tanh(mean|o_i - o_{i-1}| / mean|o_{i-1}|)     the relative change of the output
     selfdiff_i = d_{i-1} - d_i                                  how fast that change is shrinking
-    the small model takes over after the first step i >= min with 0 < selfdiff_i < threshold,
-    and at step max whatever the outputs say
+    the small model takes over after the first step i >= min with 0 < selfdiff_i < threshold (so at step
+    i + 1), and at step max whatever the outputs say (as the ports count: min bounds the step that decides,
+    max the first step of the small model; a self-diff exists from step 2 on)
 
 The refinement re-noises to schedule index N - k and runs the same rule's step: its tiles before the
 switch are the large model's, from it the small model's; the region cache starts afresh at the switch
@@ -28,10 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .backends.base import GuidedPredict
 from .errors import SpecError
 
 # the carry keys of the adaptive rule in the sketch's scheduler state (kept apart from the scheduler's)
-PREV, CHANGE, SWITCH = "pair_prev", "pair_change", "pair_switch"
+PREV, CHANGE, SWITCH, REASON = "pair_prev", "pair_change", "pair_switch", "pair_reason"
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,13 @@ class SwitchRule:
     def describe(self) -> str:
         if self.step is not None:
             return f"fixed at step {self.step}"
-        return (f"adaptive: the first step >= {self.min_step} whose self-diff is in (0, {self.threshold:g}), "
-                f"else step {self.max_step}")
+        return (f"adaptive: after the first step >= {self.min_step} whose self-diff is in (0, {self.threshold:g}), "
+                f"at step {self.max_step} at the latest")
 
 
 def relative_change(prev: torch.Tensor, out: torch.Tensor) -> float:
     """d_i: tanh of the mean absolute change of the output over its previous mean magnitude."""
-    prev, out = prev.double(), out.double()
+    prev, out = prev.detach().double().cpu(), out.detach().double().cpu()  # the carry keeps outputs on the host
     return math.tanh(float((out - prev).abs().mean() / prev.abs().mean().clamp_min(1e-30)))
 
 
@@ -98,7 +100,7 @@ def advance_rule(state: dict, index: int, output: torch.Tensor, rule: SwitchRule
         out[CHANGE] = torch.tensor(change, dtype=torch.float64)
     if switches_after(index, before, change, rule):
         out = {SWITCH: torch.tensor([index + 1, index], dtype=torch.int64),
-               "pair_reason": torch.tensor([float("nan") if before is None else before,
+               REASON: torch.tensor([float("nan") if before is None else before,
                                             float("nan") if change is None else change], dtype=torch.float64)}
     return out
 
@@ -118,7 +120,7 @@ def record(state: dict, rule: SwitchRule, steps: int) -> dict:
     elif s is None:
         s, why = rule.max_step, f"step {rule.max_step} is the latest switch the rule allows"
     else:
-        before, change = (float(v) for v in state["pair_reason"])
+        before, change = (float(v) for v in state[REASON])
         before = None if math.isnan(before) else before
         change = None if math.isnan(change) else change
         why = reason(int(state[SWITCH][1]), before, change, rule)
@@ -127,7 +129,9 @@ def record(state: dict, rule: SwitchRule, steps: int) -> dict:
 
 class ModelPair:
     """The large and the small model as one backend: `small` predicts the steps from `cond.model_switch`
-    on, `large` the ones before; everything else (conditioning, VAE, schedule, steps) is `large`'s."""
+    on, `large` the ones before; everything else (conditioning, VAE, schedule, steps, `finish`) is `large`'s."""
+
+    predict = GuidedPredict.predict  # the guided sum of this pair's `predict_branch` (nothing else inherited)
 
     def __init__(self, large, small):
         self.large, self.small = large, small
@@ -146,11 +150,6 @@ class ModelPair:
     def predict_branch(self, x, steps, index, cond, branch, image_latent=None, place=None):
         return self.model_at(index, cond).predict_branch(x, steps, index, cond, branch, image_latent, place=place)
 
-    def predict(self, x, steps, index, cond, image_latent=None, given=None, place=None):
-        given = given or {}
-        return cond.guide([given[b].to(x.device) if b in given else
-                           self.predict_branch(x, steps, index, cond, b, image_latent, place=place)
-                           for b in range(cond.branches)])
 
 
 # -- the pair's configs -------------------------------------------------------------------------------

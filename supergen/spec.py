@@ -86,8 +86,8 @@ class RenderSpec:
     render_model: str | None = None
     switch_step: int | None = None  # fixed switch: the first step the render model predicts; None: adaptive
     switch_threshold: float = 0.01  # adaptive: the self-diff below which the render model takes over
-    switch_min: int | None = None  # adaptive: the earliest switch; preset: a tenth of the steps (5 of 50)
-    switch_max: int | None = None  # adaptive: the latest switch; preset: three fifths of the steps (30 of 50)
+    switch_min: int | None = None  # adaptive: the earliest deciding step; preset: a tenth of the steps (5 of 50)
+    switch_max: int | None = None  # adaptive: the latest switch step; preset: three fifths of the steps (30 of 50)
 
     def __post_init__(self):
         _check_fields(self)

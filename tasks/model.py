@@ -24,7 +24,7 @@ class ModelHolder(WorkerPlugin):
 
     def setup(self, worker):
         self.worker = worker
-        self.backends: OrderedDict = OrderedDict()  # (model, device, dtype, compile) -> backend
+        self.backends: OrderedDict = OrderedDict()  # (model, render model, device, dtypes, compile, LoRAs) -> backend
         self.conds: OrderedDict = OrderedDict()  # (render id, frame size) -> conditioning (text, image condition)
         self.switches: dict = {}  # render id -> SRDiffusion's switch step
         self.loads = 0
@@ -36,6 +36,7 @@ class ModelHolder(WorkerPlugin):
 
         self.backends.clear()
         self.conds.clear()
+        self.switches.clear()
         gc.collect()  # pipelines hold reference cycles: free their GPU memory now, not at some later collection
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -53,7 +54,8 @@ class ModelHolder(WorkerPlugin):
         self.backends.move_to_end(key)
         return self.backends[key]
 
-    def conditioning(self, render_id: str, spec, store, size: tuple[int, int] | None = None):
+    def conditioning(self, render_id: str, spec, store, size: tuple[int, int] | None = None,
+                     switch_required: bool = False):
         """Text/image conditioning of a render for a frame of `size` (width, height; default the canvas),
         computed once per worker and kept for its steps. The image is the render store's copy: no worker
         needs the original path."""
@@ -72,7 +74,13 @@ class ModelHolder(WorkerPlugin):
         self.conds.move_to_end(key)
         cond = self.conds[key]
         if spec.render_model is not None and size == tuple(spec.canvas_size):  # SRDiffusion: the sketch's switch
-            cond = dataclasses.replace(cond, model_switch=self._switch(render_id, store))
+            switch = self._switch(render_id, store)
+            if switch is None and switch_required:
+                from supergen.errors import SupergenError
+
+                raise SupergenError(f"{store.url}: the sketch's SRDiffusion switch is missing from the store (its "
+                                    "sketch/latent record): the refinement cannot tell which model predicts a step")
+            cond = dataclasses.replace(cond, model_switch=switch)
         return cond
 
     def _switch(self, render_id: str, store) -> int | None:

@@ -92,7 +92,7 @@ def _timed(render, spec, store, fn):
     """Run fn(backend, conditioning) with the worker's resident model: (result, seconds, worker, calls)."""
     h = holder()
     be = h.backend(spec)
-    cond = h.conditioning(render, spec, store)
+    cond = h.conditioning(render, spec, store, switch_required=True)
     t0, calls0 = time.perf_counter(), be.forwards
     out = fn(be, cond)
     if str(be.device).startswith("cuda"):  # kernels run asynchronously: time the work, not its launch

@@ -125,7 +125,8 @@ def test_a_pair_that_cannot_share_a_trajectory_is_refused_from_configs(change, w
         prepare(_spec(pair_dirs, render_model=str(other)), here=False)
 
 
-@pytest.mark.parametrize("kw,field", [({"switch_step": 3, "render_model": None}, "switch_step"),
+@pytest.mark.parametrize("kw,field", [({"lora": ("adapter.safetensors",)}, "lora"),
+                                      ({"switch_step": 3, "render_model": None}, "switch_step"),
                                       ({"switch_max": 9}, "switch_max"), ({"switch_min": 6, "switch_max": 5}, "switch_min"),
                                       ({"switch_step": 9}, "switch_step")])
 def test_switch_settings_are_checked(kw, field, pair_dirs):
@@ -142,3 +143,13 @@ def test_workers_hold_the_render_models_transformer_beside_the_model(pair_dirs):
     two = memory.estimate(prepare(_spec(pair_dirs), here=False))
     assert set(two["inputs"]["params"]) - set(one["inputs"]["params"]) == {"render_transformer"}
     assert two["inputs"]["params"]["render_transformer"] > 0 and two["peak_bytes"] > one["peak_bytes"]
+
+
+def test_the_pair_is_the_model_but_for_its_predictions(pair_dirs, tiny_dir):
+    """Everything but `predict_branch` is the model's: its `finish` (the image frame an I2V model writes),
+    VAE, schedule; the switch rule's carry keeps the previous output on the host, whatever the device."""
+    spec = prepare(_spec(pair_dirs))
+    both = load_models(spec)
+    assert both.finish.__self__ is both.large and both.decode.__self__ is both.large
+    state = pair.advance_rule({}, 0, torch.ones(1, 2, 1, 2, 2), pair.SwitchRule(None, 0.01, 1, 5))
+    assert state[pair.PREV].device.type == "cpu"

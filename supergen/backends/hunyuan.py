@@ -53,6 +53,7 @@ class ValidTokensAttention:
 
     def __init__(self, inner):
         self.inner, self.on = inner, False
+        self.valid: int | None = None  # valid text (and image) tokens, set per call: no mask read per layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if not self.on:
@@ -75,14 +76,19 @@ class ValidTokensAttention:
             ek = ek if attn.norm_added_k is None else attn.norm_added_k(ek)
             q, k, v = torch.cat([q, eq], 1), torch.cat([k, ek], 1), torch.cat([v, ev], 1)
         b, n = q.shape[:2]
-        valid = torch.ones(b, n, dtype=torch.bool, device=q.device)
-        if attention_mask is not None:  # the mask covers the text (and image) tokens at the end
-            valid[:, n - attention_mask.shape[1]:] = attention_mask.bool()
         out = torch.zeros_like(q)
-        for i in range(b):  # each sample's own valid tokens
-            idx = valid[i].nonzero().squeeze(1)
-            q_, k_, v_ = (x[i, idx].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (1, heads, tokens, dim)
-            out[i, idx] = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_)[0].transpose(0, 1)
+        if self.valid is not None:  # the backend's count: the transformer puts the valid text tokens first
+            m = n - text + self.valid
+            q_, k_, v_ = (x[:, :m].transpose(1, 2) for x in (q, k, v))  # (batch, heads, tokens, dim)
+            out[:, :m] = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2)
+        else:  # from the mask: each sample's own valid tokens
+            valid = torch.ones(b, n, dtype=torch.bool, device=q.device)
+            if attention_mask is not None:  # the mask covers the text (and image) tokens at the end
+                valid[:, n - attention_mask.shape[1]:] = attention_mask.bool()
+            for i in range(b):
+                idx = valid[i].nonzero().squeeze(1)
+                q_, k_, v_ = (x[i, idx].transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+                out[i, idx] = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_)[0].transpose(0, 1)
         out = out.flatten(2, 3).to(q.dtype)
         video, words = out[:, : n - text], out[:, n - text:]
         if getattr(attn, "to_out", None) is not None:
@@ -265,6 +271,7 @@ class HunyuanVideoI2VBackend(HunyuanVideoBackend):
                                                   device=self.device, max_sequence_length=self.max_sequence_length,
                                                   image_embed_interleave=4)  # the pipeline's for token_replace
         cond = self._unpadded(embeds, pooled, mask, guidance)
+        self._tiling(None, height, width)  # one frame, untiled: not whatever tiling the last decode left set
         pixels = pipe.video_processor.preprocess(image, height, width).to(self.device, self.vae_dtype)
         z = pipe.vae.encode(pixels.unsqueeze(2)).latent_dist.mode()
         cond.image_latent = z.float() * pipe.vae_scaling_factor  # (1, C, 1, h, w): the first frame's latent
@@ -285,6 +292,13 @@ class HunyuanVideoI2VBackend(HunyuanVideoBackend):
     @torch.no_grad()
     def predict_branch(self, x, steps, index, cond: Conditioning, branch, image_latent=None, place=None):
         return super().predict_branch(self.finish(x, image_latent), steps, index, cond, branch, place=place)
+
+
+def _valid_tokens(text: dict, image_embeds: torch.Tensor) -> int:
+    """How many of HunyuanVideo 1.5's joint text tokens count (batch 1): the prompt's, the glyphs' and, for
+    image-to-video, the image's (text-to-video passes zeros, which its transformer masks out)."""
+    n = int(text["encoder_attention_mask"].sum()) + int(text["encoder_attention_mask_2"].sum())
+    return n + (0 if bool((image_embeds == 0).all()) else image_embeds.shape[1])
 
 
 def _default_template(i2v: bool = False) -> dict:
@@ -365,8 +379,9 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
         self.forwards += 1
         model = self.pipe.transformer
         self._placed(model, inp.shape, place)
+        valid = _valid_tokens(text, cond.extra["image_embeds"])  # one host read per call, not one per layer
         for p in self.processors:
-            p.on = True
+            p.on, p.valid = True, valid
         try:
             with model.cache_context("pred_cond" if branch == 0 else "pred_uncond"):
                 return model(hidden_states=inp, timestep=t.expand(b).to(inp.dtype), return_dict=False, **text,
@@ -374,7 +389,7 @@ class HunyuanVideo15Backend(HunyuanVideoBackend):
         finally:
             model.rope.given = None
             for p in self.processors:
-                p.on = False
+                p.on, p.valid = False, None
 
 
 class HunyuanVideo15I2VBackend(HunyuanVideo15Backend):
@@ -398,6 +413,7 @@ class HunyuanVideo15I2VBackend(HunyuanVideo15Backend):
         image = pipe.video_processor.resize(image, height=height, width=width, resize_mode="crop")
         cond = self._text(prompt, negative_prompt, guidance,
                           {"image_embeds": pipe.encode_image(image, 1, self.device, self.dtype)})
+        self._tiling(None, height, width)  # one frame, untiled: not whatever tiling the last decode left set
         z = pipe._get_image_latents(pipe.vae, pipe.video_processor, image, height, width, self.device).float()
         _, c, f, h, w = self.latent_shape(frames, height, width)
         latent = torch.zeros(1, c + 1, f, h, w, device=self.device)  # the image's latent frame, then its mask
