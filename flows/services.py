@@ -312,7 +312,7 @@ def serve_prefect(argv: list[str]) -> int:
         raise SystemExit(0)
 
     def orphaned():
-        shutil.rmtree(a.home, ignore_errors=True)
+        remove_home(a.home)
         os._exit(0)
 
     # The parent stops us with SIGTERM: uvicorn handles it while it serves and re-raises it after its
@@ -333,7 +333,19 @@ def serve_prefect(argv: list[str]) -> int:
             server.run()
         return 0
     finally:
-        shutil.rmtree(a.home, ignore_errors=True)
+        remove_home(a.home)
+
+
+def remove_home(home: str, tries: int = 40) -> None:
+    """Remove the server's throwaway home, again while its other threads still write into it (a database
+    journal, a log): one pass of rmtree can meet a file created behind it and leave the folder."""
+    import time
+
+    for _ in range(tries):
+        shutil.rmtree(home, ignore_errors=True)
+        if not os.path.exists(home):
+            return
+        time.sleep(0.05)
 
 
 def _main() -> None:
