@@ -164,7 +164,7 @@ class PrefectServer:
 
     def _remove_home(self) -> None:
         if self.home is not None:
-            shutil.rmtree(self.home, ignore_errors=True)
+            remove_home(self.home)
             self.home = None
 
     def __enter__(self) -> PrefectServer:
