@@ -63,8 +63,8 @@ def test_the_flow_runs_page_shows_its_artifacts_and_they_render(rendered, browse
     page.get_by_role("tab", name="Artifacts").click() if page.get_by_role("tab", name="Artifacts").count() \
         else page.get_by_text("Artifacts", exact=True).first.click()
     page.get_by_text("Task runs", exact=True).first.scroll_into_view_if_needed()  # task runs' cards load on view
-    for text in ("tile map of", "supergen render metrics", "sketch preview and final contact sheet"):
-        page.get_by_text(text).first.wait_for(timeout=15000)
+    for text in ("tile map of", "refinement of", "supergen render metrics", "sketch preview and final contact sheet"):
+        page.get_by_text(text).first.wait_for(timeout=15000)  # the progress artifact is "refinement of <store>"
     _shot(page, "operator_prefect_run.png")
 
     page.goto(f"{ui}/artifacts/artifact/{by['tile map'].id}", wait_until="networkidle")
