@@ -34,6 +34,13 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credentials-block", metavar="NAME",
                    help="with --cluster: a Prefect Secret block holding storage credentials as JSON "
                         '({"key": ..., "secret": ...}); the flow reads it, its parameters never hold secrets')
+    _add_preview_option(p)
+
+
+def _add_preview_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preview-url", metavar="URL",
+                   help="with --cluster: an http(s) URL under which the store's files are served (a gateway or CDN "
+                        "in front of the bucket); the Prefect preview artifact links the videos there")
 
 
 def storage_options(args) -> dict:
@@ -245,7 +252,8 @@ def _on_cluster(args, spec, url: str, overwrite: bool = False, bucket_root: bool
             block = credentials.stash(secret)
             stack.callback(credentials.drop, block)
         out = render_flow(spec=spec.to_dict(), store_url=url, cluster=address, storage_options=public or None,
-                          overwrite=overwrite, balance=args.balance, credentials=block, bucket_root=bucket_root)
+                          overwrite=overwrite, balance=args.balance, credentials=block, bucket_root=bucket_root,
+                          preview_url=args.preview_url)
     print(f"{out}/video.mp4")
     return 0
 
@@ -373,6 +381,7 @@ def _add_deployment_options(d) -> None:
     g.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
     g.add_argument("--interval", type=float, help="schedule every N seconds")
     _add_storage_options(d)
+    _add_preview_option(d)
 
 
 def _deployment_parameters(args) -> tuple[dict, dict | None]:
@@ -416,7 +425,7 @@ def cmd_deploy(args) -> int:
         _flow_services(stack, quiet=False).wait_ready()
         dep = deploy_to_pool(args.name, args.pool, spec, args.store, args.cluster, concurrency=args.concurrency,
                              stage_options=_stage_options(args), cron=args.cron, interval=args.interval,
-                             storage_options=public, credentials=args.credentials_block)
+                             storage_options=public, credentials=args.credentials_block, preview_url=args.preview_url)
     print(f"deployment supergen-render/{args.name} ({dep}) on work pool {args.pool}: start its workers with "
           f"`prefect worker start --pool {args.pool}`")
     return 0
@@ -430,7 +439,8 @@ def cmd_serve(args) -> int:
     with contextlib.ExitStack() as stack:  # with no configured API, a server bound to this command
         _flow_services(stack, quiet=False).wait_ready()
         serve(args.name, spec=spec, store_url=args.store, cluster=args.cluster, cron=args.cron,
-              interval=args.interval, storage_options=public, credentials=args.credentials_block)
+              interval=args.interval, storage_options=public, credentials=args.credentials_block,
+              preview_url=args.preview_url)
     return 0
 
 

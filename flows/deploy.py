@@ -8,7 +8,8 @@ from datetime import timedelta
 
 
 def deployment(name: str, spec: dict, store_url: str, cluster: str, cron: str | None = None,
-               interval: float | None = None, storage_options: dict | None = None, credentials: str | None = None):
+               interval: float | None = None, storage_options: dict | None = None, credentials: str | None = None,
+               preview_url: str | None = None):
     """The `supergen-render/<name>` deployment as data (nothing is contacted yet)."""
     from .render import render
 
@@ -19,6 +20,8 @@ def deployment(name: str, spec: dict, store_url: str, cluster: str, cron: str | 
         params["storage_options"] = storage_options
     if credentials:
         params["credentials"] = credentials  # a Secret block's name; the secret itself stays in the block
+    if preview_url:
+        params["preview_url"] = preview_url
     return render.to_deployment(name=name, cron=cron, interval=timedelta(seconds=interval) if interval else None,
                                 parameters=params,
                                 description="supergen render; store_url may contain {flow_run_id}")
@@ -38,7 +41,8 @@ def slots_name(pool: str) -> str:
 
 def deploy_to_pool(name: str, pool: str, spec: dict, store_url: str, cluster: str, concurrency: int | None = None,
                    stage_options: dict | None = None, cron: str | None = None, interval: float | None = None,
-                   storage_options: dict | None = None, credentials: str | None = None):
+                   storage_options: dict | None = None, credentials: str | None = None,
+                   preview_url: str | None = None):
     """Publish `supergen-render/<name>` to the process work pool `pool` (created if missing), for the pool's
     workers (`prefect worker start --pool POOL`) to run: each run is a process of its own on a worker's host,
     importing the flow from the installed package. With `concurrency`, the global concurrency limit
@@ -64,6 +68,8 @@ def deploy_to_pool(name: str, pool: str, spec: dict, store_url: str, cluster: st
         params["storage_options"] = storage_options
     if credentials:
         params["credentials"] = credentials
+    if preview_url:
+        params["preview_url"] = preview_url
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)

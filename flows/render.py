@@ -120,10 +120,11 @@ def attempt(render_id: str | None) -> str | None:
     return render_id if render_id is None or tries <= 1 else f"{render_id}t{tries}"
 
 
-def preview(store, width: int = 640) -> str:
+def preview(store, base_url: str | None = None, width: int = 640) -> str:
     """The preview artifact: the contact sheet (sketch above final) as an inline image, scaled to `width`
     px, so it shows in the Prefect UI whatever the store (a browser opens neither an s3:// URL nor a host's
-    path, and a presigned link would carry the access key), then where the full-size files are."""
+    path, and a presigned link would carry the access key), then the full-size files: links under
+    `base_url` where the operator serves the store over http(s), else where they are."""
     import base64
     import io
 
@@ -136,8 +137,11 @@ def preview(store, width: int = 640) -> str:
         im.save(buf, "PNG", optimize=True)
     data = base64.b64encode(buf.getvalue()).decode()
     written = store.inspect()["outputs_bytes"]
-    files = " · ".join(f"`{store.url}/{name}`" for name in ("video.mp4", "sketch.mp4", "contact_sheet.png",
-                                                             "cache_skips.png") if name in written)
+    names = [n for n in ("video.mp4", "sketch.mp4", "contact_sheet.png", "cache_skips.png") if n in written]
+    if base_url:
+        files = " · ".join(f"[{n}]({base_url.rstrip('/')}/{n})" for n in names)
+    else:
+        files = " · ".join(f"`{store.url}/{n}`" for n in names)
     return f"![contact sheet: sketch above final](data:image/png;base64,{data})\n\n{files}"
 
 
@@ -264,7 +268,8 @@ def run_stages(client, store, balance: str = "branches", workers: list | None = 
 @flow(name="supergen-render", log_prints=True)
 def render(spec: dict, store_url: str, cluster: str, storage_options: dict | None = None,
            overwrite: bool = False, balance: str = "branches", credentials: str | None = None,
-           bucket_root: bool = False, slots: str | None = None, stage_options: dict | None = None) -> str:
+           bucket_root: bool = False, slots: str | None = None, stage_options: dict | None = None,
+           preview_url: str | None = None) -> str:
     """Render `spec` into the store at `store_url` on the Dask cluster at `cluster` (a scheduler address).
 
     `balance` places tile work: "locality" (each window where most of its cells are), "tiles" (plus moving
@@ -276,16 +281,21 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
 
     `slots`: a Prefect global concurrency limit this render holds one slot of while its stages run (a GPU
     pool's cap on concurrent renders, `flows/deploy.py`). `stage_options`: per stage ("sketch", "upscale",
-    "refine", "export"), `retries` and `timeout_s` for its task (`stage_tasks`)."""
+    "refine", "export"), `retries` and `timeout_s` for its task (`stage_tasks`). `preview_url`: an http(s) URL
+    under which the store's files are served (a gateway or CDN in front of the bucket, a static server over the
+    folder): the preview artifact links the videos there."""
     from storage import RenderStore
     from supergen import RenderSpec
     from supergen.executor import prepare
 
     logger = get_run_logger()
-    if "{flow_run_id}" in store_url:  # one store per run of a scheduled deployment
+    if preview_url is not None and not preview_url.startswith(("http://", "https://")):
+        raise ValueError(f"preview_url must be an http(s) URL a browser opens, got {preview_url!r}")
+    if "{flow_run_id}" in store_url + (preview_url or ""):  # one store per run of a scheduled deployment
         from prefect.runtime import flow_run
 
         store_url = store_url.replace("{flow_run_id}", str(flow_run.id))
+        preview_url = preview_url and preview_url.replace("{flow_run_id}", str(flow_run.id))
     from storage.location import split_secrets
 
     from . import credentials as creds
@@ -321,5 +331,5 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
         + f"| bytes moved between workers | {s['bytes_moved']} |\n| all-gather baseline bytes | {s['allgather_bytes']} |\n"
         + f"| tile tasks | {s['tasks']} |\n| store | {store.url} |\n",
         description="supergen render metrics")
-    create_markdown_artifact(preview(store), description="sketch preview and final contact sheet")
+    create_markdown_artifact(preview(store, preview_url), description="sketch preview and final contact sheet")
     return store.url

@@ -37,15 +37,26 @@ def browser():
 @pytest.fixture(scope="module")
 def rendered(prefect_api, dask_cluster, tmp_path_factory):
     """One render through the flow; its store and its artifacts on the server, by description."""
+    import functools
+    import http.server
+    import threading
+
     from prefect.client.orchestration import get_client
 
     from flows.render import render
 
-    url = render(spec=SPEC, store_url=str(tmp_path_factory.mktemp("r") / "s"), cluster=dask_cluster)
+    root = tmp_path_factory.mktemp("r")  # served over http, as an operator's gateway serves a bucket
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = render(spec=SPEC, store_url=str(root / "s"), cluster=dask_cluster,
+                 preview_url=f"http://127.0.0.1:{server.server_address[1]}/s")
     with get_client(sync_client=True) as c:
-        arts = [a for a in c.read_artifacts() if (a.description and url in a.description)
-                or (a.type == "markdown" and url in str(a.data))]
-    return RenderStore.open(url), arts, prefect_api["PREFECT_API_URL"].removesuffix("/api")
+        every = c.read_artifacts()
+    run = next(a.flow_run_id for a in every if a.description == f"refinement of {url}")  # this render's run
+    arts = [a for a in every if a.flow_run_id == run]
+    yield RenderStore.open(url), arts, prefect_api["PREFECT_API_URL"].removesuffix("/api")
+    server.shutdown()
 
 
 def _shot(page, name):
@@ -80,7 +91,9 @@ def test_the_flow_runs_page_shows_its_artifacts_and_they_render(rendered, browse
     img = page.locator("img[alt^='contact sheet']").first
     img.wait_for(timeout=15000)
     assert img.evaluate("i => i.complete && i.naturalWidth") > 0  # the preview loads in the page itself
-    assert f"{store.url}/video.mp4" in page.inner_text("body")
+    link = page.get_by_role("link", name="video.mp4").first
+    got = page.request.get(link.get_attribute("href"))  # the link opens the render's video
+    assert got.status == 200 and got.body() == store.read_file("video.mp4")
     _shot(page, "operator_preview.png")
     page.close()
 
