@@ -85,6 +85,30 @@ def test_the_export_is_a_diffusers_folder_that_renders_like_a_users_model(traine
     assert checkpoint.read_state(os.path.join(again, "dit"))["step"] == 1
 
 
+def test_a_render_model_trains_on_the_models_text_encoder_and_pairs_with_it(trained, tmp_path):
+    """SRDiffusion's render model for the world: a shallower transformer trained on the model's text encoder,
+    frozen (the pair shares one conditioning); exported, the two folders make a pair supergen accepts."""
+    import torch
+
+    from supergen import RenderSpec
+    from supergen.executor import prepare
+
+    small = str(tmp_path / "dit-small")
+    dit.train(small, str(trained / "vae"), minutes=5, device="cpu", batch=2, clips=4, max_steps=1, layers=2,
+              text_from=str(trained / "dit"))
+    shared, own = (checkpoint.load_tensors(d, "text_ema") for d in (str(trained / "dit"), small))
+    assert all(torch.equal(shared[k], own[k]) for k in shared)  # the encoder stayed the model's
+    model = checkpoint.load_tensors(small, "ema")
+    assert {k.split(".")[1] for k in model if k.startswith("blocks.")} == {"0", "1"}
+    big_out = export.export(str(trained / "vae"), str(trained / "dit"), str(tmp_path / "world"))
+    small_out = export.export(str(trained / "vae"), small, str(tmp_path / "world-small"))
+    with open(os.path.join(small_out, "transformer", "config.json")) as f:
+        assert json.load(f)["num_layers"] == 2
+    spec = prepare(RenderSpec(prompt="a red circle moving left on a blue background", model=big_out,
+                              render_model=small_out, width=64, height=64, frames=5, steps=4), here=False)
+    assert spec.render_model == small_out
+
+
 def test_a_widened_decoder_decodes_exactly_as_the_narrow_one_and_its_new_channels_learn():
     import torch
     from diffusers import AutoencoderKLWan

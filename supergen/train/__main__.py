@@ -46,6 +46,9 @@ def main(argv=None) -> None:
     d.add_argument("--clips", type=int, default=100_000)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--steps", type=int, help="stop after this many steps in all (as well as --minutes)")
+    d.add_argument("--layers", type=int, help="a transformer of this depth (SRDiffusion's render model)")
+    d.add_argument("--text-from", metavar="DIT_CKPT",
+                   help="use, frozen, the text encoder of this transformer checkpoint (the render model's pair)")
     e = sub.add_parser("export")
     e.add_argument("--vae", required=True)
     e.add_argument("--dit", required=True)
@@ -68,7 +71,7 @@ def main(argv=None) -> None:
         from . import dit
 
         dit.train(a.ckpt, a.vae, a.minutes, a.device, lr=a.lr, batch=a.batch, clips=a.clips, seed=a.seed,
-                  max_steps=a.steps)
+                  max_steps=a.steps, layers=a.layers, text_from=a.text_from)
     elif a.cmd == "export":
         from .export import export
 

@@ -70,12 +70,13 @@ def vae(seed: int = 0):
         return AutoencoderKLWan(**VAE_CONFIG)
 
 
-def transformer(seed: int = 0):
+def transformer(seed: int = 0, config: dict | None = None):
+    """The world transformer (of `config`, a size other than the shipped one's: SRDiffusion's render model)."""
     from diffusers import WanTransformer3DModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return WanTransformer3DModel(**TRANSFORMER_CONFIG)
+        return WanTransformer3DModel(**(config or TRANSFORMER_CONFIG))
 
 
 def scheduler():

@@ -57,21 +57,33 @@ def _weights(folder: str, prefix: str, module: torch.nn.Module) -> None:
 
 def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr: float = 5e-4, batch: int = 256,
           clips: int = 100_000, drop: float = 0.1, ema_decay: float = 0.999, seed: int = 0,
-          max_steps: int | None = None) -> None:
+          max_steps: int | None = None, layers: int | None = None, text_from: str | None = None) -> None:
+    """Train the world transformer (and its text encoder) in `folder`, resuming what it holds.
+
+    `layers`: a transformer of that depth instead of the shipped one's (fixed at the folder's first run).
+    `text_from`: another transformer's checkpoint folder whose text encoder this one uses as it is, frozen:
+    SRDiffusion's render model must learn on the large model's encoder, which conditions both (the pair
+    shares one conditioning; `supergen.pair`)."""
+    config = {**components.TRANSFORMER_CONFIG, **({"num_layers": layers} if layers else {})}
     s = Session(folder, minutes, device, dict(lr=lr, batch=batch, clips=clips, drop=drop, ema_decay=ema_decay,
-                                              transformer=components.TRANSFORMER_CONFIG), seed, max_steps)
+                                              transformer=config, text_from=text_from), seed, max_steps)
+    config, text_from = s.state["config"]["transformer"], s.state["config"].get("text_from")  # as first run
+    if text_from and checkpoint.load_tensors(text_from, "text_ema") is None:
+        raise ValueError(f"{text_from} holds no trained text encoder (text_ema) to share")
     stats = checkpoint.read_state(vae_folder)["latent_stats"]
     encoder = vae_training.load(vae_folder, s.device).eval()
     tok = components.tokenizer()
-    model, text = components.transformer(), components.text_encoder(len(tok))
+    model, text = components.transformer(config=config), components.text_encoder(len(tok))
     _weights(folder, "model", model)
-    _weights(folder, "text", text)
+    _weights(text_from or folder, "text_ema" if text_from else "text", text)
     ema, text_ema = copy.deepcopy(model), copy.deepcopy(text)
     _weights(folder, "ema", ema)
-    _weights(folder, "text_ema", text_ema)
+    _weights(text_from or folder, "text_ema", text_ema)
+    text.requires_grad_(not text_from)
     model.to(s.device).train()
     text.to(s.device).eval()  # trained, but without UMT5's dropout: inference never drops
-    pairs = [(m, e.to(s.device).eval().requires_grad_(False)) for m, e in ((model, ema), (text, text_ema))]
+    pairs = [(m, e.to(s.device).eval().requires_grad_(False))
+             for m, e in ((model, ema), (text, text_ema))[:1 if text_from else 2]]
     latents, ids, masks, cropped = dataset(encoder, stats, tok, clips, s)
     null_ids, null_mask = (t.to(s.device) for t in components.caption_tokens(tok, [""], TEXT_KEEP))
     s.run["dataset_seconds"] = round(s.elapsed, 1)
@@ -82,7 +94,7 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
         s.save({"model": model.state_dict(), "ema": {k: v.half() for k, v in ema.state_dict().items()},
                 "text": text.state_dict(), "text_ema": text_ema.state_dict()})
 
-    params = list(model.parameters()) + list(text.parameters())
+    params = list(model.parameters()) + ([] if text_from else list(text.parameters()))
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     first = s.step
     pad = torch.zeros(batch, 512 - TEXT_KEEP, components.TEXT_DIM, device=s.device)

@@ -18,7 +18,7 @@ def export(vae_folder: str, dit_folder: str, out: str) -> str:
     stats = checkpoint.read_state(vae_folder)["latent_stats"]
     vae = vae_training.load(vae_folder)
     vae.register_to_config(latents_mean=stats["latents_mean"], latents_std=stats["latents_std"])
-    tr = components.transformer()
+    tr = components.transformer(config=(checkpoint.read_state(dit_folder).get("config") or {}).get("transformer"))
     tr.load_state_dict({k: v.float() for k, v in checkpoint.load_tensors(dit_folder, "ema").items()})
     pipe = components.pipeline(vae.to(torch.float16), tr.to(torch.float16))
     text = checkpoint.load_tensors(dit_folder, "text_ema")
