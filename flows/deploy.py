@@ -13,18 +13,26 @@ def deployment(name: str, spec: dict, store_url: str, cluster: str, cron: str | 
     """The `supergen-render/<name>` deployment as data (nothing is contacted yet)."""
     from .render import render
 
+    return render.to_deployment(name=name, **schedule(cron, interval),
+                                parameters=parameters(spec, store_url, cluster, storage_options, credentials,
+                                                      preview_url),
+                                description="supergen render; store_url may contain {flow_run_id}")
+
+
+def schedule(cron: str | None, interval: float | None) -> dict:
+    """A deployment's schedule arguments: a cron string or an interval in seconds, not both."""
     if cron and interval:
         raise ValueError("give a cron schedule or an interval, not both")
-    params = {"spec": spec, "store_url": store_url, "cluster": cluster}
-    if storage_options:
-        params["storage_options"] = storage_options
-    if credentials:
-        params["credentials"] = credentials  # a Secret block's name; the secret itself stays in the block
-    if preview_url:
-        params["preview_url"] = preview_url
-    return render.to_deployment(name=name, cron=cron, interval=timedelta(seconds=interval) if interval else None,
-                                parameters=params,
-                                description="supergen render; store_url may contain {flow_run_id}")
+    return {"cron": cron, "interval": timedelta(seconds=interval) if interval else None}
+
+
+def parameters(spec: dict, store_url: str, cluster: str, storage_options: dict | None, credentials: str | None,
+               preview_url: str | None, **more) -> dict:
+    """A deployment's flow parameters, the optional ones only where given (`more`: always)."""
+    params = {"spec": spec, "store_url": store_url, "cluster": cluster, **more}
+    optional = {"storage_options": storage_options, "preview_url": preview_url,
+                "credentials": credentials}  # a Secret block's name; the secret itself stays in the block
+    return params | {k: v for k, v in optional.items() if v}
 
 
 def serve(name: str, **kwargs) -> None:
@@ -57,19 +65,12 @@ def deploy_to_pool(name: str, pool: str, spec: dict, store_url: str, cluster: st
 
     from .render import render, stage_tasks
 
-    if cron and interval:
-        raise ValueError("give a cron schedule or an interval, not both")
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"concurrency is the number of renders the pool may run at once, at least 1; got {concurrency}")
     stage_tasks(stage_options)  # a misnamed stage or option fails here, not in every run
-    params = {"spec": spec, "store_url": store_url, "cluster": cluster, "stage_options": stage_options,
-              "slots": slots_name(pool) if concurrency is not None else None}
-    if storage_options:
-        params["storage_options"] = storage_options
-    if credentials:
-        params["credentials"] = credentials
-    if preview_url:
-        params["preview_url"] = preview_url
+    when = schedule(cron, interval)
+    params = parameters(spec, store_url, cluster, storage_options, credentials, preview_url,
+                        stage_options=stage_options, slots=slots_name(pool) if concurrency is not None else None)
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
@@ -82,7 +83,7 @@ def deploy_to_pool(name: str, pool: str, spec: dict, store_url: str, cluster: st
             except ObjectNotFound:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=slots_name(pool),
                                                                                     limit=concurrency))
-    dep = render.to_deployment(name=name, cron=cron, interval=timedelta(seconds=interval) if interval else None,
-                               parameters=params, work_pool_name=pool, entrypoint_type=EntrypointType.MODULE_PATH,
+    dep = render.to_deployment(name=name, **when, parameters=params, work_pool_name=pool,
+                               entrypoint_type=EntrypointType.MODULE_PATH,
                                description="supergen render on a work pool; store_url may contain {flow_run_id}")
     return dep.apply(work_pool_name=pool)

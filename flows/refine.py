@@ -55,6 +55,7 @@ class StepStats:
     wall_s: float
     calls: dict[str, int] = field(default_factory=dict)  # model calls per worker (the balance, noise-free)
     tile_map: dict = field(default_factory=dict)  # which worker denoised which tile, which were skipped (tilemap)
+    tile_totals: dict = field(default_factory=dict)  # per worker: [tiles computed, skipped] over the steps so far
 
 
 @dataclass
@@ -205,9 +206,9 @@ class _Driver:
             client, store, spec, balance, rid, on_step
         self.plan = RefinePlan.from_spec(spec, info.vae_spatial, info.native_latent)
         self.canvas = tuple(self.plan.canvas)
-        fresh = expert_plan(spec.model, spec.steps, self.plan.start)[0] + pair.fresh_at(
-            store.stage_record("sketch"), self.plan.start, self.plan.refine_steps)
-        self.cfg = CacheConfig.from_spec(spec, tuple(sorted(set(fresh))))
+        self.cfg = CacheConfig.from_spec(spec, pair.fresh_at(expert_plan(spec.model, spec.steps, self.plan.start)[0],
+                                                             store.stage_record("sketch"), self.plan.start,
+                                                             self.plan.refine_steps))
         self.cache_on = self.cfg.policy != "none"
         names = check_workers(client, spec)
         self.workers = names if workers is None else [w for w in names if w in set(workers)]
@@ -419,7 +420,8 @@ class _Driver:
         record = tilemap.step_record(sub.step, grid, tile_workers, branches, [mt.computed for mt in metas[:sub.tiles]])
         self.tilemap.add(record)
         st = StepStats(sub.step, sub.tiles, sub.computed, sub.moved, allgather, busy,
-                       {w: round(longest - b, 4) for w, b in busy.items()}, now - self.t_last, calls, record)
+                       {w: round(longest - b, 4) for w, b in busy.items()}, now - self.t_last, calls, record,
+                       tilemap.totals(self.tilemap.steps))
         self.t_last = now
         self.stats.steps.append(st)
         if self.on_step is not None:

@@ -101,12 +101,9 @@ def refine(client, store, balance: str = "branches", render_id: str | None = Non
     art = create_progress_artifact(0.0, key=None, description=f"refinement of {store.url}")
     tiles = create_markdown_artifact("The tile map appears when the first refinement step finishes.",
                                      description=f"tile map of {store.url}: workers and cache skips, newest step")
-    seen = {rec["step"]: rec for rec in tilemap.read(store)}  # a resumed render's steps so far count too
-
     def on_step(st):
         update_progress_artifact(art, 100.0 * (st.step + 1) / spec.refine_steps)
-        seen[st.step] = st.tile_map  # a step redone after a failure replaces its first try
-        update_markdown_artifact(tiles, tilemap.markdown(st.tile_map, spec.refine_steps, list(seen.values())))
+        update_markdown_artifact(tiles, tilemap.markdown(st.tile_map, spec.refine_steps, st.tile_totals))
 
     return refine_tiles(client, store, balance, attempt(render_id), workers, on_step=on_step)
 
@@ -136,7 +133,7 @@ def preview(store, base_url: str | None = None, width: int = 640) -> str:
         buf = io.BytesIO()
         im.save(buf, "PNG", optimize=True)
     data = base64.b64encode(buf.getvalue()).decode()
-    written = store.inspect()["outputs_bytes"]
+    written = store.outputs()
     names = [n for n in ("video.mp4", "sketch.mp4", "contact_sheet.png", "cache_skips.png") if n in written]
     if base_url:
         files = " · ".join(f"[{n}]({base_url.rstrip('/')}/{n})" for n in names)

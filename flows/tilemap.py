@@ -24,9 +24,9 @@ def step_record(step: int, grid, workers: list[str], branches: dict[int, list[st
     return {"step": step, "grid": [len(grid.rows), len(grid.cols)], "offset": list(grid.offset), "tiles": tiles}
 
 
-def markdown(record: dict, refine_steps: int, steps: list[dict]) -> str:
+def markdown(record: dict, refine_steps: int, totals: dict[str, list[int]]) -> str:
     """The artifact: the newest step as a grid of its tiles (worker, skipped), and per worker the tiles it
-    computed and the cache skipped so far."""
+    computed and the cache skipped so far (`totals`)."""
     rows, cols = record["grid"]
     tiles = record["tiles"]
     skipped = sum(not t["computed"] for t in tiles)
@@ -44,10 +44,6 @@ def markdown(record: dict, refine_steps: int, steps: list[dict]) -> str:
                 cell += " / branches " + " + ".join(t["branches"])
             cells.append(cell)
         lines.append(f"| y {tiles[r * cols]['window'][0]} | " + " | ".join(cells) + " |")
-    totals: dict[str, list[int]] = {}
-    for rec in steps:
-        for t in rec["tiles"]:
-            totals.setdefault(t["worker"], [0, 0])[0 if t["computed"] else 1] += 1
     lines += ["", "| worker | tiles computed | tiles skipped |", "|---|---|---|"]
     lines += [f"| {w} | {c} | {s} |" for w, (c, s) in sorted(totals.items())]
     return "\n".join(lines)
@@ -63,6 +59,15 @@ class TileMap:
     def add(self, record: dict) -> None:
         self.steps.append(record)
         self.store.write_file(FILE, json.dumps({"steps": self.steps}).encode())
+
+
+def totals(steps: list[dict]) -> dict[str, list[int]]:
+    """Per worker: [tiles computed, tiles the cache skipped] over `steps`."""
+    out: dict[str, list[int]] = {}
+    for rec in steps:
+        for t in rec["tiles"]:
+            out.setdefault(t["worker"], [0, 0])[0 if t["computed"] else 1] += 1
+    return out
 
 
 def read(store) -> list[dict]:

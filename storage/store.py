@@ -540,6 +540,15 @@ class RenderStore:
             sm = m.record["cache"]["skip_map"]
             total = sum(len(r) for r in sm)
             report["skip_ratio_so_far"] = round(sum(map(sum, sm)) / total, 4) if total else 0.0
+        report["outputs_bytes"] = self.outputs()
+        report["owner"] = self._owner_report()
+        from supergen.executor import memory_summary
+
+        report["memory_estimate"] = memory_summary(self.spec())
+        return report
+
+    def outputs(self) -> dict[str, int]:
+        """Bytes of each output file written so far (and of the completion marker)."""
         outs = {}
         for name in FILES + (MARKER,):
             try:
@@ -548,12 +557,7 @@ class RenderStore:
                 pass
             except Exception as e:
                 raise self._fail(f"cannot read {name} of", e) from None
-        report["outputs_bytes"] = outs
-        report["owner"] = self._owner_report()
-        from supergen.executor import memory_summary
-
-        report["memory_estimate"] = memory_summary(self.spec())
-        return report
+        return outs
 
     def _owner_report(self) -> dict | None:
         n, cur = leases.Lease(*self._connect()).current()

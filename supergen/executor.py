@@ -180,11 +180,12 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
     plan = RefinePlan.from_spec(spec, backend.info.vae_spatial, backend.info.native_latent)  # the canvas's tile geometry
     load = sink.load_stage if sink is not None else (lambda name: None)
     save = sink.save_stage if sink is not None else (lambda name, t, record=None: None)
+    record = sink.stage_record if sink is not None else (lambda name: None)
     forwards = {"sketch": 0, "refine": 0}
 
     # 1. Sketch: the whole clip at native size, the full N-step schedule, the stock pipeline.
     with _timed(timings, "sketch", progress), memory.guard("sketch", spec):
-        z_lo, models = load("sketch"), sink.stage_record("sketch") if sink is not None else None
+        z_lo, models = load("sketch"), record("sketch")
         if z_lo is None:
             calls0 = backend.forwards
             z_lo, models = sketch_latent(backend, spec, image)
@@ -206,8 +207,8 @@ def render(spec: RenderSpec, progress: Progress | None = None, backend: Backend 
 
     # 3. Tiled refinement: every window predicts, predictions merge, one scheduler step on the canvas.
     schedule, boundary = backend.timesteps(spec.steps), backend.info.expert_boundary
-    fresh = experts.switches(schedule, boundary, plan.start) + pair.fresh_at(models, plan.start, plan.refine_steps)
-    cache = TileCache(CacheConfig.from_spec(spec, tuple(sorted(set(fresh)))), plan.refine_steps)
+    fresh = pair.fresh_at(experts.switches(schedule, boundary, plan.start), models, plan.start, plan.refine_steps)
+    cache = TileCache(CacheConfig.from_spec(spec, fresh), plan.refine_steps)
     tiles_per_step, state, first = [], {}, 0
     ckpt = sink.load_checkpoint() if sink is not None else None
     if ckpt is not None:  # resume after the last checkpointed step

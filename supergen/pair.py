@@ -101,7 +101,7 @@ def advance_rule(state: dict, index: int, output: torch.Tensor, rule: SwitchRule
     if switches_after(index, before, change, rule):
         out = {SWITCH: torch.tensor([index + 1, index], dtype=torch.int64),
                REASON: torch.tensor([float("nan") if before is None else before,
-                                            float("nan") if change is None else change], dtype=torch.float64)}
+                                     float("nan") if change is None else change], dtype=torch.float64)}
     return out
 
 
@@ -118,7 +118,7 @@ def record(state: dict, rule: SwitchRule, steps: int) -> dict:
     if rule.step is not None:
         why = f"fixed at step {rule.step}"
     elif s is None:
-        s, why = rule.max_step, f"step {rule.max_step} is the latest switch the rule allows"
+        s, why = rule.max_step, reason(rule.max_step - 1, None, None, rule)
     else:
         before, change = (float(v) for v in state[REASON])
         before = None if math.isnan(before) else before
@@ -151,7 +151,6 @@ class ModelPair:
         return self.model_at(index, cond).predict_branch(x, steps, index, cond, branch, image_latent, place=place)
 
 
-
 # -- the pair's configs -------------------------------------------------------------------------------
 IGNORED = ("_name_or_path", "_diffusers_version", "transformers_version", "torch_dtype", "dtype", "architectures",
            "_commit_hash")
@@ -179,13 +178,13 @@ def check(large: dict, small: dict, large_info, small_info) -> None:
         raise SpecError("render_model", "one model of the pair is guidance-distilled and the other is not")
 
 
-def fresh_at(models: dict | None, start: int, refine_steps: int) -> tuple[int, ...]:
-    """The refinement step (0-based from schedule index `start`) at which the region cache starts afresh: the
-    switch, where it falls inside the refinement."""
-    if not models:
-        return ()
-    s = models["switch_step"] - start
-    return (s,) if 0 < s < refine_steps else ()
+def fresh_at(expert_switches: tuple[int, ...], models: dict | None, start: int,
+             refine_steps: int) -> tuple[int, ...]:
+    """The refinement steps (0-based from schedule index `start`) at which the region cache starts afresh:
+    a two-expert model's switches (`experts.switches`) and SRDiffusion's, where it falls inside the
+    refinement."""
+    s = models["switch_step"] - start if models else 0
+    return tuple(sorted(set(expert_switches) | ({s} if 0 < s < refine_steps else set())))
 
 
 def note(models: dict | None, steps: int, start: int) -> str | None:

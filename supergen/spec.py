@@ -429,19 +429,19 @@ def vae_dtype_preset(dtype: str, presets: dict) -> str:
     return dtype if v == "dtype" else v
 
 
-def _check_tile(tile: tuple[int, int], canvas: tuple[int, int], info: ModelInfo) -> None:
+def _check_tile(tile: tuple[int, int], canvas: tuple[int, int], info: ModelInfo, field: str = "tile") -> None:
     th, tw = tile
     ph, pw = info.patch[1:]
     if th % ph or tw % pw:
-        raise SpecError("tile", f"{th}x{tw} must be a multiple of the patch {ph}x{pw} of {info.family} "
+        raise SpecError(field, f"tile {th}x{tw} must be a multiple of the patch {ph}x{pw} of {info.family} "
                                 "(the transformer would silently drop the remainder)")
     if th > canvas[0] or tw > canvas[1]:
-        raise SpecError("tile", f"{th}x{tw} is larger than the latent canvas {canvas[0]}x{canvas[1]}")
+        raise SpecError(field, f"tile {th}x{tw} is larger than the latent canvas {canvas[0]}x{canvas[1]}")
     if info.exact_tile and (th, tw) != tuple(info.native_latent):
-        raise SpecError("tile", f"{info.family} has learned positional embeddings: the tile must be exactly the "
+        raise SpecError(field, f"{info.family} has learned positional embeddings: the tile must be exactly the "
                                 f"native latent size {info.native_latent[0]}x{info.native_latent[1]}, got {th}x{tw}")
     if info.max_tile is not None and (th > info.max_tile[0] or tw > info.max_tile[1]):
-        raise SpecError("tile", f"{th}x{tw} exceeds the largest tile {info.max_tile[0]}x{info.max_tile[1]} "
+        raise SpecError(field, f"tile {th}x{tw} exceeds the largest tile {info.max_tile[0]}x{info.max_tile[1]} "
                                 f"that {info.family}'s positional embedding covers")
 
 
@@ -449,10 +449,7 @@ def check_render_model(spec: RenderSpec, info: ModelInfo) -> None:
     """SRDiffusion's render model predicts the resolved spec's sketch and tiles too: refuse what it cannot
     take, saying so."""
     canvas = (spec.canvas_height // info.vae_spatial, spec.canvas_width // info.vae_spatial)
-    try:
-        _check_tile(spec.tile, canvas, info)
-    except SpecError as e:
-        raise SpecError("render_model", f"the render model cannot take the tiles: {str(e).split(': ', 1)[1]}") from None
+    _check_tile(spec.tile, canvas, info, "render_model")
     if info.exact_tile and (spec.sketch_width, spec.sketch_height) != tuple(info.native_size):
         raise SpecError("render_model", f"the render model only generates at its native "
                                         f"{info.native_size[0]}x{info.native_size[1]}, the sketch is "

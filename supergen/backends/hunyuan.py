@@ -271,10 +271,9 @@ class HunyuanVideoI2VBackend(HunyuanVideoBackend):
                                                   device=self.device, max_sequence_length=self.max_sequence_length,
                                                   image_embed_interleave=4)  # the pipeline's for token_replace
         cond = self._unpadded(embeds, pooled, mask, guidance)
-        self._tiling(None, height, width)  # one frame, untiled: not whatever tiling the last decode left set
-        pixels = pipe.video_processor.preprocess(image, height, width).to(self.device, self.vae_dtype)
-        z = pipe.vae.encode(pixels.unsqueeze(2)).latent_dist.mode()
-        cond.image_latent = z.float() * pipe.vae_scaling_factor  # (1, C, 1, h, w): the first frame's latent
+        pixels = pipe.video_processor.preprocess(image, height, width).unsqueeze(2)
+        # (1, C, 1, h, w): the first frame's latent, untiled (not whatever tiling the last decode left set)
+        cond.image_latent = self.encode(pixels, vae_tile=None)
         return cond
 
     def initial_latent(self, width, height, frames, generator, image_latent=None):
