@@ -45,7 +45,7 @@ class Render:
                                    "--quiet", *args], cwd=ROOT, env=_env(), stdout=self.out, stderr=self.err,
                                   **popen)
         self.root = psutil.Process(self.p.pid)
-        self.seen: dict[int, tuple[psutil.Process, str]] = {}  # pid: (process, command line)
+        self.seen: dict[int, tuple[psutil.Process, str]] = {}  # pid: (process, latest command line)
 
     def look(self) -> list[str]:
         """Record the current descendants; their command lines."""
@@ -54,8 +54,10 @@ class Render:
         except psutil.Error:
             kids = []
         for k in kids:
-            if k.pid not in self.seen:
-                self.seen[k.pid] = (k, _cmdline(k))
+            # read again each time: a child caught between fork and exec shows its parent's command line
+            cmd = _cmdline(k)
+            if cmd or k.pid not in self.seen:
+                self.seen[k.pid] = (self.seen.get(k.pid, (k,))[0], cmd)
         return [self.seen[k.pid][1] for k in kids]
 
     def server(self) -> psutil.Process | None:
