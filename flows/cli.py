@@ -34,7 +34,14 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credentials-block", metavar="NAME",
                    help="with --cluster: a Prefect Secret block holding storage credentials as JSON "
                         '({"key": ..., "secret": ...}); the flow reads it, its parameters never hold secrets')
+    _add_tls_option(p)
     _add_preview_option(p)
+
+
+def _add_tls_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-dir", metavar="DIR",
+                   help="with a tls:// --cluster: this client's certificates, DIR/ca.pem, client.pem and client.key "
+                        "(infra/make_certs.sh); or set Dask's DASK_DISTRIBUTED__COMM__TLS__* variables")
 
 
 def _add_preview_option(p: argparse.ArgumentParser) -> None:
@@ -74,13 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a store at the root of a bucket (s3://bucket); refused otherwise")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--cluster", help="run as the Prefect flow on a Dask cluster: a scheduler address "
-                                     "(tcp://host:8786), or 'local' to start one here (one worker per GPU, "
+                                     "(tcp://host:8786, tls://host:8786 with --tls-dir), or 'local' to start one here (one worker per GPU, "
                                      "else --workers CPU workers); default: in this process")
     _add_cluster_options(r)
     _add_storage_options(r)
 
     d = sub.add_parser("serve", help="publish the render flow as a Prefect deployment and run its runs")
     _add_deployment_options(d)
+    _add_tls_option(d)
 
     p = sub.add_parser("deploy", help="publish the render flow to a Prefect work pool, whose workers "
                                       "(`prefect worker start --pool POOL`) run its runs")
@@ -197,6 +205,24 @@ def _check_cluster_options(args) -> None:
                             "of this machine is used)")
     if args.cluster:
         _require_cluster_extra("--cluster")
+    _check_tls(args)
+
+
+def _check_tls(args) -> None:
+    """A tls:// scheduler needs this client's certificates, checked (readable, a certificate and its key)
+    before anything starts; --tls-dir supplies them."""
+    cluster, folder = getattr(args, "cluster", None) or "", getattr(args, "tls_dir", None)
+    if folder is not None and not cluster.startswith("tls://"):
+        raise SupergenError(f"--tls-dir is for a tls:// scheduler address, and --cluster is {cluster or 'not given'}")
+    if not cluster.startswith("tls://"):
+        return
+    from .cluster import tls_problem, use_tls_dir
+
+    if folder is not None:
+        use_tls_dir(folder)
+    problem = tls_problem(cluster)
+    if problem:
+        raise SupergenError(problem)
 
 
 def _require_cluster_extra(what: str) -> None:
@@ -374,7 +400,8 @@ def _add_deployment_options(d) -> None:
     add_render_options(d)
     d.add_argument("--name", default="default", help="deployment name [default: default]")
     d.add_argument("--store", required=True, help="store URL of each run; may contain {flow_run_id}")
-    d.add_argument("--cluster", required=True, help="Dask scheduler address the runs use")
+    d.add_argument("--cluster", required=True, help="Dask scheduler address the runs use (tcp:// or tls://; "
+                                                    "a tls:// one reads the run host's Dask TLS config)")
     d.add_argument("--credentials-block", metavar="NAME",
                    help="a Prefect Secret block with storage credentials as JSON, read by each run")
     g = d.add_mutually_exclusive_group()
@@ -435,6 +462,7 @@ def cmd_serve(args) -> int:
     _require_cluster_extra("supergen serve")
     from .deploy import serve
 
+    _check_tls(args)  # the runs are this command's threads: its certificates are theirs
     spec, public = _deployment_parameters(args)
     with contextlib.ExitStack() as stack:  # with no configured API, a server bound to this command
         _flow_services(stack, quiet=False).wait_ready()

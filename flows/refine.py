@@ -30,8 +30,9 @@ import torch
 from distributed import Client
 
 from flows import interrupt, tilemap
+from flows.watch import Watch, WorkerLost
 from supergen import pair
-from supergen.backends import expert_plan, model_info
+from supergen.backends import expert_plan, model_identity, model_info
 from supergen.cache import CacheConfig, CacheReport
 from supergen.cache.policy import decide
 from supergen.cache.state import canvas_observation
@@ -121,13 +122,33 @@ def check_workers(client: Client, spec, memory: bool = False) -> list:
     if not names:
         raise SupergenError(f"the cluster at {client.scheduler.address} has no workers")
     if not memory and not spec.device.startswith("cuda"):
-        return names  # every worker has a CPU: nothing to ask them
-    found = client.run(worker_problem, spec, memory)
-    info = workers_info(client)
-    problems = sorted((str(info[a]["name"]), p) for a, p in found.items() if p and a in info)
-    if problems:
-        raise SupergenError("; ".join(f"worker {name} cannot run this render: {p}" for name, p in problems))
+        return names  # every worker has a CPU: nothing to ask them (the flow asked the rest before any stage)
+    models = {m: model_identity(m) for m in (spec.model, spec.render_model) if m is not None}
+    raise_problems(client, client.run(worker_problem, spec, memory, models), "cannot run this render")
     return names
+
+
+def check_store_reach(client: Client, store) -> None:
+    """Fail early, naming each worker, when a worker's host does not reach the store this host does: a
+    probe file written here must be the one each worker reads back. A folder on this host's own disk
+    passes only where every worker shares it (one host, or a shared mount at the same path)."""
+    with store.reach_probe() as probe:
+        found = client.run(store.sees, probe)
+    raise_problems(client, found, f"cannot use the store {store.url}",
+                   fix="give a store every host reaches: an object-store URL (--store s3://bucket/prefix, with an "
+                       "endpoint the workers can connect to) or a folder mounted at the same path on every host")
+
+
+def raise_problems(client: Client, found: dict, what: str, fix: str = "") -> None:
+    """Raise one error naming every worker (and its address) whose answer in `found` (address: problem or
+    None, from `client.run`) is a problem; `fix` says what to do about it."""
+    from supergen.errors import SupergenError
+
+    info = workers_info(client)
+    problems = sorted((str(info[a]["name"]), a, p) for a, p in found.items() if p and a in info)
+    if problems:
+        raise SupergenError("; ".join(f"worker {name} ({address}) {what}: {p}" for name, address, p in problems)
+                            + (f". Fix: {fix}" if fix else ""))
 
 
 def cell_bytes(channels: int, frames: int, cache_on: bool) -> int:
@@ -157,24 +178,56 @@ class TileFailure(RuntimeError):
     """A tile task kept killing its workers (out of memory, a crashing driver): names tile, step, worker."""
 
 
-def refine_on_cluster(client: Client, store, spec, **kwargs) -> RefineStats:
+def refine_on_cluster(client: Client, store, spec, *, workers: list | None = None, **kwargs) -> RefineStats:
     """Run the refinement stage of `spec` (resolved) on the cluster behind `client`, from the store's start
-    latent or its last checkpoint; writes checkpoints and final/latent into the store. A tile whose task
-    kills its worker `distributed.scheduler.allowed-failures` + 1 times raises `TileFailure`; the store
-    keeps its last checkpoint, so `supergen resume` continues from there."""
+    latent or its last checkpoint; writes checkpoints and final/latent into the store.
+
+    A worker gone for good (`flows.watch`) costs the steps since the last checkpoint: the stage starts again
+    from it on the workers left, and gives the same latent (placement never changes the result). A tile
+    whose task kills its worker `distributed.scheduler.allowed-failures` + 1 times raises `TileFailure`; the
+    store keeps its last checkpoint, so `supergen resume` continues from there."""
+    import logging
+
     from distributed.scheduler import KilledWorker
 
-    try:
-        return _refine(client, store, spec, **kwargs)
-    except KilledWorker as e:
+    kept: list[StepStats] = []  # steps of attempts that lost a worker, up to the checkpoint the next resumes
+    tasks = 0
+    while True:
+        driver = _driver(client, store, spec, workers=workers, **kwargs)
+        try:
+            stats = driver.run()
+        except WorkerLost as e:
+            manifest = store.checkpoint_manifest()
+            last = -1 if manifest is None else manifest.step
+            kept = [st for st in kept + driver.stats.steps if st.step <= last]
+            tasks += driver.stats.tasks
+            workers = [w for w in driver.workers if str(w) not in set(e.lost)]
+            logging.getLogger("supergen").warning("%s; refining again from %s on %s", e,
+                                                  f"step {last + 1}" if last >= 0 else "the start", workers)
+            if not workers:
+                raise
+            continue
+        except KilledWorker as e:
+            raise _tile_failure(store, e) from None
+        stats.steps[:0] = [st for st in kept if st.step < (stats.steps[0].step if stats.steps else 1 << 30)]
+        stats.tasks += tasks
+        return stats
+
+
+def _tile_failure(store, e) -> TileFailure:
         key = str(e.task)
         step, tile = task_step_tile(key)
         last = getattr(e, "last_worker", None)
         worker = getattr(last, "name", None) or getattr(last, "address", None) or str(last)
-        manifest = store.checkpoint_manifest()
-        ck = "no checkpoint yet" if manifest is None else f"last checkpoint after step {manifest.step}"
-        raise TileFailure(f"task {key} (tile {tile}, refinement step {step}) killed worker {worker} repeatedly "
-                          f"(out of memory?); {store.url} keeps its {ck}: `supergen resume` continues it") from None
+        return TileFailure(f"task {key} (tile {tile}, refinement step {step}) killed worker {worker} repeatedly "
+                           f"(out of memory?); {store.url} keeps its {checkpoint_words(store)}: `supergen resume` "
+                           "continues it")
+
+
+def checkpoint_words(store) -> str:
+    """'last checkpoint after step N' or 'no checkpoint yet': what a failed render leaves to resume from."""
+    manifest = store.checkpoint_manifest()
+    return "no checkpoint yet" if manifest is None else f"last checkpoint after step {manifest.step}"
 
 
 def task_step_tile(key: str) -> tuple[int | None, int | None]:
@@ -186,11 +239,11 @@ def task_step_tile(key: str) -> tuple[int | None, int | None]:
 BALANCE = ("locality", "tiles", "branches")
 
 
-def _refine(client: Client, store, spec, *, balance: str = "branches", render_id: str | None = None,
-            on_step: Callable[[StepStats], None] | None = None, workers: list | None = None) -> RefineStats:
+def _driver(client: Client, store, spec, *, balance: str = "branches", render_id: str | None = None,
+            on_step: Callable[[StepStats], None] | None = None, workers: list | None = None) -> _Driver:
     if balance not in BALANCE:
         raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    return _Driver(client, store, spec, balance, render_id or uuid.uuid4().hex[:8], on_step, workers).run()
+    return _Driver(client, store, spec, balance, render_id or uuid.uuid4().hex[:8], on_step, workers)
 
 
 class _Driver:
@@ -222,6 +275,7 @@ class _Driver:
         self.pred_cell_bytes = cell_bytes(channels, frames, False)  # one cell of a float32 prediction
         self.canvas_elems = channels * frames * self.canvas[0] * self.canvas[1]
         self.pins = pin_kwargs(client)
+        self.watch = Watch(client, self.workers)
         self.held: list = []  # every future since the last checkpoint: the lineage Dask replays if a worker dies
         self.pending: list[_Submitted] = []  # steps submitted whose metadata the driver has not read yet
         self.tiles_per_step: list[int] = []
@@ -292,8 +346,8 @@ class _Driver:
                     T.pick, p_adv[pc.core], pc.window, pc.crosses, worker=p_workers[pc.core],
                     key=f"pieces-s{i - 1:03d}-t{pc.core:02d}-to{pc.window:02d}-{rid}"))
         fresh = i in self.cfg.fresh_at
-        return [self._submit(T.gather_tile, rid, self.spec, i, m, win, gp.cores[m], self.canvas, fresh, *sources[m],
-                             key=f"gather-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m])
+        return [self._submit(T.gather_tile, rid, self.spec, self.store, i, m, win, gp.cores[m], self.canvas, fresh,
+                             *sources[m], key=f"gather-s{i:03d}-t{m:02d}-{rid}", worker=g_workers[m])
                 for m, win in enumerate(grid.windows)]
 
     def _decide(self, i: int, gathered: list, g_workers) -> list:
@@ -368,6 +422,7 @@ class _Driver:
 
     def _commit(self, i: int, grid, cores, advanced: list, slot, arrays) -> None:
         self._read([])  # this step's forwards go into the checkpoint record
+        self.watch.wait(advanced)
         for a in advanced:  # wait without pulling tile data to the client; re-raise the first tile failure
             if a.exception() is not None:
                 a.result()
@@ -381,8 +436,10 @@ class _Driver:
         parts = [self._submit(T.pick, p_adv[k], 0, p_workers[k] != self.workers[0], worker=p_workers[k],
                               key=f"pieces-final-t{k:02d}-{self.rid}")
                  for k in range(len(p_cores)) if intersections(p_cores[k], full, self.canvas)]
-        self._submit(T.write_final, self.store, self.rid, self.canvas, *parts, key=f"write-final-{self.rid}",
-                     worker=self.workers[0]).result()
+        done = self._submit(T.write_final, self.store, self.rid, self.canvas, *parts, key=f"write-final-{self.rid}",
+                            worker=self.workers[0])
+        self.watch.wait([done])
+        done.result()
 
     # -- submission and accounting ------------------------------------------------------------------
     def _submit(self, fn, *args, key, worker, priority=0):
@@ -398,7 +455,9 @@ class _Driver:
         if not due and not futures:
             return []
         del self.pending[:len(due)]
-        got = self.client.gather(futures + [f for sub in due for f in sub.metas])
+        wanted = futures + [f for sub in due for f in sub.metas]
+        self.watch.wait(wanted)
+        got = self.client.gather(wanted)
         out, rest = got[:len(futures)], got[len(futures):]
         for sub in due:
             self._finish(sub, rest[:len(sub.metas)])

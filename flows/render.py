@@ -22,9 +22,11 @@ from tasks.stages import StageResult, export_stage, start_done, upscale_stage, w
 
 from . import interrupt, tilemap
 from .cluster import connect
-from .refine import check_workers, pin_kwargs, refine_on_cluster, worker_names, workers_info
+from .refine import (check_store_reach, check_workers, checkpoint_words, pin_kwargs, refine_on_cluster, worker_names,
+                     workers_info)
 from .sketch import sketch_on_cluster
 from .vae import vae_on_cluster
+from .watch import Watch, WorkerLost
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -51,12 +53,29 @@ STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_f
 
 def _on_worker(client, fn, *args, workers: list | None = None):
     """Run a stage on the least busy worker now (of `workers`, in their order for ties; else of the
-    cluster) and wait for it."""
+    cluster) and wait for it; on another should that worker leave the cluster for good (`flows.watch`)."""
     from tasks.model import ModelHolder
 
     client.register_plugin(ModelHolder())
-    first = by_load(client, workers or worker_names(client))[0]
-    return client.submit(fn, *args, workers=[first], pure=False).result()
+    names = present(client, workers or worker_names(client))
+    while True:
+        first = by_load(client, names)[0]
+        fut = client.submit(fn, *args, workers=[first], pure=False)
+        try:
+            Watch(client, [first]).wait([fut])
+        except WorkerLost:
+            client.cancel(fut)
+            names = [w for w in present(client, names) if w != first]
+            if not names:
+                raise
+            continue
+        return fut.result()
+
+
+def present(client, names: list) -> list:
+    """Those of `names` the cluster has now (a worker lost in an earlier stage gets no more work)."""
+    now = set(worker_names(client))
+    return [w for w in names if w in now]
 
 
 @task(name="sketch", cache_policy=NO_CACHE, **STORAGE_RETRIES)
@@ -247,17 +266,17 @@ def run_stages(client, store, balance: str = "branches", workers: list | None = 
     timings["sketch"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     interrupt.check()
-    stages.upscale(client, store, names)
+    stages.upscale(client, store, present(client, names))
     store.advance("refining")
     timings["upscale"] = time.perf_counter() - t0
     client.gather(warming)  # a worker that cannot load the model fails here, before any tile is submitted
     t0 = time.perf_counter()
     interrupt.check()
-    refined = stages.refine(client, store, balance, rid, names)
+    refined = stages.refine(client, store, balance, rid, present(client, names))
     timings["refine"] = time.perf_counter() - t0
     store.advance("refined")
     interrupt.check()
-    stages.export(client, store, timings, refined, sk.forwards, names)
+    stages.export(client, store, timings, refined, sk.forwards, present(client, names))
     store.finish()
     return {"timings": timings, "refine": refined}
 
@@ -309,13 +328,24 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
         client = connect(cluster)  # an unreachable scheduler fails here, before the store exists
         try:
             check_workers(client, resolved, memory=True)  # a worker that lacks the device: before any stage
+            check_store_reach(client, RenderStore(store_url, opts or None, bucket_root=bucket_root))
             store = RenderStore.create(store_url, resolved, opts or None, overwrite=overwrite,
                                        bucket_root=bucket_root)
             try:
                 if store.complete:
                     logger.info("%s already holds this render", store.url)
                     return store.url
-                out = run_stages(client, store, balance, stages=stages)
+                try:
+                    out = run_stages(client, store, balance, stages=stages)
+                except Exception as e:
+                    if client.status == "running":
+                        raise
+                    from supergen.errors import SupergenError
+
+                    raise SupergenError(  # the scheduler's restart took every task and result with it
+                        f"lost the Dask scheduler at {cluster} mid-render ({type(e).__name__}); {store.url} keeps its "
+                        f"{checkpoint_words(store)}: `supergen resume {store.url} --cluster {cluster}` continues it "
+                        "once the scheduler is back") from None
             finally:
                 store.release()
         finally:

@@ -15,6 +15,7 @@ Layout 2 (docs/store.md has shapes, chunking and dtypes):
                                     only forward
     <url>/lease/<n>.json            ownership (storage/lease.py): one live render per store
     <url>/inputs/image.<ext>        the conditioning image, byte for byte, so no worker needs its path
+    <url>/inputs/lora-<k>.safetensors  each LoRA adapter's weights, byte for byte, for the same reason
     <url>/video.mp4 sketch.mp4 contact_sheet.png cache_skips.png render.json
     <url>/COMPLETE                  written last, by the owner: only its presence makes a render complete
 
@@ -25,6 +26,7 @@ outputs are encoded by supergen/outputs.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import os
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from supergen import lora
 from supergen.errors import SpecError
 from supergen.inputs import read_image
 from supergen.tiling import Window, intersections
@@ -144,11 +147,7 @@ class RenderStore:
         try:
             if bucket is not None:
                 self._check_bucket(bucket)
-            where = self._connect()[1]
-            if self.url.startswith("file://"):  # a folder not made yet: its nearest existing parent takes the
-                while not self.fs.exists(where) and posixpath.dirname(where) != where:  # probe, so a check
-                    where = posixpath.dirname(where)  # makes and removes nothing another render may be using
-            probe = f"{where.rstrip('/')}/.supergen-write-probe-{uuid.uuid4().hex}"  # own name: renders race
+            probe = self._probe_path("write")
             self.fs.pipe_file(probe, b"ok")
             self.fs.rm_file(probe)
         except StoreError:
@@ -158,6 +157,50 @@ class RenderStore:
                                     self.storage_options)) from None
         except Exception as e:
             raise self._fail("cannot write to", e) from None
+
+    def _probe_path(self, kind: str) -> str:
+        """A fresh name for a probe file at the store's location. A folder not made yet lends its nearest
+        existing parent, so a check makes and removes nothing another render may be using; the name is
+        its own (renders race)."""
+        where = self._connect()[1]
+        if self.url.startswith("file://"):
+            while not self.fs.exists(where) and posixpath.dirname(where) != where:
+                where = posixpath.dirname(where)
+        return f"{where.rstrip('/')}/.supergen-{kind}-probe-{uuid.uuid4().hex}"
+
+    @contextlib.contextmanager
+    def reach_probe(self):
+        """A probe file at the store's location for as long as the `with` lasts: (its path, its content),
+        for other hosts to look for (`sees`); a host that does not find it does not share this location."""
+        path, token = self._probe_path("reach"), uuid.uuid4().hex.encode()
+        try:
+            self.fs.pipe_file(path, token)
+        except Exception as e:
+            raise self._fail("cannot write to", e) from None
+        try:
+            yield path, token
+        finally:
+            self.fs.rm_file(path)
+
+    def sees(self, probe: tuple[str, bytes]) -> str | None:
+        """Run where the store will be used (a worker's host): why this host does not see the location
+        that holds `probe` (`reach_probe`), or None when it reads the very file."""
+        path, token = probe
+        try:
+            check_reachable(self.storage_options)
+            found = self.fs.cat_file(path)
+        except StoreError as e:
+            return str(e)
+        except FileNotFoundError:
+            if self.url.startswith("file://"):
+                return (f"{self.url} is a folder this host does not see (no shared disk with the host that "
+                        "submitted the render)")
+            return f"{self.url} holds no probe {path} here: this host reaches another storage than the submitter"
+        except Exception as e:
+            return redact(f"cannot read {self.url}: {describe(e)}", self.storage_options)
+        if found != token:
+            return f"{self.url} is another folder on this host than on the submitter's (a local disk at the same path)"
+        return None
 
     def _check_bucket(self, bucket: str) -> None:
         try:
@@ -259,6 +302,8 @@ class RenderStore:
             store.clear()
             if spec.image is not None:  # before the attributes: a store that exists holds its inputs
                 store.write_file(image_name(spec.image), image if image is not None else read_image(spec.image))
+            for k, entry in enumerate(spec.lora):  # adapters too: workers on other hosts load these copies
+                store._put_input(lora_name(k), lora.parse(entry).file)
             from supergen.versions import versions
 
             store.group.attrs.update({"supergen_layout": LAYOUT_VERSION, "spec": spec.to_dict(),
@@ -473,6 +518,35 @@ class RenderStore:
         except Exception as e:
             raise self._fail(f"cannot write {name} to", e) from None
 
+    def _put_input(self, name: str, path: str) -> None:
+        """The local file at `path` as the input `name`, streamed (an adapter may weigh hundreds of MB)."""
+        self._require_writable()
+        try:
+            self.fs.put_file(path, self._key(name))
+        except Exception as e:
+            raise self._fail(f"cannot copy {path} as {name} to", e) from None
+
+    def fetch_lora(self, k: int, folder: str) -> str | None:
+        """The render's k-th LoRA adapter as a file in the local `folder`, named by its SHA-256 so a worker
+        fetches each adapter once whatever render uses it; None for a store written before it kept copies."""
+        import hashlib
+
+        key = self._key(lora_name(k))
+        try:
+            data = self.fs.cat_file(key)
+        except MISSING:
+            return None
+        except Exception as e:
+            raise self._fail(f"cannot read {lora_name(k)} from", e) from None
+        path = os.path.join(folder, f"{hashlib.sha256(data).hexdigest()}.safetensors")
+        if not os.path.isfile(path):
+            os.makedirs(folder, exist_ok=True)
+            part = f"{path}.{uuid.uuid4().hex}.part"  # workers of one host fetch at once: rename is atomic
+            with open(part, "wb") as f:
+                f.write(data)
+            os.replace(part, path)
+        return path
+
     def read_file(self, name: str) -> bytes:
         try:
             return self.fs.cat_file(self._key(name))
@@ -567,6 +641,11 @@ class RenderStore:
         state = leases.judge(cur, now, leases.owner_id())
         return {"owner": cur.get("owner"), "generation": n, "state": {"mine": "live"}.get(state, state),
                 "heartbeat_age_s": round(now - float(cur.get("heartbeat", now)), 1)}
+
+
+def lora_name(k: int) -> str:
+    """Where the store keeps the render's k-th LoRA adapter (its weights file, byte for byte)."""
+    return f"{INPUTS}lora-{k}.safetensors"
 
 
 def image_name(path: str) -> str:

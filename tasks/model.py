@@ -41,7 +41,8 @@ class ModelHolder(WorkerPlugin):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def backend(self, spec):
+    def backend(self, spec, store):
+        """The render's models, loaded on first use; its LoRA adapters are the store's copies (`local_loras`)."""
         from supergen.executor import load_models
 
         key = (spec.model, spec.render_model, spec.device, spec.dtype, spec.compile, spec.vae_dtype, tuple(spec.lora))
@@ -49,7 +50,7 @@ class ModelHolder(WorkerPlugin):
             while len(self.backends) >= self.max_models:  # one model per GPU: evict the least recent
                 self.backends.popitem(last=False)
                 self.conds.clear()
-            self.backends[key] = load_models(spec)  # with SRDiffusion, both models of the pair
+            self.backends[key] = load_models(local_loras(spec, store))  # with SRDiffusion, both of the pair
             self.loads += 1
         self.backends.move_to_end(key)
         return self.backends[key]
@@ -64,7 +65,7 @@ class ModelHolder(WorkerPlugin):
         if key not in self.conds:
             from supergen.tilestep import cpu_conditioning
 
-            be = self.backend(spec)
+            be = self.backend(spec, store)
             image = stored_image(store)
             cond = be.encode_conditioning(spec.prompt, spec.negative_prompt, spec.guidance, image, size,
                                           spec.frames, seed=spec.seed)
@@ -93,6 +94,25 @@ class ModelHolder(WorkerPlugin):
             while len(self.switches) > 4 * self.max_renders:
                 self.switches.pop(next(iter(self.switches)))
         return self.switches[render_id]
+
+
+def local_loras(spec, store):
+    """`spec` with its LoRA adapters read from the store's copies, fetched into this host's temporary folder:
+    hosts share no disk, so the submitter's paths may not exist here (or hold other files)."""
+    import os
+    import tempfile
+
+    from supergen import lora
+
+    if not spec.lora:
+        return spec
+    folder = os.path.join(tempfile.gettempdir(), "supergen-lora")
+    local = []
+    for k, entry in enumerate(spec.lora):
+        adapter = lora.parse(entry)
+        path = store.fetch_lora(k, folder)
+        local.append(entry if path is None else lora.Lora(path, adapter.scale).entry())
+    return spec.replace(lora=tuple(local))
 
 
 def stored_image(store):

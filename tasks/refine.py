@@ -55,12 +55,12 @@ def start_pieces(store, source: str, win: Window) -> list[Piece]:
     return store.checkpoint_pieces(win) if source == "checkpoint" else store.stage_pieces("start", win)
 
 
-def gather_tile(render: str, spec, i: int, m: int, win: Window, core: Window, canvas, fresh: bool,
+def gather_tile(render: str, spec, store, i: int, m: int, win: Window, core: Window, canvas, fresh: bool,
                 *piece_lists) -> Gathered:
     pieces = [p for lst in piece_lists for p in lst]
 
     def run():
-        device = holder().backend(spec).device
+        device = holder().backend(spec, store).device
         return gather(win, core, pieces, canvas, spec.cache != "none", spec.cache_threshold, device, fresh)
 
     return _guard(run, render, i, m, "gathering")
@@ -91,7 +91,7 @@ class Branch:
 def _timed(render, spec, store, fn):
     """Run fn(backend, conditioning) with the worker's resident model: (result, seconds, worker, calls)."""
     h = holder()
-    be = h.backend(spec)
+    be = h.backend(spec, store)
     cond = h.conditioning(render, spec, store, switch_required=True)
     t0, calls0 = time.perf_counter(), be.forwards
     out = fn(be, cond)
@@ -162,7 +162,7 @@ def advance_tile(render: str, spec, plan: RefinePlan, i: int, k: int, g: Gathere
     the new thresholds of every tile, when they change this step."""
 
     def run():
-        be = holder().backend(spec)
+        be = holder().backend(spec, store)
         grid, canvas = plan.grid(i), tuple(plan.canvas)
         core = g.core
         ys, xs = local(core, g.window, canvas)
@@ -197,5 +197,5 @@ def write_final(store, render: str, canvas, *piece_lists) -> None:
     spec = store.spec()
     if spec.image is not None:
         image = holder().conditioning(render, spec, store).image_latent
-        x = holder().backend(spec).finish(x, None if image is None else image.cpu())
+        x = holder().backend(spec, store).finish(x, None if image is None else image.cpu())
     store.save_stage("final", x)

@@ -15,7 +15,7 @@ from .model import holder
 def _model(store, render_id: str):
     spec = store.spec()
     h = holder()
-    be = h.backend(spec)
+    be = h.backend(spec, store)
     return spec, be, h.conditioning(render_id, spec, store, size=(spec.sketch_width, spec.sketch_height))
 
 

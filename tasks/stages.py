@@ -15,13 +15,17 @@ from supergen.upscale import to_uint8
 from .model import holder, stored_image
 
 
-def worker_problem(spec, memory: bool = True) -> str | None:
-    """What this worker lacks to run `spec` (its device; with `memory`, the estimated peak against its
-    free memory), or None. Run on every worker before any stage."""
+def worker_problem(spec, memory: bool = True, models: dict | None = None) -> str | None:
+    """What this worker lacks to run `spec` (its device; `models`' folders as the submitter has them, by
+    `model_identity`; with `memory`, the estimated peak against its free memory), or None. Run on every
+    worker before any stage."""
     from supergen import memory as mem
+    from supergen.backends import model_problem
     from supergen.spec import device_problem
 
     problem = device_problem(spec.device)
+    for model, identity in (models or {}).items():
+        problem = problem or model_problem(model, identity)
     if problem is None and memory:
         try:
             mem.check(spec)
@@ -55,7 +59,7 @@ def sketch_stage(store) -> StageResult:
     spec = store.spec()
     if store.load_stage("sketch") is not None:
         return StageResult(0.0, skipped=True)
-    be = holder().backend(spec)
+    be = holder().backend(spec, store)
     t0, calls0 = time.perf_counter(), be.forwards
     z, models = sketch_latent(be, spec, stored_image(store))
     store.save_stage("sketch", z.cpu(), models)
@@ -83,7 +87,7 @@ def upscale_stage(store) -> StageResult:
     spec = store.spec()
     if start_done(store):
         return StageResult(0.0, skipped=True)
-    be = holder().backend(spec)
+    be = holder().backend(spec, store)
     t0 = time.perf_counter()
     video_lo = sketch_video(store, spec, be)
     plan = RefinePlan.from_spec(spec, be.info.vae_spatial)
@@ -104,7 +108,7 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
     from supergen.spec import crop_to_request
 
     spec = store.spec()
-    be = holder().backend(spec)
+    be = holder().backend(spec, store)
     t0 = time.perf_counter()
     z_lo, x, models = store.load_stage("sketch"), store.load_stage("final"), store.stage_record("sketch")
     if decoded:

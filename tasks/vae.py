@@ -23,7 +23,7 @@ FRAMES, START, SKETCH = "video/frames", "start/latent", "sketch/video"  # what d
 
 def _model(store):
     spec = store.spec()
-    return spec, holder().backend(spec)
+    return spec, holder().backend(spec, store)
 
 
 def tiling(store, job: str) -> vaetiles.Tiling | None:

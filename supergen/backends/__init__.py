@@ -11,8 +11,8 @@ from . import tiny
 from .base import Backend, Conditioning, ModelInfo
 from .loading import backend_class, load_pipeline, read_configs
 
-__all__ = ["Backend", "Conditioning", "ModelInfo", "model_configs", "model_info", "schedule", "expert_plan",
-           "load_backend", "backend_for_pipeline"]
+__all__ = ["Backend", "Conditioning", "ModelInfo", "model_configs", "model_info", "model_identity", "model_problem",
+           "schedule", "expert_plan", "load_backend", "backend_for_pipeline"]
 
 
 def _configs(model: str) -> dict:
@@ -31,6 +31,41 @@ def model_configs(model: str) -> dict:
     """The model's configs (model_index.json, the transformer's, VAE's and scheduler's, the sidecar):
     small JSON files only, no weights."""
     return _configs(model)
+
+
+def model_identity(model: str) -> str:
+    """What makes `model` this model, comparable across hosts: a hash of its configs and, for a folder, of
+    its files' names and sizes (not their bytes: a 14B model's weights would take minutes to hash)."""
+    import hashlib
+    import json
+    import os
+
+    folder = models.folder(model) or (model if os.path.isdir(model) else None)
+    files = sorted((os.path.relpath(os.path.join(d, f), folder), os.path.getsize(os.path.join(d, f)))
+                   for d, _, names in os.walk(folder) for f in names) if folder else []
+    text = json.dumps({"configs": _configs(model), "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_problem(model: str, identity: str) -> str | None:
+    """Why this host (a cluster worker's) cannot load `model` as the submitting host sees it, whose
+    `model_identity` is `identity`; None when it can. Hosts share no disk unless told: a folder must be at
+    the same path on every worker host."""
+    import os
+
+    from ..errors import SupergenError
+
+    if os.path.isabs(model) and not os.path.isdir(model):
+        return (f"model folder {model} is not on this host: copy it to the same path on every worker host "
+                "(or mount one shared folder there)")
+    try:
+        here = model_identity(model)
+    except (SupergenError, OSError) as e:
+        return f"cannot read model {model!r} here: {e}"
+    if here != identity:
+        return (f"model {model!r} differs here from the submitting host's (other configs or files): every worker "
+                "host needs the same copy")
+    return None
 
 
 def model_info(model: str) -> ModelInfo:

@@ -1,0 +1,215 @@
+"""Simulated hosts on one Linux machine, for tests and benchmarks of what crosses a network.
+
+Each host is a network namespace with one interface (`eth0`, an end of a veth pair) on a bridge that lives
+in a namespace of its own: the hosts reach each other at their own addresses and nothing else (not the
+machine's loopback, not the outside). Each host's processes run in private mount namespaces whose /tmp is
+the host's own folder, so no host sees another's /tmp; the rest of the filesystem (the installed software)
+is common, as on hosts built from one image. Needs root, iproute2 and util-linux (`ip`, `unshare`).
+
+    with Hosts(["sched", "w1", "client"]) as hosts:
+        hosts.popen("sched", ["python3", "-m", "distributed.cli.dask_scheduler", "--host", hosts.ip("sched")])
+        hosts.cut("w1")                      # its link down: packets vanish, connections hang
+        hosts.shape("w1", "10gbit")          # a rate-limited link (tbf), both directions
+
+`python -m infra.simhosts s3 --host IP --port N` is the S3 endpoint such a test runs on a host of its own:
+moto's server with authentication enforced, its bucket and credentials printed as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+
+
+def available() -> str | None:
+    """Why simulated hosts cannot be built here, or None."""
+    if os.geteuid() != 0:
+        return "simulated hosts need root (network and mount namespaces)"
+    for tool in ("ip", "unshare", "tc"):
+        if shutil.which(tool) is None:
+            return f"simulated hosts need `{tool}`"
+    probe = f"sgprobe{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _ip(*args: str, ns: str | None = None) -> None:
+    cmd = ["ip", *(["-n", ns] if ns else []), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+
+
+class Hosts:
+    """Named hosts on 10.<net>.0.0/24 (addresses in the order given, from .1). `stop` (or leaving the `with`)
+    kills every process started on them and removes the namespaces and the hosts' /tmp folders."""
+
+    def __init__(self, names: list[str], net: int | None = None):
+        self.tag = uuid.uuid4().hex[:5]
+        self.names = list(names)
+        self.net = net if net is not None else 100 + os.getpid() % 100
+        self.root = tempfile.mkdtemp(prefix=f"simhosts-{self.tag}-")
+        self.procs: list[subprocess.Popen] = []
+        self._made: list[str] = []
+
+    # -- the network ------------------------------------------------------------------------------
+    def ns(self, name: str) -> str:
+        return f"sg{self.tag}-{name}"
+
+    def ip(self, name: str) -> str:
+        return f"10.{self.net}.0.{self.names.index(name) + 1}"
+
+    def tmp(self, name: str) -> str:
+        """The host's /tmp, as seen from outside the hosts."""
+        return os.path.join(self.root, name)
+
+    def start(self) -> "Hosts":
+        bridge = f"sg{self.tag}-net"
+        _ip("netns", "add", bridge)
+        self._made.append(bridge)
+        _ip("link", "add", "br0", "type", "bridge", ns=bridge)
+        _ip("link", "set", "br0", "up", ns=bridge)
+        for k, name in enumerate(self.names):
+            ns, outer = self.ns(name), f"sg{self.tag}b{k}"
+            _ip("netns", "add", ns)
+            self._made.append(ns)
+            _ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", outer, "netns", bridge)
+            _ip("link", "set", outer, "master", "br0", ns=bridge)
+            _ip("link", "set", outer, "up", ns=bridge)
+            _ip("addr", "add", f"{self.ip(name)}/24", "dev", "eth0", ns=ns)
+            _ip("link", "set", "eth0", "up", ns=ns)
+            _ip("link", "set", "lo", "up", ns=ns)
+            os.makedirs(self.tmp(name), mode=0o1777, exist_ok=True)
+        return self
+
+    def cut(self, name: str) -> None:
+        """Take the host's link down: what it sends and what is sent to it is lost, without a reset."""
+        _ip("link", "set", "eth0", "down", ns=self.ns(name))
+
+    def restore(self, name: str) -> None:
+        _ip("link", "set", "eth0", "up", ns=self.ns(name))
+
+    def shape(self, name: str, rate: str, burst: str = "1mb", latency: str = "50ms") -> None:
+        """Limit the host's link to `rate` (tc's units: 10gbit, 1gbit) in both directions, with a token
+        bucket (tbf); `None` lifts it. (netem, for added delay, is not in every kernel.)"""
+        k = self.names.index(name)
+        for ns, dev in ((self.ns(name), "eth0"), (f"sg{self.tag}-net", f"sg{self.tag}b{k}")):
+            if rate is None:
+                subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"],
+                               capture_output=True)
+                continue
+            done = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+                                   "rate", rate, "burst", burst, "latency", latency], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"tc on {name}: {done.stderr.strip()}")
+
+    # -- processes --------------------------------------------------------------------------------
+    def command(self, name: str, argv: list[str]) -> list[str]:
+        """`argv` as run on host `name`: in its network namespace, in a private mount namespace whose /tmp
+        is the host's folder."""
+        script = 'mount --bind "$0" /tmp && exec "$@"'
+        return ["ip", "netns", "exec", self.ns(name), "unshare", "--mount", "--propagation", "private",
+                "sh", "-c", script, self.tmp(name), *argv]
+
+    def popen(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
+        """Start `argv` on host `name` in a process group of its own (`stop` ends the whole group)."""
+        p = subprocess.Popen(self.command(name, argv), start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def run(self, name: str, argv: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(name, argv), timeout=timeout, **kw)
+
+    @staticmethod
+    def kill(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        """Signal the process group `popen` gave `p`, and wait for its leader."""
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    def stop(self) -> None:
+        for p in self.procs[::-1]:
+            self.kill(p)
+        self.procs = []
+        for ns in self._made[::-1]:  # a namespace's veth ends go with it
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self._made = []
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "Hosts":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_for_port(hosts: Hosts, name: str, ip: str, port: int, timeout: float = 120,
+                  proc: subprocess.Popen | None = None) -> None:
+    """Until a TCP connection from host `name` to ip:port succeeds (`proc`: fail early should it exit)."""
+    deadline = time.monotonic() + timeout
+    probe = ["python3", "-c", f"import socket; socket.create_connection(({ip!r}, {port}), timeout=1).close()"]
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process serving {ip}:{port} exited with {proc.returncode}")
+        if hosts.run(name, probe, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing answered at {ip}:{port} from {name} within {timeout:.0f} s")
+
+
+def _serve_s3(host: str, port: int) -> None:
+    """moto's S3 server on host:port with authentication enforced from the first request after set-up: a
+    user `renderer` allowed everything, a bucket `renders`; prints {"endpoint", "key", "secret"}."""
+    import boto3
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    endpoint = f"http://{host}:{port}"
+    boot = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
+                aws_secret_access_key="bootstrap")
+    iam = boto3.client("iam", **boot)
+    iam.create_user(UserName="renderer")
+    iam.put_user_policy(UserName="renderer", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="renderer")["AccessKey"]
+    settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count = 0, 0
+    boto3.client("s3", **{**boot, "aws_access_key_id": key["AccessKeyId"],
+                          "aws_secret_access_key": key["SecretAccessKey"]}).create_bucket(Bucket="renders")
+    print(json.dumps({"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}), flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    server.stop()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m infra.simhosts")
+    sub = parser.add_subparsers(dest="what", required=True)
+    s3 = sub.add_parser("s3", help="moto's S3 server with authentication enforced")
+    s3.add_argument("--host", required=True)
+    s3.add_argument("--port", type=int, default=5000)
+    a = parser.parse_args()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    _serve_s3(a.host, a.port)
