@@ -131,10 +131,11 @@ def connect(address: str, timeout: float = 10.0):
     try:
         return Client(address, timeout=timeout, set_as_default=False, security=security)
     except CommClosedError as e:
-        if "SSL" in str(e):  # the handshake: our certificate is not the cluster CA's, or theirs not ours
+        if "SSL" in str(e) or "TLS certificate" in str(e):  # the handshake: a certificate of another CA
+            detail = str(e).rpartition("SSLError: ")[2].split(". Check your")[0]
             raise ConnectionError(f"the Dask scheduler at {address} and this client do not accept each other's TLS "
-                                  f"certificates ({str(e).rpartition('SSLError: ')[2]}): both must be signed by the "
-                                  "cluster's CA (infra/make_certs.sh)") from None
+                                  f"certificates ({detail}): both must be signed by the cluster's CA "
+                                  "(infra/make_certs.sh)") from None
         hint = ("; a scheduler that requires TLS closes plain connections: use its tls:// address"
                 if parts.scheme == "tcp" else "")
         raise ConnectionError(f"the Dask scheduler at {address} closed the connection{hint} ({e})") from None

@@ -20,6 +20,7 @@ the client, so the driver keeps one step in flight: the workers find step i + 1 
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import uuid
@@ -186,14 +187,13 @@ def refine_on_cluster(client: Client, store, spec, *, workers: list | None = Non
     from it on the workers left, and gives the same latent (placement never changes the result). A tile
     whose task kills its worker `distributed.scheduler.allowed-failures` + 1 times raises `TileFailure`; the
     store keeps its last checkpoint, so `supergen resume` continues from there."""
-    import logging
-
     from distributed.scheduler import KilledWorker
 
     kept: list[StepStats] = []  # steps of attempts that lost a worker, up to the checkpoint the next resumes
-    tasks = 0
-    while True:
-        driver = _driver(client, store, spec, workers=workers, **kwargs)
+    tasks, rid = 0, kwargs.pop("render_id", None) or uuid.uuid4().hex[:8]
+    for attempt in itertools.count():  # each under its own keys: Dask may still hold a cancelled attempt's
+        driver = _driver(client, store, spec, workers=workers, render_id=rid if not attempt else f"{rid}w{attempt}",
+                         **kwargs)
         try:
             stats = driver.run()
         except WorkerLost as e:
@@ -202,8 +202,8 @@ def refine_on_cluster(client: Client, store, spec, *, workers: list | None = Non
             kept = [st for st in kept + driver.stats.steps if st.step <= last]
             tasks += driver.stats.tasks
             workers = [w for w in driver.workers if str(w) not in set(e.lost)]
-            logging.getLogger("supergen").warning("%s; refining again from %s on %s", e,
-                                                  f"step {last + 1}" if last >= 0 else "the start", workers)
+            run_logger().warning("%s; refining again from %s on %s", e,
+                                 f"step {last + 1}" if last >= 0 else "the start", workers)
             if not workers:
                 raise
             continue
@@ -212,6 +212,20 @@ def refine_on_cluster(client: Client, store, spec, *, workers: list | None = Non
         stats.steps[:0] = [st for st in kept if st.step < (stats.steps[0].step if stats.steps else 1 << 30)]
         stats.tasks += tasks
         return stats
+
+
+def run_logger():
+    """The Prefect run's logger inside a flow or task run (its lines show in the run's logs), else
+    supergen's."""
+    import logging
+
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("supergen")
 
 
 def _tile_failure(store, e) -> TileFailure:

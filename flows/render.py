@@ -26,7 +26,7 @@ from .refine import (check_store_reach, check_workers, checkpoint_words, pin_kwa
                      workers_info)
 from .sketch import sketch_on_cluster
 from .vae import vae_on_cluster
-from .watch import Watch, WorkerLost
+from .watch import Watch, WorkerLost, scheduler_lost
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -84,7 +84,8 @@ def sketch(client, store, render_id: str, workers: list | None = None) -> StageR
     from tasks.model import ModelHolder
 
     client.register_plugin(ModelHolder())
-    return sketch_on_cluster(client, store, workers or worker_names(client), attempt(render_id), pin_kwargs(client))
+    return sketch_on_cluster(client, store, present(client, workers or worker_names(client)), attempt(render_id),
+                             pin_kwargs(client))
 
 
 @task(name="upscale and re-noise", cache_policy=NO_CACHE, **STORAGE_RETRIES)
@@ -96,7 +97,7 @@ def upscale(client, store, workers: list | None = None) -> StageResult:
     if start_done(store):
         return StageResult(0.0, skipped=True)
     t0 = time.perf_counter()
-    workers, pins = workers or worker_names(client), pin_kwargs(client)
+    workers, pins = present(client, workers or worker_names(client)), pin_kwargs(client)
     vae_on_cluster(client, store, workers, pins, "sketch")  # decoded once, for every worker and the export
     if vae_on_cluster(client, store, workers, pins, "encode"):
         return StageResult(time.perf_counter() - t0)
@@ -180,7 +181,8 @@ def export(client, store, timings: dict, refined: dict, sketch_forwards: int,
     forwards = {"sketch": sketch_forwards, "refine": refined["forwards"]}
     cache = refined["cache"] if refined["cache"].get("policy") != "none" else None
     t0 = time.perf_counter()
-    decoded = vae_on_cluster(client, store, workers or worker_names(client), pin_kwargs(client), "decode")
+    workers = present(client, workers or worker_names(client))
+    decoded = vae_on_cluster(client, store, workers, pin_kwargs(client), "decode")
     timings = {**timings, "decode": time.perf_counter() - t0} if decoded else timings
     return _on_worker(client, export_stage, store, timings, refined["tiles_per_step"], forwards, cache, decoded,
                       workers=workers)
@@ -338,7 +340,7 @@ def render(spec: dict, store_url: str, cluster: str, storage_options: dict | Non
                 try:
                     out = run_stages(client, store, balance, stages=stages)
                 except Exception as e:
-                    if client.status == "running":
+                    if not scheduler_lost(client, e):
                         raise
                     from supergen.errors import SupergenError
 

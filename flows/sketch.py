@@ -5,7 +5,7 @@ latent: megabytes, against seconds of transformer work per branch); the video is
 
 from __future__ import annotations
 
-from flows import interrupt
+from flows.watch import Watch, finished
 from supergen.backends import model_info
 from tasks import sketch as tasks
 from tasks.stages import StageResult, sketch_stage
@@ -24,7 +24,7 @@ def sketch_on_cluster(client, store, workers: list, render_id: str, pins: dict) 
 
     spec = store.spec()
     if not splits(spec, workers):
-        return client.submit(sketch_stage, store, pure=False, **pins[workers[0]]).result()
+        return finished(client, [workers[0]], client.submit(sketch_stage, store, pure=False, **pins[workers[0]]))
     if store.has_array("sketch/latent"):
         return StageResult(0.0, skipped=True)
     a, b = workers[:2]
@@ -39,13 +39,8 @@ def sketch_on_cluster(client, store, workers: list, render_id: str, pins: dict) 
                 for k, w in enumerate((a, b))]
         futures += outs + [on(a, tasks.advance, render_id, futures[-1], i, *outs, name=f"advance-{i}")]
     futures.append(on(a, tasks.save, futures[-1], name="save"))
-    try:
-        while not futures[-1].done():  # between polls, a Ctrl-C some library swallowed (flows/interrupt.py)
-            interrupt.check()
-            try:
-                futures[-1].result(timeout=0.5)
-            except TimeoutError:  # not done yet (or the task's own timeout: `done` now, raised below)
-                pass
+    try:  # checking between polls for a Ctrl-C some library swallowed, and for a worker gone for good
+        Watch(client, [a, b]).wait(futures[-1:])
         futures[-1].result()
     except BaseException:
         client.cancel(futures)

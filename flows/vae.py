@@ -14,6 +14,8 @@ from __future__ import annotations
 from supergen import vaetiles
 from tasks import vae as tasks
 
+from .watch import Watch, WorkerLost, finished
+
 
 def vae_on_cluster(client, store, workers: list, pins: dict, job: str) -> bool:
     """Run `job` ("decode", "sketch" or "encode", above) over `workers`; False, having done nothing, where
@@ -22,7 +24,7 @@ def vae_on_cluster(client, store, workers: list, pins: dict, job: str) -> bool:
     encode = job == "encode"
     if len(workers) < 2:
         return False
-    tiling = client.submit(tasks.tiling, store, job, pure=False, **pins[workers[0]]).result()
+    tiling = finished(client, [workers[0]], client.submit(tasks.tiling, store, job, pure=False, **pins[workers[0]]))
     if tiling is None:
         return False
     groups = [g for g in vaetiles.bands(tiling, len(workers)) if g]
@@ -54,6 +56,11 @@ def vae_on_cluster(client, store, workers: list, pins: dict, job: str) -> bool:
         after = writes[p.after] if p.after is not None else None
         writes.append(on(used[p.worker], tasks.write_piece, store, name, p.box, offset, tiling, list(p.blocks),
                          *[blocks[t] for t in p.blocks], after=after))
+    try:
+        Watch(client, used).wait(writes)
+    except WorkerLost:
+        client.cancel(list(source.values()) + list(eps.values()) + list(raw.values()) + list(blocks.values()) + writes)
+        raise
     client.gather(writes)
     return True
 

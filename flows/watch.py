@@ -38,7 +38,12 @@ class Watch:
         self.missing: dict[str, float] = {}  # name -> when it was first seen missing
 
     def check(self) -> None:
+        """Raise `WorkerLost` if a watched worker has been away for the grace period (and, between polls,
+        the Ctrl-C some library swallowed: flows/interrupt.py)."""
+        from . import interrupt
         from .refine import worker_names
+
+        interrupt.check()
 
         present, now = {str(w) for w in worker_names(self.client)}, time.monotonic()
         for w in self.workers:
@@ -68,3 +73,25 @@ class Watch:
             f.add_done_callback(one_done)
         while not finished.wait(self.poll_s):
             self.check()
+
+
+def finished(client: Client, workers: list, future):
+    """The result of `future`, pinned to `workers`, once it is done; `WorkerLost` (the task cancelled) should
+    those workers leave for good."""
+    try:
+        Watch(client, workers).wait([future])
+    except WorkerLost:
+        client.cancel(future)
+        raise
+    return future.result()
+
+
+def scheduler_lost(client: Client, e: BaseException) -> bool:
+    """Whether `e` came of losing the scheduler: a future cancelled because the client's connection went
+    (which holds even once the client has reconnected to a restarted scheduler), or a client not connected."""
+    seen = e
+    while seen is not None:
+        if getattr(seen, "reason", None) == "scheduler-connection-lost":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return client.status != "running"

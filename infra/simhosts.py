@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -114,11 +115,11 @@ class Hosts:
 
     # -- processes --------------------------------------------------------------------------------
     def command(self, name: str, argv: list[str]) -> list[str]:
-        """`argv` as run on host `name`: in its network namespace, in a private mount namespace whose /tmp
-        is the host's folder."""
-        script = 'mount --bind "$0" /tmp && exec "$@"'
-        return ["ip", "netns", "exec", self.ns(name), "unshare", "--mount", "--propagation", "private",
-                "sh", "-c", script, self.tmp(name), *argv]
+        """`argv` as run on host `name`: in its network namespace, with its own hostname (`name`) and a
+        private mount namespace whose /tmp is the host's folder."""
+        script = 'mount --bind "$0" /tmp && hostname "$1" && shift && exec "$@"'
+        return ["ip", "netns", "exec", self.ns(name), "unshare", "--mount", "--uts", "--propagation", "private",
+                "sh", "-c", script, self.tmp(name), name, *argv]
 
     def popen(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
         """Start `argv` on host `name` in a process group of its own (`stop` ends the whole group)."""
@@ -128,6 +129,12 @@ class Hosts:
 
     def run(self, name: str, argv: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(name, argv), timeout=timeout, **kw)
+
+    def python(self, name: str, **kw) -> "Interpreter":
+        """A Python interpreter that stays running on host `name`, for many small requests (no start-up
+        cost each): `.eval(code)` runs `code` there and returns its last expression's value."""
+        return Interpreter(self.popen(name, [sys.executable, "-u", "-c", _INTERPRETER], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, **kw))
 
     @staticmethod
     def kill(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -160,6 +167,42 @@ class Hosts:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+_INTERPRETER = """
+import ast, json, sys, traceback
+scope, replies = {}, sys.stdout  # replies go to the real stdout, whatever a request redirects
+for line in sys.stdin:
+    try:
+        tree = ast.parse(json.loads(line))
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        exec(compile(tree, "<request>", "exec"), scope)
+        value = eval(compile(ast.Expression(last.value), "<request>", "eval"), scope) if last else None
+        out = {"value": value}
+    except BaseException:
+        out = {"error": traceback.format_exc()}
+    print(json.dumps(out, default=repr), file=replies, flush=True)
+"""
+
+
+class Interpreter:
+    """A persistent Python process on a simulated host (`Hosts.python`); its state lasts between calls."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def eval(self, code: str):
+        """Run `code` there; the value of its last line when that is an expression (JSON-able, else its
+        repr). An exception there is raised here as RuntimeError with the remote traceback."""
+        self.proc.stdin.write(json.dumps(code) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the interpreter exited ({self.proc.poll()})")
+        out = json.loads(line)
+        if "error" in out:
+            raise RuntimeError(out["error"])
+        return out["value"]
 
 
 def wait_for_port(hosts: Hosts, name: str, ip: str, port: int, timeout: float = 120,

@@ -7,7 +7,8 @@
 # takes any connection, and a Dask scheduler runs whatever pickled code it is sent: keep such a cluster on
 # a network only its own hosts reach.
 # A worker that stops answering (its host cut off, powered down) is removed after SUPERGEN_WORKER_TTL
-# (default 60s; Dask's own default is 5 minutes); supergen then re-plans the render on the workers left.
+# (default 60s; Dask's own default is 5 minutes) plus the time the scheduler gives up reaching its nanny
+# (SUPERGEN_CONNECT_TIMEOUT, default 10s; Dask's is 30s); supergen then re-plans the render on the workers left.
 # Render with:  supergen render ... --cluster tls://HOST:PORT --tls-dir DIR --store s3://bucket/prefix
 set -euo pipefail
 HOST=0.0.0.0; PORT=8786; DASH=8787; TLS=()
@@ -22,4 +23,5 @@ while [ $# -gt 0 ]; do
   esac
 done
 export DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=${SUPERGEN_WORKER_TTL:-60s}
+export DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=${SUPERGEN_CONNECT_TIMEOUT:-10s}
 exec python3 -m distributed.cli.dask_scheduler --host "$HOST" --port "$PORT" --dashboard-address ":$DASH" "${TLS[@]}"

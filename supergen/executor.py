@@ -38,6 +38,7 @@ class RenderResult:
     family: str = ""
     notes: list[str] = field(default_factory=list)  # what the model makes of the spec (`model_notes`)
     models: dict | None = None  # SRDiffusion: where the switch fell and why (`supergen.pair.record`)
+    lora_files: tuple[str, ...] | None = None  # where the adapters' bytes are here, when not at spec.lora's paths
 
     @property
     def warnings(self) -> list[str]:
@@ -57,7 +58,7 @@ class RenderResult:
             "cache": self.cache.to_dict() if self.cache is not None else None,
             "warnings": self.warnings,
             "memory": memory_summary(self.spec),
-            "lora": lora.record(self.spec.lora),
+            "lora": lora.record(self.spec.lora, self.lora_files),
             "models": self.models,
         }
 

@@ -140,6 +140,9 @@ def apply(pipe, entries) -> None:
     pipe.unload_lora_weights()
 
 
-def record(entries) -> list[dict]:
-    """render.json's account of the adapters: file, scale and SHA-256."""
-    return [{"path": x.file, "scale": x.scale, "sha256": sha256(x)} for x in parse_all(entries)]
+def record(entries, files=None) -> list[dict]:
+    """render.json's account of the adapters: file, scale and SHA-256 (of `files`, the same adapters' bytes
+    elsewhere on this host, where given: a worker's copies from the render store)."""
+    loras = parse_all(entries)
+    return [{"path": x.file, "scale": x.scale, "sha256": sha256(Lora(f) if f else x)}
+            for x, f in zip(loras, files or [None] * len(loras))]

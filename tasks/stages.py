@@ -6,13 +6,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from supergen import lora
 from supergen.executor import RenderResult, model_notes, sketch_latent, start_latent
 from supergen.memory import guarded
 from supergen.outputs import write_outputs
 from supergen.refine import RefinePlan
 from supergen.upscale import to_uint8
 
-from .model import holder, stored_image
+from .model import holder, local_loras, stored_image
 
 
 def worker_problem(spec, memory: bool = True, models: dict | None = None) -> str | None:
@@ -124,6 +125,6 @@ def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cac
     result = RenderResult(spec=spec, video=video, sketch_video=to_uint8(video_lo),
                           latent=x, sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step,
                           forwards=forwards, family=be.info.family, cache=report, notes=model_notes(be, spec, models),
-                          models=models)
+                          models=models, lora_files=tuple(lora.parse(e).file for e in local_loras(spec, store).lora))
     write_outputs(store, result, frames_written=decoded)
     return StageResult(timings["decode"])

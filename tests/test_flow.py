@@ -173,7 +173,11 @@ def test_a_work_pool_runs_renders_within_its_concurrency_limit(prefect_api, dask
             time.sleep(1)
     finally:
         worker.terminate()
-        worker.wait(30)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:  # a loaded box (seen once in a full run): its cleanup is not the test
+            worker.kill()
+            worker.wait()
     assert all(f.state.is_completed() for f in flows), [f.state for f in flows] + [(tmp_path / "worker.log").read_text()[-3000:]]
     spans = sorted((min(t.start_time for t in ts), max(t.end_time for t in ts)) for ts in tasks.values())
     assert spans[0][1] <= spans[1][0], spans  # one render's stages all ended before the other's began

@@ -1,0 +1,150 @@
+"""The strips scheme across a network: bytes per refinement step between hosts, against an all-gather,
+and the refine step time on a rate-limited link, on CPU at the embedded model's default scale.
+
+Five simulated hosts (infra/simhosts.py): a TLS scheduler, two worker hosts (one worker each), a client
+that drives the render and an S3 endpoint holding the store. Each configuration renders the same spec
+into its own store; the refine stage's bytes are read from every host's interface counters around it
+(so they are what crossed the wire, TLS included) and compared with the driver's own accounting
+(`bytes_moved`) and with the all-gather the official scheme would move (`allgather_bytes`). Links:
+unshaped (a veth: memory speed), then 10 and 1 Gbit/s (tc tbf, both directions of each worker's link).
+netem is not in this kernel, so no delay is added: the per-step count of the driver's waits says what a
+0.5 ms link would add (each is a round trip or two).
+
+    sudo .venv/bin/python bench/hosts_link.py --out bench/results/hosts_link_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import environment, write_result  # noqa: E402
+
+from infra.simhosts import Hosts, available, wait_for_port  # noqa: E402
+
+HOSTS = ["sched", "w1", "w2", "client", "s3"]
+
+_DRIVER = """
+import time, torch
+from distributed import Client
+from flows.cluster import connect, use_tls_dir
+from flows.render import PLAIN_STAGES, run_stages
+from flows.refine import worker_names
+from storage import RenderStore
+from supergen import RenderSpec
+from supergen.executor import prepare
+use_tls_dir('/tmp/certs')
+client = connect(ADDRESS)
+while len(worker_names(client)) < 2:
+    time.sleep(0.2)
+OPTS = {'client_kwargs': {'endpoint_url': ENDPOINT}}
+"""
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_", "AWS_", "SUPERGEN_"))}
+    env.update(PYTHONPATH=ROOT, PATH=f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}", DO_NOT_TRACK="1",
+               OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def counters(hosts: Hosts) -> dict:
+    """Bytes each host's interface has sent and received so far."""
+    out = {}
+    for h in HOSTS:
+        cmd = ["ip", "netns", "exec", hosts.ns(h), "cat", "/sys/class/net/eth0/statistics/tx_bytes",
+               "/sys/class/net/eth0/statistics/rx_bytes"]
+        tx, rx = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+        out[h] = {"tx": int(tx), "rx": int(rx)}
+    return out
+
+
+def delta(a: dict, b: dict) -> dict:
+    return {h: {k: b[h][k] - a[h][k] for k in ("tx", "rx")} for h in a}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results/hosts_link_cpu.json")
+    ap.add_argument("--links", default="none,10gbit,1gbit", help="comma-separated tc rates; 'none' = unshaped")
+    ap.add_argument("--width", type=int, default=None, help="[default: the embedded model's default canvas]")
+    ap.add_argument("--height", type=int, default=None)
+    args = ap.parse_args()
+    why = available()
+    if why:
+        sys.exit(f"hosts_link: {why}")
+    result = environment(" ".join(["python3"] + sys.argv))
+    certs = tempfile.mkdtemp(prefix="hosts-link-certs-")
+    subprocess.run(["bash", "infra/make_certs.sh", certs], cwd=ROOT, check=True, capture_output=True)
+    with Hosts(HOSTS) as hosts:
+        for host, role in (("sched", "scheduler"), ("w1", "worker"), ("w2", "worker"), ("client", "client")):
+            os.makedirs(os.path.join(hosts.tmp(host), "certs"))
+            for f in ("ca.pem", f"{role}.pem", f"{role}.key"):
+                subprocess.run(["cp", os.path.join(certs, f), os.path.join(hosts.tmp(host), "certs", f)], check=True)
+        address = f"tls://{hosts.ip('sched')}:8786"
+        quiet = dict(cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        s3 = hosts.popen("s3", [sys.executable, "-m", "infra.simhosts", "s3", "--host", hosts.ip("s3")], cwd=ROOT,
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cred = json.loads(s3.stdout.readline())
+        aws = {"AWS_ACCESS_KEY_ID": cred["key"], "AWS_SECRET_ACCESS_KEY": cred["secret"],
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        hosts.popen("sched", ["bash", "infra/start_scheduler.sh", "--host", hosts.ip("sched"), "--tls", "/tmp/certs"],
+                    env=_env(), **quiet)
+        for w in ("w1", "w2"):
+            hosts.popen(w, ["bash", "infra/start_workers.sh", address, "--name", "cpu", "--tls", "/tmp/certs"],
+                        env=_env(**aws), **quiet)
+        wait_for_port(hosts, "client", hosts.ip("sched"), 8786)
+        py = hosts.python("client", cwd=ROOT, env=_env(**aws))
+        py.eval(f"ADDRESS, ENDPOINT = {address!r}, {cred['endpoint']!r}\n" + _DRIVER)
+        size = {k: v for k, v in (("width", args.width), ("height", args.height)) if v}
+        py.eval(f"spec = prepare(RenderSpec(prompt='a red striped circle moving left on a blue background', **{size!r}))")
+        result["spec"] = py.eval("spec.to_dict()")
+        result["runs"] = {}
+        for link in args.links.split(","):
+            for w in ("w1", "w2"):
+                hosts.shape(w, None if link == "none" else link)
+            py.eval(f"store = RenderStore.create('s3://renders/{link}', spec, OPTS)\n"
+                    "PLAIN_STAGES.sketch(client, store, 'b', worker_names(client))\n"
+                    "PLAIN_STAGES.upscale(client, store, worker_names(client))\n"
+                    "store.advance('refining')")
+            before, t0 = counters(hosts), time.perf_counter()
+            refined = py.eval("r = PLAIN_STAGES.refine(client, store, 'branches', None, worker_names(client))\n"
+                              "{k: v for k, v in r.items() if k != 'cache'}")
+            wall, moved = time.perf_counter() - t0, delta(before, counters(hosts))
+            py.eval("store.release()")
+            steps = refined["per_step"]
+            wire_workers = sum(moved[w]["tx"] for w in ("w1", "w2"))
+            to_others = sum(moved[h]["rx"] for h in ("sched", "client", "s3"))
+            run = {
+                "link": link, "refine_s": round(wall, 3), "steps": len(steps),
+                "step_wall_s": [round(s["wall_s"], 4) for s in steps],
+                "step_wall_s_median": round(sorted(s["wall_s"] for s in steps)[len(steps) // 2], 4),
+                "bytes_moved_accounted": refined["bytes_moved"], "allgather_bytes": refined["allgather_bytes"],
+                "bytes_moved_vs_allgather": refined["bytes_moved_vs_allgather"],
+                "wire_bytes_per_host": moved,
+                # what the workers sent each other: their sends less what the other hosts received
+                "wire_worker_to_worker_bytes": wire_workers - to_others,
+                "wire_to_store_bytes": moved["s3"]["rx"], "wire_scheduler_bytes": moved["sched"]["rx"] + moved["sched"]["tx"],
+                "tiles_per_step": refined["tiles_per_step"][:3],
+            }
+            n = max(run["steps"], 1)
+            run["per_step"] = {"worker_to_worker_bytes": run["wire_worker_to_worker_bytes"] // n,
+                               "allgather_bytes": run["allgather_bytes"] // n,
+                               "accounted_bytes": run["bytes_moved_accounted"] // n}
+            result["runs"][link] = run
+            print(link, {k: v for k, v in run.items() if k not in ("step_wall_s", "wire_bytes_per_host")}, flush=True)
+        py.eval("client.close()")
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
