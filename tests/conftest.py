@@ -142,10 +142,16 @@ def pytest_collection_finish(session):
         _boot.start_prefect()
     if "dask_cluster" in needed:
         _boot.start_dask()
+    hosts = [item.module for item in session.items if item.module.__name__.endswith("test_hosts")]
+    if hosts:
+        hosts[0]._Early.start()  # the simulated hosts boot while the tests before theirs run
 
 
 def pytest_sessionfinish(session, exitstatus):
     _boot.stop()
+    hosts = sys.modules.get("test_hosts") or sys.modules.get("tests.test_hosts")
+    if hosts is not None:
+        hosts._Early.stop()  # booted but never used (a run stopped early): its processes go too
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 import pytest
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.skipif(WHY is not None and os.environ.get("SUPERGEN_REQ
                                 reason=f"no simulated hosts here: {WHY}")
 
 PORT = 8786
+PREFECT_AUTH = "operator:a-long-random-secret"  # the Prefect API's basic-auth credentials (user:password)
 SPEC = ["--model", "tiny", "--prompt", "a red circle moving", "--width", "128", "--height", "112", "--frames", "5",
         "--steps", "7", "--refine-steps", "5", "--cache", "region", "--cache-threshold", "5", "--cache-warmup", "1",
         "--checkpoint-every", "2", "--seed", "11"]
@@ -73,13 +76,17 @@ class Cluster:
         return p
 
     def start_prefect(self) -> None:
+        """Prefect's server on the client host's network address, behind basic authentication."""
+        self.prefect_api = f"http://{self.hosts.ip('client')}:4200/api"
         self.procs["prefect"] = self.hosts.popen(
-            "client", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4200"],
-            cwd=ROOT, env=_env(PREFECT_HOME="/tmp/prefect"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            "client", [sys.executable, "-m", "prefect", "server", "start", "--host", self.hosts.ip("client"),
+                       "--port", "4200"],
+            cwd=ROOT, env=_env(PREFECT_HOME="/tmp/prefect", PREFECT_SERVER_API_AUTH_STRING=PREFECT_AUTH),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def client_env(self) -> dict:
-        return _env(**self.aws, PREFECT_API_URL="http://127.0.0.1:4200/api", PREFECT_HOME="/tmp/prefect-client",
-                    SUPERGEN_WORKER_GRACE_S="2")
+        return _env(**self.aws, PREFECT_API_URL=self.prefect_api, PREFECT_API_AUTH_STRING=PREFECT_AUTH,
+                    PREFECT_HOME="/tmp/prefect-client", SUPERGEN_WORKER_GRACE_S="2")
 
     def store(self, name: str) -> list[str]:
         return ["--store", f"s3://renders/{name}", "--endpoint-url", self.s3["endpoint"]]
@@ -166,29 +173,81 @@ def finish(job, timeout):
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if WHY is not None:
-        pytest.fail(f"SUPERGEN_REQUIRE_HOSTS is set and simulated hosts cannot be built: {WHY}")
-    certs = tmp_path_factory.mktemp("certs")
-    subprocess.run(["bash", "infra/make_certs.sh", str(certs)], cwd=ROOT, check=True, capture_output=True)
-    with Hosts(["sched", "w1", "w2", "client", "s3"]) as hosts:
+def _boot() -> Cluster:
+    """Build the hosts and start their processes (scheduler, Prefect, S3, workers); `_ready` waits for them."""
+    certs = tempfile.mkdtemp(prefix="hosts-certs-")
+    subprocess.run(["bash", "infra/make_certs.sh", certs], cwd=ROOT, check=True, capture_output=True)
+    hosts = Hosts(["sched", "w1", "w2", "client", "s3"]).start()
+    try:
         for host, role in (("sched", "scheduler"), ("w1", "worker"), ("w2", "worker"), ("client", "client")):
             os.makedirs(os.path.join(hosts.tmp(host), "certs"))  # each host gets the CA and its own pair only
             for f in ("ca.pem", f"{role}.pem", f"{role}.key"):
-                shutil.copy(certs / f, os.path.join(hosts.tmp(host), "certs", f))
-        c = Cluster(hosts, str(certs))
+                shutil.copy(os.path.join(certs, f), os.path.join(hosts.tmp(host), "certs", f))
+        c = Cluster(hosts, certs)
         c.start_scheduler()
         c.start_prefect()
         c.start_s3()
         for w in ("w1", "w2"):
             c.start_worker(w)
-        c.py = hosts.python("client", cwd=ROOT, env=c.client_env())
+        return c
+    except BaseException:
+        hosts.stop()
+        raise
+
+
+class _Early:
+    """The hosts booted in a thread as soon as collection shows their tests will run (conftest), so the
+    processes' start-up (the workers' imports, Prefect's migrations) overlaps the tests that run first."""
+
+    thread: threading.Thread | None = None
+    result: list = []
+
+    @classmethod
+    def start(cls) -> None:
+        if WHY is None and cls.thread is None:
+            cls.thread = threading.Thread(target=lambda: cls.result.append(_attempt(_boot)), daemon=True)
+            cls.thread.start()
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.thread is not None:
+            cls.thread.join()
+            ok, value = cls.result[0]
+            if ok:
+                value.hosts.stop()
+
+    @classmethod
+    def take(cls) -> Cluster:
+        cls.start()
+        cls.thread.join()
+        ok, value = cls.result[0]
+        if not ok:
+            raise value
+        return value
+
+
+def _attempt(fn):
+    try:
+        return True, fn()
+    except BaseException as e:  # handed to the fixture, raised there
+        return False, e
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if WHY is not None:
+        pytest.fail(f"SUPERGEN_REQUIRE_HOSTS is set and simulated hosts cannot be built: {WHY}")
+    c = _Early.take()
+    try:
+        c.py = c.hosts.python("client", cwd=ROOT, env=c.client_env())
         c.py.eval(f"ADDRESS, ENDPOINT = {c.address!r}, {c.s3['endpoint']!r}\n" + _CLIENT_PY)
         c.py.eval("from supergen.backends import tiny\ntiny.lora('wan-t2v', '/tmp/lora')")  # the client's alone
-        wait_for_port(hosts, "client", "127.0.0.1", 4200, proc=c.procs["prefect"])
+        wait_for_port(c.hosts, "client", c.hosts.ip("client"), 4200, proc=c.procs["prefect"])
         assert c.workers(2) == ["cpu-w1", "cpu-w2"]
         yield c
+    finally:
+        c.hosts.stop()
+        shutil.rmtree(c.certs, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +274,28 @@ def test_a_render_across_hosts_over_tls_is_the_in_process_video(cluster, referen
     for w in ("w1", "w2"):  # each worker fetched the adapter from the store into its own /tmp
         assert not os.path.exists(os.path.join(cluster.hosts.tmp(w), "lora"))
         assert os.listdir(os.path.join(cluster.hosts.tmp(w), "supergen-lora"))
+
+
+def test_the_prefect_api_answers_only_with_its_credentials(cluster):
+    """Exposed beyond its host, Prefect's API takes only requests with its auth string (the renders above
+    ran through it with PREFECT_API_AUTH_STRING); and the string reached no render's output."""
+    ask = ("import base64, urllib.request, urllib.error\n"
+           "def status(auth):\n"
+           "    req = urllib.request.Request(URL + '/flows/filter', data=b'{}', method='POST',\n"
+           "                                 headers={'Content-Type': 'application/json'})\n"
+           "    if auth:\n"
+           "        req.add_header('Authorization', 'Basic ' + base64.b64encode(auth.encode()).decode())\n"
+           "    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+           "    try:\n"
+           "        return opener.open(req, timeout=10).status\n"
+           "    except urllib.error.HTTPError as e:\n"
+           "        return e.code\n")
+    worker = cluster.hosts.python("w1", cwd=ROOT, env=_env())  # another host of the network
+    worker.eval(f"URL = {cluster.prefect_api!r}\n" + ask)
+    assert worker.eval("status(None)") == 401
+    assert worker.eval("status('operator:wrong')") == 401
+    assert worker.eval(f"status({PREFECT_AUTH!r})") == 200
+    worker.proc.stdin.close()
 
 
 def test_a_folder_on_the_client_is_refused_as_the_store_before_any_stage(cluster):

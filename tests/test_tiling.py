@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from supergen import tiling as T
@@ -94,6 +94,7 @@ def test_merge_of_a_per_cell_field_returns_that_field(layout, step):
     """Blending identical per-cell predictions must return them (exactly on exact grids)."""
     canvas, tile, boundary, every, loop = layout
     grid = T.step_grid(step, canvas, tile, boundary, every, loop)
+    assume(len(grid) <= 256)  # a 1x1 tile on an 80x80 canvas is 6400 windows: seconds each, nothing new
     field = torch.randn(1, 2, 3, *canvas)
     merged = T.merge(grid, [T.crop(field, w) for w in grid.windows], field)
     if bool((T.tile_weight(grid) == 1).all()):
