@@ -4,7 +4,7 @@ and the refine step time on a rate-limited link, on CPU at the embedded model's 
 Five simulated hosts (infra/simhosts.py): a TLS scheduler, two worker hosts (one worker each), a client
 that drives the render and an S3 endpoint holding the store. Each configuration renders the same spec
 into its own store; the refine stage's bytes are read from every host's interface counters around it
-(so they are what crossed the wire, TLS included) and compared with the driver's own accounting
+(what each worker host sent each other host, metered by tc per destination: TLS and TCP/IP included) and compared with the driver's own accounting
 (`bytes_moved`) and with the all-gather the official scheme would move (`allgather_bytes`). Links:
 unshaped (a veth: memory speed), then 10 and 1 Gbit/s (tc tbf, both directions of each worker's link).
 netem is not in this kernel, so no delay is added: the per-step count of the driver's waits says what a
@@ -57,19 +57,13 @@ def _env(**extra) -> dict:
     return env
 
 
-def counters(hosts: Hosts) -> dict:
-    """Bytes each host's interface has sent and received so far."""
-    out = {}
-    for h in HOSTS:
-        cmd = ["ip", "netns", "exec", hosts.ns(h), "cat", "/sys/class/net/eth0/statistics/tx_bytes",
-               "/sys/class/net/eth0/statistics/rx_bytes"]
-        tx, rx = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
-        out[h] = {"tx": int(tx), "rx": int(rx)}
-    return out
+def sent(hosts: Hosts) -> dict:
+    """Bytes each worker host has sent to each other host so far (metered by `Hosts.shape`)."""
+    return {w: hosts.sent(w) for w in ("w1", "w2")}
 
 
 def delta(a: dict, b: dict) -> dict:
-    return {h: {k: b[h][k] - a[h][k] for k in ("tx", "rx")} for h in a}
+    return {w: {peer: b[w][peer] - a[w][peer] for peer in a[w]} for w in a}
 
 
 def main():
@@ -110,30 +104,29 @@ def main():
         result["spec"] = py.eval("spec.to_dict()")
         result["runs"] = {}
         for link in args.links.split(","):
-            for w in ("w1", "w2"):
+            for w in ("w1", "w2"):  # metered per destination, and rate-limited unless "none"
                 hosts.shape(w, None if link == "none" else link)
             py.eval(f"store = RenderStore.create('s3://renders/{link}', spec, OPTS)\n"
                     "PLAIN_STAGES.sketch(client, store, 'b', worker_names(client))\n"
                     "PLAIN_STAGES.upscale(client, store, worker_names(client))\n"
                     "store.advance('refining')")
-            before, t0 = counters(hosts), time.perf_counter()
+            before, t0 = sent(hosts), time.perf_counter()
             refined = py.eval("r = PLAIN_STAGES.refine(client, store, 'branches', None, worker_names(client))\n"
                               "{k: v for k, v in r.items() if k != 'cache'}")
-            wall, moved = time.perf_counter() - t0, delta(before, counters(hosts))
+            wall, moved = time.perf_counter() - t0, delta(before, sent(hosts))
             py.eval("store.release()")
             steps = refined["per_step"]
-            wire_workers = sum(moved[w]["tx"] for w in ("w1", "w2"))
-            to_others = sum(moved[h]["rx"] for h in ("sched", "client", "s3"))
             run = {
                 "link": link, "refine_s": round(wall, 3), "steps": len(steps),
                 "step_wall_s": [round(s["wall_s"], 4) for s in steps],
                 "step_wall_s_median": round(sorted(s["wall_s"] for s in steps)[len(steps) // 2], 4),
                 "bytes_moved_accounted": refined["bytes_moved"], "allgather_bytes": refined["allgather_bytes"],
                 "bytes_moved_vs_allgather": refined["bytes_moved_vs_allgather"],
-                "wire_bytes_per_host": moved,
-                # what the workers sent each other: their sends less what the other hosts received
-                "wire_worker_to_worker_bytes": wire_workers - to_others,
-                "wire_to_store_bytes": moved["s3"]["rx"], "wire_scheduler_bytes": moved["sched"]["rx"] + moved["sched"]["tx"],
+                "wire_bytes_sent": moved,  # per worker host, per destination host (TLS and TCP/IP included)
+                "wire_worker_to_worker_bytes": moved["w1"]["w2"] + moved["w2"]["w1"],
+                "wire_workers_to_store_bytes": moved["w1"]["s3"] + moved["w2"]["s3"],
+                "wire_workers_to_scheduler_bytes": moved["w1"]["sched"] + moved["w2"]["sched"],
+                "wire_workers_to_client_bytes": moved["w1"]["client"] + moved["w2"]["client"],
                 "tiles_per_step": refined["tiles_per_step"][:3],
             }
             n = max(run["steps"], 1)
@@ -141,7 +134,7 @@ def main():
                                "allgather_bytes": run["allgather_bytes"] // n,
                                "accounted_bytes": run["bytes_moved_accounted"] // n}
             result["runs"][link] = run
-            print(link, {k: v for k, v in run.items() if k not in ("step_wall_s", "wire_bytes_per_host")}, flush=True)
+            print(link, {k: v for k, v in run.items() if k not in ("step_wall_s", "wire_bytes_sent")}, flush=True)
         py.eval("client.close()")
     write_result(args.out, result)
 

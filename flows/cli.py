@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a store at the root of a bucket (s3://bucket); refused otherwise")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--cluster", help="run as the Prefect flow on a Dask cluster: a scheduler address "
-                                     "(tcp://host:8786, tls://host:8786 with --tls-dir), or 'local' to start one here (one worker per GPU, "
-                                     "else --workers CPU workers); default: in this process")
+                                     "(tcp://host:8786, tls://host:8786 with --tls-dir), or 'local' to start one "
+                                     "here (one worker per GPU, else --workers CPU workers); default: in this process")
     _add_cluster_options(r)
     _add_storage_options(r)
 

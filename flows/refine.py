@@ -229,13 +229,13 @@ def run_logger():
 
 
 def _tile_failure(store, e) -> TileFailure:
-        key = str(e.task)
-        step, tile = task_step_tile(key)
-        last = getattr(e, "last_worker", None)
-        worker = getattr(last, "name", None) or getattr(last, "address", None) or str(last)
-        return TileFailure(f"task {key} (tile {tile}, refinement step {step}) killed worker {worker} repeatedly "
-                           f"(out of memory?); {store.url} keeps its {checkpoint_words(store)}: `supergen resume` "
-                           "continues it")
+    key = str(e.task)
+    step, tile = task_step_tile(key)
+    last = getattr(e, "last_worker", None)
+    worker = getattr(last, "name", None) or getattr(last, "address", None) or str(last)
+    return TileFailure(f"task {key} (tile {tile}, refinement step {step}) killed worker {worker} repeatedly "
+                       f"(out of memory?); {store.url} keeps its {checkpoint_words(store)}: `supergen resume` "
+                       "continues it")
 
 
 def checkpoint_words(store) -> str:

@@ -9,7 +9,8 @@ is common, as on hosts built from one image. Needs root, iproute2 and util-linux
     with Hosts(["sched", "w1", "client"]) as hosts:
         hosts.popen("sched", ["python3", "-m", "distributed.cli.dask_scheduler", "--host", hosts.ip("sched")])
         hosts.cut("w1")                      # its link down: packets vanish, connections hang
-        hosts.shape("w1", "10gbit")          # a rate-limited link (tbf), both directions
+        hosts.shape("w1", "10gbit")          # a rate-limited link, both directions, metered per peer
+        hosts.sent("w1")                     # {host: bytes w1 sent it}
 
 `python -m infra.simhosts s3 --host IP --port N` is the S3 endpoint such a test runs on a host of its own:
 moto's server with authentication enforced, its bucket and credentials printed as one JSON line.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -99,19 +101,40 @@ class Hosts:
     def restore(self, name: str) -> None:
         _ip("link", "set", "eth0", "up", ns=self.ns(name))
 
-    def shape(self, name: str, rate: str, burst: str = "1mb", latency: str = "50ms") -> None:
-        """Limit the host's link to `rate` (tc's units: 10gbit, 1gbit) in both directions, with a token
-        bucket (tbf); `None` lifts it. (netem, for added delay, is not in every kernel.)"""
-        k = self.names.index(name)
-        for ns, dev in ((self.ns(name), "eth0"), (f"sg{self.tag}-net", f"sg{self.tag}b{k}")):
-            if rate is None:
-                subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"],
-                               capture_output=True)
-                continue
-            done = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-                                   "rate", rate, "burst", burst, "latency", latency], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"tc on {name}: {done.stderr.strip()}")
+    def shape(self, name: str, rate: str | None = None) -> None:
+        """Limit the host's link to `rate` (tc's units: 10gbit, 1gbit) in both directions; `None`: no limit.
+        Either way what the host sends is metered per destination host (`sent`): its egress is an htb tree
+        with one class per other host under a parent at `rate`, the bridge's side a token bucket (tbf).
+        (netem, for an added delay, is not in every kernel.)"""
+        k, ns, tc = self.names.index(name), self.ns(name), ["ip", "netns", "exec", self.ns(name), "tc"]
+        top = rate or "100gbit"
+        subprocess.run(tc + ["qdisc", "del", "dev", "eth0", "root"], capture_output=True)  # htb takes no change
+        _tc(tc + ["qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "99"])
+        _tc(tc + ["class", "replace", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb", "rate", top,
+                  "quantum", "60000"])
+        for j, peer in enumerate(self.names):
+            cls = "1:99" if peer == name else f"1:{10 + j}"  # its own address never leaves: the default class
+            _tc(tc + ["class", "replace", "dev", "eth0", "parent", "1:1", "classid", cls, "htb", "rate", top,
+                      "quantum", "60000"])
+            if peer != name:
+                _tc(tc + ["filter", "replace", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1",
+                          "handle", f"800::{10 + j}", "u32", "match", "ip", "dst", f"{self.ip(peer)}/32",
+                          "flowid", cls])
+        bridge = ["ip", "netns", "exec", f"sg{self.tag}-net", "tc", "qdisc"]
+        if rate is None:
+            subprocess.run(bridge + ["del", "dev", f"sg{self.tag}b{k}", "root"], capture_output=True)
+        else:
+            _tc(bridge + ["replace", "dev", f"sg{self.tag}b{k}", "root", "tbf", "rate", rate, "burst", "1mb",
+                          "latency", "50ms"])
+
+    def sent(self, name: str) -> dict[str, int]:
+        """Bytes the host has sent to each other host since it was last shaped (`shape`, with or without a
+        rate)."""
+        out = subprocess.run(["ip", "netns", "exec", self.ns(name), "tc", "-s", "class", "show", "dev", "eth0"],
+                             capture_output=True, text=True, check=True).stdout
+        by_class = {m.group(1): int(m.group(2)) for m in re.finditer(r"class htb (1:\d+) .*?\n\s*Sent (\d+) bytes",
+                                                                     out)}
+        return {peer: by_class.get(f"1:{10 + j}", 0) for j, peer in enumerate(self.names) if peer != name}
 
     # -- processes --------------------------------------------------------------------------------
     def command(self, name: str, argv: list[str]) -> list[str]:
@@ -203,6 +226,12 @@ class Interpreter:
         if "error" in out:
             raise RuntimeError(out["error"])
         return out["value"]
+
+
+def _tc(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[3:])}: {done.stderr.strip()}")
 
 
 def wait_for_port(hosts: Hosts, name: str, ip: str, port: int, timeout: float = 120,

@@ -3,6 +3,7 @@ other executor must reproduce."""
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,6 +101,10 @@ def prepare(spec: RenderSpec, check_memory: bool = True, weights_loaded: bool = 
     or SUPERGEN_MEMORY_CHECK=off; `weights_loaded`: the weights already take their share of the device).
     A cluster driver passes `here=False`: its workers check their own device and memory
     (`tasks.stages.worker_problem`) before any stage runs."""
+    for key in ("model", "render_model"):  # a folder by its absolute path: workers elsewhere open the same
+        name = getattr(spec, key)
+        if name is not None and os.path.isdir(name) and not os.path.isabs(name):
+            spec = spec.replace(**{key: os.path.abspath(name)})
     info = model_info(spec.model)
     spec = resolve(spec, info)
     if spec.lora and spec.render_model is not None:

@@ -144,3 +144,21 @@ def test_hunyuanvideo_i2v_33ch_is_refused_from_its_configs(tiny_dir, tmp_path):
                                                                    "in_channels": 9}))
     with pytest.raises(SpecError, match="latent_concat.*first four frames"):
         prepare(RenderSpec(prompt="x", model=str(path), image="unused.png"), here=False)
+
+
+def test_a_model_folder_is_the_same_model_on_a_worker_only_with_the_same_configs_and_files(tiny_dir, tmp_path):
+    """What a worker host answers before a cluster render (`model_problem`): a folder missing there, or one
+    whose configs or files differ from the submitter's, is named; a copy is the same model."""
+    import json
+    import shutil
+
+    from supergen.backends import model_identity, model_problem
+
+    src = tiny_dir("wan-t2v")
+    copy = shutil.copytree(src, tmp_path / "copy")
+    assert model_problem(str(copy), model_identity(src)) is None  # the same files at another path
+    assert model_problem("world", model_identity("world")) is None
+    assert "is not on this host" in model_problem(str(tmp_path / "gone"), model_identity(src))
+    cfg = copy / "transformer" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "num_layers": 3}))
+    assert "differs here from the submitting host's" in model_problem(str(copy), model_identity(src))

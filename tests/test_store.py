@@ -218,3 +218,15 @@ def test_denied_write_fails_early_and_writes_nothing(s3, capsys):
 def test_memory_store_refused_with_a_cluster(capsys):
     assert main(["render", *_args(), "--store", "memory://x", "--cluster", "local", "--quiet"]) == 2
     assert "memory:// store lives in one process" in capsys.readouterr().err
+
+
+def test_a_host_sees_the_store_only_where_it_reads_the_submitters_probe(tmp_path):
+    """`reach_probe` / `sees`, as a cluster render runs them before any stage: a host reading the same
+    folder sees it; one whose folder at that path is another (no shared disk) does not; nothing is left."""
+    here = RenderStore(str(tmp_path / "renders" / "job"))
+    with here.reach_probe() as probe:
+        assert here.sees(probe) is None
+        path, token = probe
+        assert "does not see" in RenderStore(str(tmp_path / "elsewhere" / "job")).sees((path + "x", token))
+        assert "another folder" in here.sees((path, b"another host's token"))
+    assert list(tmp_path.iterdir()) == []  # the probe went into the nearest existing parent, and is gone

@@ -41,8 +41,12 @@ def model_identity(model: str) -> str:
     import os
 
     folder = models.folder(model) or (model if os.path.isdir(model) else None)
-    files = sorted((os.path.relpath(os.path.join(d, f), folder), os.path.getsize(os.path.join(d, f)))
-                   for d, _, names in os.walk(folder) for f in names) if folder else []
+    files = []
+    for d, dirs, names in os.walk(folder) if folder else ():
+        dirs[:] = [x for x in dirs if not x.startswith(".")]  # a hub download's .cache differs host to host
+        files += [(os.path.relpath(os.path.join(d, f), folder), os.path.getsize(os.path.join(d, f)))
+                  for f in names if not f.startswith(".")]
+    files.sort()
     text = json.dumps({"configs": _configs(model), "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
