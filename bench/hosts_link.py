@@ -79,7 +79,7 @@ def main():
     result = environment(" ".join(["python3"] + sys.argv))
     certs = tempfile.mkdtemp(prefix="hosts-link-certs-")
     subprocess.run(["bash", "infra/make_certs.sh", certs], cwd=ROOT, check=True, capture_output=True)
-    with Hosts(HOSTS) as hosts:
+    with Hosts(HOSTS, shared=(ROOT, sys.prefix)) as hosts:
         for host, role in (("sched", "scheduler"), ("w1", "worker"), ("w2", "worker"), ("client", "client")):
             os.makedirs(os.path.join(hosts.tmp(host), "certs"))
             for f in ("ca.pem", f"{role}.pem", f"{role}.key"):

@@ -56,8 +56,12 @@ class Hosts:
     """Named hosts on 10.<net>.0.0/24 (addresses in the order given, from .1). `stop` (or leaving the `with`)
     kills every process started on them and removes the namespaces and the hosts' /tmp folders."""
 
-    def __init__(self, names: list[str], net: int | None = None):
+    def __init__(self, names: list[str], net: int | None = None, shared: tuple[str, ...] = ()):
+        """`shared`: folders every host sees as they are even when they lie under /tmp (the installed
+        software: a checkout and its virtual environment cloned into /tmp)."""
         self.tag = uuid.uuid4().hex[:5]
+        self.shared = [os.path.realpath(p) for p in shared
+                       if os.path.realpath(p).startswith("/tmp/") and os.path.isdir(p)]
         self.names = list(names)
         self.net = net if net is not None else 100 + os.getpid() % 100
         self.root = tempfile.mkdtemp(prefix=f"simhosts-{self.tag}-")
@@ -139,8 +143,10 @@ class Hosts:
     # -- processes --------------------------------------------------------------------------------
     def command(self, name: str, argv: list[str]) -> list[str]:
         """`argv` as run on host `name`: in its network namespace, with its own hostname (`name`) and a
-        private mount namespace whose /tmp is the host's folder."""
-        script = 'mount --bind "$0" /tmp && hostname "$1" && shift && exec "$@"'
+        private mount namespace whose /tmp is the host's folder (with the `shared` folders in it)."""
+        inside = [(p, '"$0/' + os.path.relpath(p, "/tmp") + '"') for p in self.shared]
+        keep = "".join(f"mkdir -p {at} && mount --bind {p} {at} && " for p, at in inside)
+        script = keep + 'mount --bind "$0" /tmp && hostname "$1" && shift && exec "$@"'
         return ["ip", "netns", "exec", self.ns(name), "unshare", "--mount", "--uts", "--propagation", "private",
                 "sh", "-c", script, self.tmp(name), name, *argv]
 

@@ -57,7 +57,10 @@ class Cluster:
         p = self.hosts.popen("s3", [sys.executable, "-m", "infra.simhosts", "s3", "--host", self.hosts.ip("s3"),
                                     "--port", "5000"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
-        self.s3 = json.loads(p.stdout.readline())
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the S3 server on host s3 exited ({p.wait()}) before announcing its endpoint")
+        self.s3 = json.loads(line)
         self.aws = {"AWS_ACCESS_KEY_ID": self.s3["key"], "AWS_SECRET_ACCESS_KEY": self.s3["secret"],
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
@@ -65,15 +68,14 @@ class Cluster:
         self.procs["sched"] = self.hosts.popen(
             "sched", ["bash", "infra/start_scheduler.sh", "--host", self.hosts.ip("sched"), "--port", str(PORT),
                       "--dashboard-port", "8787", "--tls", "/tmp/certs"],
-            cwd=ROOT, env=_env(SUPERGEN_WORKER_TTL="3s", SUPERGEN_CONNECT_TIMEOUT="2s"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=ROOT, env=_env(SUPERGEN_WORKER_TTL="3s", SUPERGEN_CONNECT_TIMEOUT="2s"),  # a dropped host: ~10 s
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def start_worker(self, host: str, certs: str = "/tmp/certs", **kw) -> subprocess.Popen:
+    def start_worker(self, host: str) -> None:
         """The host's worker as infra/start_workers.sh starts it, with the host's own storage credentials."""
-        p = self.hosts.popen(host, ["bash", "infra/start_workers.sh", self.address, "--name", "cpu", "--tls", certs],
-                             cwd=ROOT, env=_env(**self.aws), stdout=subprocess.DEVNULL,
-                             stderr=kw.pop("stderr", subprocess.DEVNULL), **kw)
-        self.procs[host] = p
-        return p
+        self.procs[host] = self.hosts.popen(
+            host, ["bash", "infra/start_workers.sh", self.address, "--name", "cpu", "--tls", "/tmp/certs"],
+            cwd=ROOT, env=_env(**self.aws), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start_prefect(self) -> None:
         """Prefect's server on the client host's network address, behind basic authentication."""
@@ -177,7 +179,7 @@ def _boot() -> Cluster:
     """Build the hosts and start their processes (scheduler, Prefect, S3, workers); `_ready` waits for them."""
     certs = tempfile.mkdtemp(prefix="hosts-certs-")
     subprocess.run(["bash", "infra/make_certs.sh", certs], cwd=ROOT, check=True, capture_output=True)
-    hosts = Hosts(["sched", "w1", "w2", "client", "s3"]).start()
+    hosts = Hosts(["sched", "w1", "w2", "client", "s3"], shared=(ROOT, sys.prefix)).start()
     try:
         for host, role in (("sched", "scheduler"), ("w1", "worker"), ("w2", "worker"), ("client", "client")):
             os.makedirs(os.path.join(hosts.tmp(host), "certs"))  # each host gets the CA and its own pair only
