@@ -60,8 +60,9 @@ class Hosts:
         """`shared`: folders every host sees as they are even when they lie under /tmp (the installed
         software: a checkout and its virtual environment cloned into /tmp)."""
         self.tag = uuid.uuid4().hex[:5]
-        self.shared = [os.path.realpath(p) for p in shared
-                       if os.path.realpath(p).startswith("/tmp/") and os.path.isdir(p)]
+        under = sorted({os.path.realpath(p) for p in shared if os.path.realpath(p).startswith("/tmp/")
+                        and os.path.isdir(p)})
+        self.shared = [p for p in under if not any(p.startswith(q + "/") for q in under)]  # the outermost
         self.names = list(names)
         self.net = net if net is not None else 100 + os.getpid() % 100
         self.root = tempfile.mkdtemp(prefix=f"simhosts-{self.tag}-")
@@ -146,7 +147,7 @@ class Hosts:
         private mount namespace whose /tmp is the host's folder (with the `shared` folders in it)."""
         inside = [(p, '"$0/' + os.path.relpath(p, "/tmp") + '"') for p in self.shared]
         keep = "".join(f"mkdir -p {at} && mount --bind {p} {at} && " for p, at in inside)
-        script = keep + 'mount --bind "$0" /tmp && hostname "$1" && shift && exec "$@"'
+        script = keep + 'mount --rbind "$0" /tmp && hostname "$1" && shift && exec "$@"'
         return ["ip", "netns", "exec", self.ns(name), "unshare", "--mount", "--uts", "--propagation", "private",
                 "sh", "-c", script, self.tmp(name), name, *argv]
 
