@@ -3,8 +3,9 @@
 A pinned task whose worker is gone for good (its host powered off or cut from the network) waits forever:
 its pin resource is the lost worker's alone. A worker process that died comes back under its name within
 seconds (its nanny restarts it) and re-advertises the resource, so only an absence longer than a grace
-period counts as lost. The scheduler notices a silent host only after `distributed.scheduler.worker-ttl`
-(infra/start_scheduler.sh sets 60 s), so a host cut off is reported after that plus the grace.
+period counts as lost. The scheduler drops a silent host only after `distributed.scheduler.worker-ttl` and
+a failed attempt to reach its nanny (infra/start_scheduler.sh: 60 s and 10 s), so a host cut off is
+reported after those plus the grace.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ GRACE_S = float(os.environ.get("SUPERGEN_WORKER_GRACE_S", "20"))  # how long a w
 class WorkerLost(RuntimeError):
     """Workers a stage had placed work on left the cluster and did not come back."""
 
-    def __init__(self, lost: list):
+    def __init__(self, lost: list, grace_s: float = GRACE_S):
         self.lost = sorted(lost, key=str)
         super().__init__(f"worker(s) {', '.join(map(str, self.lost))} left the cluster and did not return "
-                         f"within {GRACE_S:g} s")
+                         f"within {grace_s:g} s")
 
 
 class Watch:
@@ -44,7 +45,6 @@ class Watch:
         from .refine import worker_names
 
         interrupt.check()
-
         present, now = {str(w) for w in worker_names(self.client)}, time.monotonic()
         for w in self.workers:
             if w in present:
@@ -53,7 +53,7 @@ class Watch:
                 self.missing.setdefault(w, now)
         lost = [w for w, since in self.missing.items() if now - since >= self.grace_s]
         if lost:
-            raise WorkerLost(lost)
+            raise WorkerLost(lost, self.grace_s)
 
     def wait(self, futures: list) -> None:
         """Until every future is finished (done, failed or cancelled), checking the workers meanwhile. Done

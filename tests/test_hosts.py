@@ -1,7 +1,7 @@
 """Beyond one host: a TLS cluster whose scheduler, two workers, client and S3 endpoint are five simulated
 hosts (infra/simhosts.py: network namespaces on a bridge, each with its own hostname and /tmp). Every
-process is started as an operator would start it (infra/ scripts, `supergen` commands on the client host)
-and talks only to the other hosts. What is guaranteed, under test: no shared disk is assumed, no cluster
+process is started as an operator would start it (infra/ scripts; `supergen` commands, run in process by a
+Python that stays up on the client host) and talks only to the other hosts. What is guaranteed, under test: no shared disk is assumed, no cluster
 access without a certificate of the cluster's CA, no render lost when a host drops."""
 
 from __future__ import annotations
