@@ -47,13 +47,17 @@ class Stages:
     start of the first, so they differ by the refinement alone."""
 
     def __init__(self, share=("sketch", "start")):
-        self.stages, self.share = {}, share
+        self.stages, self.records, self.share = {}, {}, share
 
     def load_stage(self, name):
         return self.stages.get(name) if name in self.share else None
 
-    def save_stage(self, name, tensor):
+    def save_stage(self, name, tensor, record=None):
         self.stages.setdefault(name, tensor.clone())
+        self.records.setdefault(name, record)
+
+    def stage_record(self, name):
+        return self.records.get(name) if name in self.share else None
 
     def save_checkpoint(self, ckpt):
         pass

@@ -34,7 +34,8 @@ HELP = {
     "tile": "tile HxW in latent cells (default: the model's native latent size, e.g. 60x104 for Wan 480p)",
     "shift_every": "shift the tile grid before every s-th refinement step; 0 disables shifting",
     "shift_loop": "shift quantum = tile // loop per axis; offsets cycle every `loop` shifts (paper: 16)",
-    "boundary": "wrap: windows wrap around the canvas (the paper's torus); clamp: windows stay inside",
+    "boundary": "wrap: windows wrap around the canvas (the paper's torus); clamp: windows stay inside "
+                "[default: the model's measured preset (world: clamp up to half the schedule refined), else wrap]",
     "rope": "the tiles' rotary positions: local (every tile at the origin, the paper's), canvas (each tile's "
             "cells' canvas positions), canvas-ntk (those, NTK-scaled bases), canvas-interp (those, scaled into "
             "the native extent) [default: local]",

@@ -67,7 +67,8 @@ class RenderSpec:
     tile: tuple[int, int] | None = None  # (h, w) latent cells; preset: the native latent size
     shift_every: int = 1  # shift the tile grid before every s-th refinement step; 0: never shift
     shift_loop: int = 16  # shift quantum = tile // shift_loop per axis (the paper's loop_step)
-    boundary: str = "wrap"  # "wrap": windows wrap around the canvas (paper's torus); "clamp": stay inside
+    boundary: str | None = None  # "wrap": windows wrap around the canvas (paper's torus); "clamp": stay
+    # inside; preset: the model's measured rule (`boundary_preset`), else wrap
     rope: str | None = None  # the tiles' rotary positions (supergen/rope.py); preset: local, the paper's
     # VAE tiling tile size in pixels (neighbours overlap by a quarter of it, CogVideoX's by a sixth);
     # preset: the model's, else 2x native
@@ -220,7 +221,8 @@ def _check_fields(s: RenderSpec) -> None:
             raise SpecError("tile", f"must be a pair of positive integers (h, w) in latent cells, got {s.tile!r}")
     _int(s, "shift_every", lo=0, hi=1000, optional=False)
     _int(s, "shift_loop", lo=1, hi=1024, optional=False)
-    _choice(s, "boundary", BOUNDARIES)
+    if s.boundary is not None:
+        _choice(s, "boundary", BOUNDARIES)
     if s.rope is not None:
         _choice(s, "rope", ROPE_MODES)
     _int(s, "vae_tile", lo=16, hi=16384)
@@ -381,6 +383,7 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         tile = spec.tile
     _check_tile(tile, canvas, info)
 
+    boundary = spec.boundary or boundary_preset(p, k / steps)
     rope = spec.rope or p.get("rope", "local")
     if rope != "local" and not info.canvas_rope:
         raise SpecError("rope", f"{info.family}'s transformer takes no rotary positions a tile can be given "
@@ -397,7 +400,7 @@ def resolve(spec: RenderSpec, info: ModelInfo) -> RenderSpec:
         width=width, height=height, canvas_width=cw, canvas_height=ch, sketch_width=sw, sketch_height=sh,
         frames=frames, steps=steps, refine_steps=k,
         guidance=spec.guidance if spec.guidance is not None else p["guidance"],
-        tile=tuple(tile), rope=rope, vae_dtype=spec.vae_dtype or vae_dtype_preset(spec.dtype, p),
+        tile=tuple(tile), boundary=boundary, rope=rope, vae_dtype=spec.vae_dtype or vae_dtype_preset(spec.dtype, p),
         vae_tile=spec.vae_tile or p.get("vae_tile") or 2 * max(info.native_size),
         fps=spec.fps or p["fps"],
         cache_threshold=spec.cache_threshold if spec.cache_threshold is not None else p["cache_threshold"],
@@ -419,6 +422,15 @@ def _switch_bounds(spec: RenderSpec, steps: int) -> tuple[int | None, int | None
     if spec.switch_step is not None and spec.switch_step > steps:
         raise SpecError("switch_step", f"must be <= steps ({steps}), got {spec.switch_step}")
     return lo, hi
+
+
+def boundary_preset(presets: dict, depth: float) -> str:
+    """The windows' boundary where the spec names none, for a refinement of `depth` (refined steps over all
+    steps): clamped up to the model's measured `clamp_to_depth`, wrapped deeper or where it has none (the
+    paper's torus). On the embedded model clamped windows flicker less and keep more of the sketch at 2x, 4x
+    and 8x up to half the schedule; deeper they keep less and, at 2x, draw a seam (docs/quality.md)."""
+    limit = presets.get("clamp_to_depth")
+    return "clamp" if limit is not None and depth <= limit else "wrap"
 
 
 def vae_dtype_preset(dtype: str, presets: dict) -> str:

@@ -168,3 +168,19 @@ def test_the_vae_dtype_preset_follows_the_models_publisher(tiny_dir):
     with pytest.raises(SpecError) as e:
         RenderSpec(prompt="x", vae_dtype="fp8")
     assert e.value.field == "vae_dtype"
+
+
+def test_the_boundary_preset_is_the_models_measured_rule():
+    """The world model clamps its windows up to half the schedule refined and wraps them deeper
+    (docs/quality.md); a model without the rule wraps (the paper's torus); a given boundary wins."""
+    from supergen.executor import prepare
+
+    def boundary(**kw):
+        return prepare(RenderSpec(prompt="a red circle", **kw), check_memory=False).boundary
+
+    assert boundary() == "clamp"  # the preset depth: 6 of 20
+    assert boundary(steps=20, refine_steps=10) == "clamp"
+    assert boundary(steps=20, refine_steps=11) == "wrap"
+    assert boundary(steps=20, refine_steps=18, boundary="clamp") == "clamp"
+    assert boundary(boundary="wrap") == "wrap"
+    assert boundary(model="tiny", width=128, height=128, frames=5) == "wrap"
