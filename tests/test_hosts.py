@@ -279,8 +279,8 @@ def test_a_render_across_hosts_over_tls_is_the_in_process_video(cluster, referen
 
 
 def test_the_prefect_api_answers_only_with_its_credentials(cluster):
-    """Exposed beyond its host, Prefect's API takes only requests with its auth string (the renders above
-    ran through it with PREFECT_API_AUTH_STRING); and the string reached no render's output."""
+    """Exposed beyond its host, Prefect's API takes only requests with its auth string (every render of
+    this module runs through it with PREFECT_API_AUTH_STRING)."""
     ask = ("import base64, urllib.request, urllib.error\n"
            "def status(auth):\n"
            "    req = urllib.request.Request(URL + '/flows/filter', data=b'{}', method='POST',\n"
