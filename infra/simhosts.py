@@ -118,7 +118,7 @@ class Hosts:
         _tc(tc + ["class", "replace", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb", "rate", top,
                   "quantum", "60000"])
         for j, peer in enumerate(self.names):
-            cls = "1:99" if peer == name else f"1:{10 + j}"  # its own address never leaves: the default class
+            cls = "1:99" if peer == name else f"1:{10 + j}"  # the default class: what goes to no other host (ARP)
             _tc(tc + ["class", "replace", "dev", "eth0", "parent", "1:1", "classid", cls, "htb", "rate", top,
                       "quantum", "60000"])
             if peer != name:
