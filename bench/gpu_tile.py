@@ -137,18 +137,17 @@ def unmasked_forwards(model, kwargs, device, n: int, order: str, result: dict) -
     dropped (the all-true text mask of an unpadded prompt, `UnmaskedAttention`), 1.5 attending among the
     valid tokens alone (`ValidTokensAttention`): seconds, MFU and the largest difference to the masked
     forward's output."""
-    from supergen.backends.hunyuan import UnmaskedAttention, ValidTokensAttention
+    from supergen.backends.hunyuan import UnmaskedAttention, ValidTokensAttention, _valid_tokens
 
     with torch.no_grad(), kernels(order):
         ref = model(**kwargs)[0]
     blocks = list(model.transformer_blocks) + list(getattr(model, "single_transformer_blocks", []))
     v15 = not hasattr(model, "single_transformer_blocks")
+    valid = _valid_tokens(kwargs, kwargs["image_embeds"]) if v15 else None  # as the backend sets it, once a call
     for b in blocks:
         b.attn.set_processor((ValidTokensAttention if v15 else UnmaskedAttention)(b.attn.processor))
-        if v15:  # as the backend sets it per call: the valid text tokens' count
-            from supergen.backends.hunyuan import _valid_tokens
-
-            b.attn.processor.on, b.attn.processor.valid = True, _valid_tokens(kwargs, kwargs["image_embeds"])
+        if v15:
+            b.attn.processor.on, b.attn.processor.valid = True, valid
         else:
             b.attn.processor.drop = True
     try:

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import environment, write_result  # noqa: E402
 
-from infra.simhosts import Hosts, available, wait_for_port  # noqa: E402
+from infra.simhosts import Hosts, available, give_certs, host_env, wait_for_port  # noqa: E402
 
 HOSTS = ["sched", "w1", "w2", "client", "s3"]
 
@@ -51,10 +51,7 @@ OPTS = {'client_kwargs': {'endpoint_url': ENDPOINT}}
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_", "AWS_", "SUPERGEN_"))}
-    env.update(PYTHONPATH=ROOT, PATH=f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}", DO_NOT_TRACK="1",
-               OMP_NUM_THREADS="1", **extra)
-    return env
+    return host_env(ROOT, **extra)
 
 
 def sent(hosts: Hosts) -> dict:
@@ -80,10 +77,7 @@ def main():
     certs = tempfile.mkdtemp(prefix="hosts-link-certs-")
     subprocess.run(["bash", "infra/make_certs.sh", certs], cwd=ROOT, check=True, capture_output=True)
     with Hosts(HOSTS, shared=(ROOT, sys.prefix)) as hosts:
-        for host, role in (("sched", "scheduler"), ("w1", "worker"), ("w2", "worker"), ("client", "client")):
-            os.makedirs(os.path.join(hosts.tmp(host), "certs"))
-            for f in ("ca.pem", f"{role}.pem", f"{role}.key"):
-                subprocess.run(["cp", os.path.join(certs, f), os.path.join(hosts.tmp(host), "certs", f)], check=True)
+        give_certs(hosts, certs, {"sched": "scheduler", "w1": "worker", "w2": "worker", "client": "client"})
         address = f"tls://{hosts.ip('sched')}:8786"
         quiet = dict(cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         s3 = hosts.popen("s3", [sys.executable, "-m", "infra.simhosts", "s3", "--host", hosts.ip("s3")], cwd=ROOT,

@@ -209,7 +209,7 @@ def refine_on_cluster(client: Client, store, spec, *, workers: list | None = Non
             continue
         except KilledWorker as e:
             raise _tile_failure(store, e) from None
-        stats.steps[:0] = [st for st in kept if st.step < (stats.steps[0].step if stats.steps else 1 << 30)]
+        stats.steps[:0] = kept  # the last attempt began where they end, at the checkpoint after them
         stats.tasks += tasks
         return stats
 

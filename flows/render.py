@@ -26,7 +26,7 @@ from .refine import (check_store_reach, check_workers, checkpoint_words, pin_kwa
                      workers_info)
 from .sketch import sketch_on_cluster
 from .vae import vae_on_cluster
-from .watch import Watch, WorkerLost, scheduler_lost
+from .watch import WorkerLost, finished, scheduler_lost
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -60,16 +60,12 @@ def _on_worker(client, fn, *args, workers: list | None = None):
     names = present(client, workers or worker_names(client))
     while True:
         first = by_load(client, names)[0]
-        fut = client.submit(fn, *args, workers=[first], pure=False)
         try:
-            Watch(client, [first]).wait([fut])
+            return finished(client, [first], client.submit(fn, *args, workers=[first], pure=False))
         except WorkerLost:
-            client.cancel(fut)
             names = [w for w in present(client, names) if w != first]
             if not names:
                 raise
-            continue
-        return fut.result()
 
 
 def present(client, names: list) -> list:
@@ -250,7 +246,8 @@ def run_stages(client, store, balance: str = "branches", workers: list | None = 
                stages: Stages = PLAIN_STAGES) -> dict:
     """The four stages in order, on `workers` (names; default: every worker of the cluster), the least busy
     first (`by_load`). While the sketch runs on the first worker (or its two CFG branches on the first two),
-    every other worker loads the model and the render's conditioning."""
+    every other worker loads the model and the render's conditioning. Each stage keeps to those of `workers`
+    the cluster still has (`present`; the refinement's driver to its own `check_workers`)."""
     import uuid
 
     from tasks.model import ModelHolder
@@ -268,17 +265,17 @@ def run_stages(client, store, balance: str = "branches", workers: list | None = 
     timings["sketch"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     interrupt.check()
-    stages.upscale(client, store, present(client, names))
+    stages.upscale(client, store, names)
     store.advance("refining")
     timings["upscale"] = time.perf_counter() - t0
     client.gather(warming)  # a worker that cannot load the model fails here, before any tile is submitted
     t0 = time.perf_counter()
     interrupt.check()
-    refined = stages.refine(client, store, balance, rid, present(client, names))
+    refined = stages.refine(client, store, balance, rid, names)
     timings["refine"] = time.perf_counter() - t0
     store.advance("refined")
     interrupt.check()
-    stages.export(client, store, timings, refined, sk.forwards, present(client, names))
+    stages.export(client, store, timings, refined, sk.forwards, names)
     store.finish()
     return {"timings": timings, "refine": refined}
 

@@ -111,7 +111,7 @@ class Hosts:
         Either way what the host sends is metered per destination host (`sent`): its egress is an htb tree
         with one class per other host under a parent at `rate`, the bridge's side a token bucket (tbf).
         (netem, for an added delay, is not in every kernel.)"""
-        k, ns, tc = self.names.index(name), self.ns(name), ["ip", "netns", "exec", self.ns(name), "tc"]
+        k, tc = self.names.index(name), ["ip", "netns", "exec", self.ns(name), "tc"]
         top = rate or "100gbit"
         subprocess.run(tc + ["qdisc", "del", "dev", "eth0", "root"], capture_output=True)  # htb takes no change
         _tc(tc + ["qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "99"])
@@ -233,6 +233,25 @@ class Interpreter:
         if "error" in out:
             raise RuntimeError(out["error"])
         return out["value"]
+
+
+def host_env(root: str, **extra) -> dict:
+    """The environment of a process on a fresh host running the checkout at `root` with this Python: none
+    of this machine's Prefect, Dask, AWS or supergen settings; one torch thread (hosts share the cores)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_", "AWS_", "SUPERGEN_"))}
+    env.update(PYTHONPATH=root, PATH=f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}",
+               DO_NOT_TRACK="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def give_certs(hosts: Hosts, folder: str, roles: dict[str, str], into: str = "certs") -> None:
+    """Each host named in `roles` gets, in its /tmp/`into`, `folder`'s ca.pem and its role's .pem and .key
+    (infra/make_certs.sh's layout), and never the CA's key: that one mints members."""
+    for host, role in roles.items():
+        dest = os.path.join(hosts.tmp(host), into)
+        os.makedirs(dest, exist_ok=True)
+        for f in ("ca.pem", f"{role}.pem", f"{role}.key"):
+            shutil.copy(os.path.join(folder, f), os.path.join(dest, f))
 
 
 def _tc(cmd: list[str]) -> None:

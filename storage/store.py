@@ -16,6 +16,7 @@ Layout 2 (docs/store.md has shapes, chunking and dtypes):
     <url>/lease/<n>.json            ownership (storage/lease.py): one live render per store
     <url>/inputs/image.<ext>        the conditioning image, byte for byte, so no worker needs its path
     <url>/inputs/lora-<k>.safetensors  each LoRA adapter's weights, byte for byte, for the same reason
+    <url>/inputs/lora-<k>.sha256    its SHA-256: a host fetches each adapter once, into a file of that name
     <url>/video.mp4 sketch.mp4 contact_sheet.png cache_skips.png render.json
     <url>/COMPLETE                  written last, by the owner: only its presence makes a render complete
 
@@ -303,7 +304,9 @@ class RenderStore:
             if spec.image is not None:  # before the attributes: a store that exists holds its inputs
                 store.write_file(image_name(spec.image), image if image is not None else read_image(spec.image))
             for k, entry in enumerate(spec.lora):  # adapters too: workers on other hosts load these copies
-                store._put_input(lora_name(k), lora.parse(entry).file)
+                adapter = lora.parse(entry)
+                store._put_input(lora_name(k), adapter.file)
+                store.write_file(lora_name(k, ".sha256"), lora.sha256(adapter).encode())
             from supergen.versions import versions
 
             store.group.attrs.update({"supergen_layout": LAYOUT_VERSION, "spec": spec.to_dict(),
@@ -527,24 +530,32 @@ class RenderStore:
             raise self._fail(f"cannot copy {path} as {name} to", e) from None
 
     def fetch_lora(self, k: int, folder: str) -> str | None:
-        """The render's k-th LoRA adapter as a file in the local `folder`, named by its SHA-256 so a worker
-        fetches each adapter once whatever render uses it; None for a store written before it kept copies."""
+        """The render's k-th LoRA adapter as a file in the local `folder`, named by its SHA-256 (kept beside
+        the store's copy), so a host fetches each adapter once whatever render or stage asks; None for a store
+        written before it kept copies."""
         import hashlib
 
-        key = self._key(lora_name(k))
         try:
-            data = self.fs.cat_file(key)
+            sha = self.fs.cat_file(self._key(lora_name(k, ".sha256"))).decode().strip()
         except MISSING:
             return None
         except Exception as e:
+            raise self._fail(f"cannot read {lora_name(k, '.sha256')} from", e) from None
+        path = os.path.join(folder, f"{sha}.safetensors")
+        if os.path.isfile(path):
+            return path
+        try:
+            data = self.fs.cat_file(self._key(lora_name(k)))
+        except Exception as e:
             raise self._fail(f"cannot read {lora_name(k)} from", e) from None
-        path = os.path.join(folder, f"{hashlib.sha256(data).hexdigest()}.safetensors")
-        if not os.path.isfile(path):
-            os.makedirs(folder, exist_ok=True)
-            part = f"{path}.{uuid.uuid4().hex}.part"  # workers of one host fetch at once: rename is atomic
-            with open(part, "wb") as f:
-                f.write(data)
-            os.replace(part, path)
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise StoreError(f"{self.url}: {lora_name(k)} is not the adapter the render was given (its SHA-256 "
+                             "differs from the one recorded with it)")
+        os.makedirs(folder, exist_ok=True)
+        part = f"{path}.{uuid.uuid4().hex}.part"  # workers of one host fetch at once: rename is atomic
+        with open(part, "wb") as f:
+            f.write(data)
+        os.replace(part, path)
         return path
 
     def read_file(self, name: str) -> bytes:
@@ -643,9 +654,10 @@ class RenderStore:
                 "heartbeat_age_s": round(now - float(cur.get("heartbeat", now)), 1)}
 
 
-def lora_name(k: int) -> str:
-    """Where the store keeps the render's k-th LoRA adapter (its weights file, byte for byte)."""
-    return f"{INPUTS}lora-{k}.safetensors"
+def lora_name(k: int, ext: str = ".safetensors") -> str:
+    """Where the store keeps the render's k-th LoRA adapter (its weights file, byte for byte; `.sha256`: the
+    file's hash, which names a host's local copy)."""
+    return f"{INPUTS}lora-{k}{ext}"
 
 
 def image_name(path: str) -> str:

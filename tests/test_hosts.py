@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from infra.simhosts import Hosts, available, wait_for_port
+from infra.simhosts import Hosts, available, give_certs, host_env, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHY = available()
@@ -37,12 +37,7 @@ LONG = ["--model", "tiny", "--prompt", "a red circle moving", "--width", "192", 
 
 
 def _env(**extra) -> dict:
-    """An environment as a fresh host's: this checkout's Python first on PATH, none of this session's
-    Prefect, Dask or AWS settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_", "AWS_", "SUPERGEN_"))}
-    env.update(PYTHONPATH=ROOT, PATH=f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}",
-               DO_NOT_TRACK="1", OMP_NUM_THREADS="1", **extra)
-    return env
+    return host_env(ROOT, **extra)
 
 
 class Cluster:
@@ -181,10 +176,7 @@ def _boot() -> Cluster:
     subprocess.run(["bash", "infra/make_certs.sh", certs], cwd=ROOT, check=True, capture_output=True)
     hosts = Hosts(["sched", "w1", "w2", "client", "s3"], shared=(ROOT, sys.prefix)).start()
     try:
-        for host, role in (("sched", "scheduler"), ("w1", "worker"), ("w2", "worker"), ("client", "client")):
-            os.makedirs(os.path.join(hosts.tmp(host), "certs"))  # each host gets the CA and its own pair only
-            for f in ("ca.pem", f"{role}.pem", f"{role}.key"):
-                shutil.copy(os.path.join(certs, f), os.path.join(hosts.tmp(host), "certs", f))
+        give_certs(hosts, certs, {"sched": "scheduler", "w1": "worker", "w2": "worker", "client": "client"})
         c = Cluster(hosts, certs)
         c.start_scheduler()
         c.start_prefect()
@@ -329,10 +321,8 @@ def test_the_cluster_refuses_whoever_lacks_a_certificate_of_its_ca(cluster, tmp_
     other = tmp_path / "other"
     subprocess.run(["bash", "infra/make_certs.sh", str(other), "client", "worker"], cwd=ROOT, check=True,
                    capture_output=True)
-    for host, role in (("client", "client"), ("w2", "worker")):
-        shutil.copytree(other, os.path.join(cluster.hosts.tmp(host), f"other-{role}"), dirs_exist_ok=True)
-        for f in ("pem", "key"):  # the layout --tls-dir and --tls read, signed by the other CA
-            shutil.copy(other / f"{role}.{f}", os.path.join(cluster.hosts.tmp(host), f"other-{role}", f"{role}.{f}"))
+    for host, role in (("client", "client"), ("w2", "worker")):  # the layout --tls-dir and --tls read
+        give_certs(cluster.hosts, str(other), {host: role}, into=f"other-{role}")
     bare = cluster.cli("render", *SPEC, *cluster.store("bare"), "--cluster", cluster.address, "--quiet")
     assert bare.returncode == 2 and "speaks TLS, and this client has no ca-file, client.cert, client.key" in bare.stderr
     alien = cluster.render(*SPEC, *cluster.store("alien"), tls="/tmp/other-client")
