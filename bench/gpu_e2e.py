@@ -10,7 +10,11 @@ the stages, in one run:
 * `after-vae32`: `after` with the VAE in float32, as `before` runs it (`after` takes the model's preset
   `vae_dtype`: bfloat16 for CogVideoX at --dtype bfloat16, float32 for Wan);
 * `after-eager`: `after` without `--compile` (and without the warm-up render it needs: where device time
-  is short, a conservative `after`: the compiled tile forward is `bench/gpu_tile.py --compile`'s).
+  is short, a conservative `after`: the compiled tile forward is `bench/gpu_tile.py --compile`'s);
+* `split-eager`: `after-eager` with SRDiffusion's render model (`--render-arch`, issue 17), switched at
+  `--switch-step` of the reduced schedule; its full-schedule time is extrapolated for each of
+  `--full-switch` from the two models' measured step periods (the large model's refinement step from an
+  `after-eager` run of the same call, where a switch falls inside the refinement).
 
 A reduced schedule (N = --steps, k = --refine-steps) keeps a run inside a device call; a sketch step and a
 refinement step cost the same at every schedule index, so the stage times extrapolate to the full schedule
@@ -19,6 +23,8 @@ of every worker, and each worker's busy fraction (compute time of its tasks over
 
     python3 bench/gpu_e2e.py --arch cogvideox1.5-t2v-5b --size 2560x1440 --out '$OUT/e2e_{arch}_{size}.json'
     python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --full-refine 45 --vae-tile 512
+    python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --render-arch wan2.1-t2v-1.3b --modes split-eager after-eager \
+        --size 2560x1440 --frames 81 --steps 4 --switch-step 2 --refine-steps 2 --vae-tile 512
     python3 bench/gpu_e2e.py --scale tiny --size 256x128 --frames 9 --out '/tmp/e2e_{arch}_{size}.json'  # CPU
 """
 
@@ -41,12 +47,14 @@ import torch  # noqa: E402
 from archs import ARCHS, T5_DIM, build  # noqa: E402
 from common import busy_fractions, timeline  # noqa: E402
 
-MODES = ("before", "after", "after-1gpu", "after-vae32", "after-eager")
+MODES = ("before", "after", "after-1gpu", "after-vae32", "after-eager", "split-eager")
 
 
-def build_model(arch: str, path: str, scale: str) -> str:
+def build_model(arch: str, path: str, scale: str, native=None) -> str:
     """The architecture's transformer and VAE configs with random weights and a one-layer text encoder with
-    the real output width (one call per render), saved with `save_pretrained` as users' models are."""
+    the real output width (one call per render), saved with `save_pretrained` as users' models are.
+    `native`: the sidecar's native size instead of the architecture's (a render model tiles the large
+    model's native windows)."""
     if os.path.exists(os.path.join(path, "model_index.json")):
         return path
     if arch.startswith("cogvideox"):
@@ -70,7 +78,7 @@ def build_model(arch: str, path: str, scale: str) -> str:
                             temperal_downsample=[False, True, True]))
     WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr,
                 scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0)).save_pretrained(path)
-    native = list(a.native[:2]) if scale == "full" else [64, 32]
+    native = list(native or a.native[:2]) if scale == "full" else [64, 32]
     with open(os.path.join(path, "supergen.json"), "w") as f:
         json.dump({"native_size": native}, f)
     return path
@@ -182,6 +190,10 @@ def main():
     ap.add_argument("--full-steps", type=int, default=50)
     ap.add_argument("--full-refine", type=int, default=45)
     ap.add_argument("--vae-tile", type=int)
+    ap.add_argument("--render-arch", choices=["wan2.1-t2v-1.3b"], help="split-eager's render model")
+    ap.add_argument("--switch-step", type=int, default=2, help="split-eager: the reduced schedule's switch")
+    ap.add_argument("--full-switch", type=int, nargs="+", default=[5, 10, 15, 20, 30],
+                    help="split-eager: full-schedule switch steps to extrapolate to")
     ap.add_argument("--scale", choices=["full", "tiny"], default="full")
     ap.add_argument("--model-dir", help="[default: a folder per architecture under the temp dir]")
     ap.add_argument("--out", help="JSON per size; {arch} and {size} are replaced")
@@ -201,6 +213,12 @@ def main():
     t0 = time.time()
     model = build_model(args.arch, args.model_dir or os.path.join(tempfile.gettempdir(), "supergen-bench",
                                                                   f"{args.arch}-{args.scale}"), args.scale)
+    render_model = None
+    if args.render_arch:
+        render_model = build_model(args.render_arch, os.path.join(os.path.dirname(model), f"{args.render_arch}-{args.scale}"),
+                                   args.scale, native=ARCHS[args.arch].native[:2] if args.scale == "full" else None)
+    elif "split-eager" in args.modes:
+        ap.error("split-eager needs --render-arch")
     build_s = round(time.time() - t0, 1)
     if args.build_only:
         return print(model, f"{build_s} s", flush=True)
@@ -220,8 +238,10 @@ def main():
                    "workers": [str(n) for n in names], "runs": {}}
             path = args.out.replace("{arch}", args.arch).replace("{size}", size)
             for mode in args.modes:
-                spec = {**base, "compile": mode not in ("before", "after-eager"),
+                spec = {**base, "compile": mode not in ("before", "after-eager", "split-eager"),
                         "vae_dtype": "float32" if mode in ("before", "after-vae32") else None}
+                if mode == "split-eager":
+                    spec.update(render_model=render_model, switch_step=args.switch_step)
                 use = names[:1] if mode == "after-1gpu" else names
                 serial = use[:1] if mode == "before" else use
                 if spec["compile"] and not warm:  # the sketch and tile shapes of every size here are alike
@@ -235,10 +255,13 @@ def main():
                 rec["store"] = store.url
                 rec["vae_dtype"] = store.spec().vae_dtype  # the resolved preset where the spec leaves it unset
                 rec["extrapolated_s"] = extrapolate(rec["stages"], args)
+                if mode == "split-eager":
+                    rec["extrapolated_split_s"] = {s: extrapolate_split(rec["stages"], args, s, out["runs"])
+                                                   for s in args.full_switch}
                 out["runs"][mode] = rec
                 write_result(path, out)  # written now: a call cut short keeps what it measured
                 print(size, mode, json.dumps({k: rec[k] for k in ("wall_s", "extrapolated_s")}), flush=True)
-            compare(out)
+            compare(out, args)
             write_result(path, out)
             print(size, json.dumps({m: {k: v for k, v in r.items() if k.startswith(("max_abs", "speedup"))}
                                     for m, r in out["runs"].items()}), flush=True)
@@ -276,24 +299,62 @@ def extrapolate(stages: dict, args) -> dict:
     return {**{k: round(v, 1) for k, v in s.items()}, "total": round(sum(s.values()), 1)}
 
 
-def compare(out: dict) -> None:
+def extrapolate_split(stages: dict, args, switch: int, runs: dict) -> dict:
+    """split-eager's full-schedule stage times with the switch at `switch` of --full-steps: each model's
+    steps at its measured period (the sketch's large steps are those before --switch-step; the refinement's
+    large-model period from the same call's `after-eager` run, needed only where `switch` falls inside the
+    refinement)."""
+    ends = stages["sketch"].get("step_ends_s") or []
+    run_switch = args.switch_step
+    large = step_period(ends[:run_switch])
+    small = step_period(ends[run_switch:])
+    if large is None or small is None:
+        return {"error": "the sketch needs two steps of each model to measure their periods"}
+    sketch = stages["sketch"]["s"] + (switch - run_switch) * large + \
+        ((args.full_steps - switch) - (args.steps - run_switch)) * small
+    first_refined = args.full_steps - args.full_refine
+    large_refine = max(0, switch - first_refined)
+    small_period = stages["refine"].get("step_s") or stages["refine"]["s"] / args.refine_steps
+    refine = stages["refine"]["s"] + (args.full_refine - large_refine - args.refine_steps) * small_period
+    if large_refine:
+        eager = runs.get("after-eager", {}).get("stages", {}).get("refine", {}).get("step_s")
+        if eager is None:
+            return {"error": f"a switch at {switch} falls inside the refinement: needs an after-eager run"}
+        refine += large_refine * eager
+    s = {"sketch": sketch, "upscale": stages["upscale"]["s"], "refine": refine,
+         "decode_export": stages["decode_export"]["s"]}
+    return {**{k: round(v, 1) for k, v in s.items()}, "total": round(sum(s.values()), 1),
+            "large_refine_steps": large_refine, "sketch_large_step_s": large, "sketch_small_step_s": small}
+
+
+def compare(out: dict, args) -> None:
     """Each run's final latent and video against the first run of the same kind (eager or compiled: the
-    same video whatever the worker count) and against `before`, and the speedup over `before`."""
+    same video whatever the worker count) and against `before`, and the speedup over `before`; the split
+    render's speedup over the large model alone (`after-eager`) at each full-schedule switch."""
     import numpy as np
 
     from storage import RenderStore
 
     runs = out["runs"]
-    loaded = {m: RenderStore.open(r["store"]) for m, r in runs.items()}
+    loaded = {m: RenderStore.open(r["store"]) for m, r in runs.items() if m != "split-eager"}
     loaded = {m: (st.load_stage("final"), st.video_frames().astype(int)) for m, st in loaded.items()}
     for name, r in runs.items():
-        same_kind = next(m for m in runs if (m == "before") == (name == "before"))
+        if name == "split-eager":  # another model's steps: a different video by design
+            continue
+        same_kind = next(m for m in loaded if (m == "before") == (name == "before"))
         for ref in dict.fromkeys([same_kind, "before"]):
-            if ref in runs and ref != name:
+            if ref in loaded and ref != name:
                 r[f"max_abs_latent_diff_vs_{ref}"] = float((loaded[name][0] - loaded[ref][0]).abs().max())
                 r[f"max_abs_video_diff_vs_{ref}"] = int(np.abs(loaded[name][1] - loaded[ref][1]).max())
         if "before" in runs:
             r["speedup_vs_before"] = round(runs["before"]["extrapolated_s"]["total"] / r["extrapolated_s"]["total"], 3)
+    alone = runs.get("after-eager", {}).get("extrapolated_s", {}).get("total")
+    split = runs.get("split-eager", {})
+    if alone and "extrapolated_split_s" in split:  # the split's runs came first: extrapolate again with both
+        split["extrapolated_split_s"] = {s: extrapolate_split(split["stages"], args, s, runs)
+                                         for s in args.full_switch}
+        split["speedup_vs_large_alone"] = {s: round(alone / e["total"], 3)
+                                           for s, e in split["extrapolated_split_s"].items() if "total" in e}
 
 if __name__ == "__main__":
     main()

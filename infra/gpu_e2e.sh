@@ -10,6 +10,8 @@
 #   wan14b   Wan2.1-14B at 2560x1440x81: before, after (VAE tiles of 512 px); wan14b-after: after alone;
 #            wan14b-eager: after without --compile (no warm-up render: fits a call beside cp)
 #   cp       the peer: diffusers' context-parallel direct forward of Wan2.1-14B at 2560x1440x81 (bench/cp_direct.py)
+#   split14b SRDiffusion: Wan2.1-14B sketching, 1.3B rendering (switched at step 2 of 4; extrapolated to full
+#            switch steps 5-30 of 50), against 14B alone, eager, one run (issue 17)
 #   tile14b  the compiled native tile forward of Wan2.1-14B and its MFU (bench/gpu_tile.py --compile)
 # Models are built once per machine under /tmp/supergen-bench; the compile cache lives in /tmp/supergen-compile.
 set -euo pipefail
@@ -41,6 +43,9 @@ for part in "$@"; do
                     --refine-steps 1 --full-refine 45 --vae-tile 512 --modes after --out "$OUT/e2e_{arch}_{size}.json" ;;
     wan14b-eager) python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --size 2560x1440 --frames 81 --steps 2 \
                     --refine-steps 1 --full-refine 45 --vae-tile 512 --modes after-eager --out "$OUT/e2e_{arch}_{size}.json" ;;
+    split14b) python3 bench/gpu_e2e.py --arch wan2.1-t2v-14b --render-arch wan2.1-t2v-1.3b --size 2560x1440 \
+                --frames 81 --steps 4 --switch-step 2 --refine-steps 2 --full-refine 45 --vae-tile 512 \
+                --modes split-eager after-eager --out "$OUT/e2e_{arch}_{size}_split.json" ;;
     cp) torchrun --nproc-per-node "$NGPU" bench/cp_direct.py --arch wan2.1-t2v-14b --size 2560x1440x81 \
           --out "$OUT/cp_direct_wan2.1-t2v-14b.json" ;;
     tile14b) python3 bench/gpu_tile.py --arch wan2.1-t2v-14b --compile --forwards 2 --attention torch \

@@ -8,6 +8,8 @@
 #   refit  retrain the whole VAE from CKPT/vae's weights, two candidates (one per GPU), and freeze the
 #          better: for a latent space that proved too weak (the transformer re-encodes its data every
 #          call, so it carries over, fine-tuning into the new space)
+#   variants  from the trained CKPT/dit, on its frozen text encoder: the image-to-video model (CKPT/dit-i2v,
+#          GPU 0) and SRDiffusion's render model, 3 of the 6 blocks (CKPT/dit-small, GPU 1); the VAE stays
 # One GPU works too (both processes share it). Then, on any machine:
 #   python -m supergen.train export --vae CKPT/vae --dit CKPT/dit --out supergen/models/world
 set -euo pipefail
@@ -18,7 +20,7 @@ G0=cuda:0; G1=cuda:$(( GPUS > 1 ? 1 : 0 ))
 START=$(date +%s)
 left() { "$PY" -c "print(max(0.5, $MINUTES - ($(date +%s) - $START) / 60 - ${1:-0}))"; }
 train() { "$PY" -m supergen.train "$@"; }
-dit() { train dit --ckpt "$CKPT/dit" --vae "$CKPT/vae" --lr 6e-4 --batch 512 --clips 80000 --device $G1 "$@"; }
+dit() { train dit --vae "$CKPT/vae" --lr 6e-4 --batch 512 --clips 80000 --device $G1 "$@"; }
 if [ "$PHASE" = auto ]; then
   if grep -q latent_stats "$CKPT/vae/state.json" 2>/dev/null; then PHASE=joint; else PHASE=vae; fi
 fi
@@ -38,8 +40,15 @@ case $PHASE in
     train freeze --candidates "$CKPT/vae-c" "$CKPT/vae-d" --out "$CKPT/vae" --device $G0
     rm -f "$CKPT"/vae-?/model-*.safetensors
     exit 0 ;;
+  variants)
+    REST=$(left 0.4)
+    dit --ckpt "$CKPT/dit-i2v" --i2v --init "$CKPT/dit" --text-from "$CKPT/dit" --lr 3e-4 --clips 40000 \
+      --device $G0 --minutes "$REST" &
+    dit --ckpt "$CKPT/dit-small" --layers 3 --init "$CKPT/dit" --text-from "$CKPT/dit" --minutes "$REST" &
+    wait
+    exit 0 ;;
 esac
 REST=$(left 0.6)  # leave time for the final evaluation and saves
 train vae --ckpt "$CKPT/vae" --decoder-only --minutes "$REST" --lr 5e-4 --batch 256 --device $G0 &
-dit --minutes "$REST" &
+dit --ckpt "$CKPT/dit" --minutes "$REST" &
 wait

@@ -130,3 +130,61 @@ def test_a_widened_decoder_decodes_exactly_as_the_narrow_one_and_its_new_channel
     wide.decode(z).sample.square().mean().backward()
     grad = wide.decoder.up_blocks[3].resnets[0].conv1.weight.grad
     assert grad[narrow["base_dim"]:].abs().sum() > 0  # the new channels' incoming weights are trained
+
+
+def test_the_image_to_video_variant_starts_as_the_text_model_conditions_as_the_pipeline_and_renders(
+        trained, tmp_path, image_path):
+    """The I2V world model: its training condition is the stock pipeline's, it starts from the trained
+    text-to-video model predicting exactly what that predicts (the image's channels enter at zero weight),
+    and its export is a WanImageToVideoPipeline folder that renders from an image as a user's I2V model does."""
+    import torch
+
+    import supergen
+    from supergen import RenderSpec
+    from supergen.train import components
+
+    v, d, i2v = str(trained / "vae"), str(trained / "dit"), str(tmp_path / "dit-i2v")
+    stats = checkpoint.read_state(v)["latent_stats"]
+    encoder = vae.load(v).eval()
+    encoder.register_to_config(**stats)
+    image = torch.rand(1, 3, 64, 64) * 2 - 1
+    pipe = components.pipeline(encoder, components.transformer(config=components.I2V_TRANSFORMER_CONFIG))
+    with torch.no_grad():
+        ours = components.image_condition(encoder, image, stats, frames=9)
+        stock = pipe.prepare_latents(image, 1, 16, 64, 64, 9, torch.float32, "cpu", None, torch.zeros(1, 16, 3, 8, 8))[1]
+    assert torch.allclose(ours, stock, atol=1e-6)
+
+    dit.train(i2v, v, minutes=5, device="cpu", batch=2, clips=4, max_steps=0, i2v=True, init=d, text_from=d)
+    t2v = components.transformer()
+    t2v.load_state_dict({k: w.float() for k, w in checkpoint.load_tensors(d, "ema").items()})
+    start = components.transformer(config=components.I2V_TRANSFORMER_CONFIG)
+    start.load_state_dict({k: w.float() for k, w in checkpoint.load_tensors(i2v, "ema").items()})
+    x, text = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 8, components.TEXT_DIM)
+    with torch.no_grad():
+        want = t2v(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text).sample
+        got = start(hidden_states=torch.cat([x, ours], 1), timestep=torch.tensor([500.0]),
+                    encoder_hidden_states=text).sample
+    assert torch.allclose(got, want, atol=1e-5)
+
+    dit.train(i2v, v, minutes=5, device="cpu", batch=2, clips=4, max_steps=1)  # resumes as an I2V model
+    assert checkpoint.read_state(i2v)["step"] == 1
+    out = export.export(v, i2v, str(tmp_path / "world-i2v"))
+    r = supergen.render(RenderSpec(prompt="a red circle moving left on a blue background", model=out,
+                                   image=image_path, width=64, height=64, frames=5, steps=2))
+    assert r.family == "wan2.1-i2v" and tuple(r.video.shape) == (5, 64, 64, 3)
+
+
+def test_a_shallower_transformer_starts_from_evenly_spaced_blocks():
+    import torch
+
+    from supergen.train import components, transfer
+
+    assert transfer.kept_blocks(6, 3) == [0, 2, 5] and transfer.kept_blocks(6, 1) == [0]
+    big = components.transformer(seed=3)
+    small = components.transformer(config={**components.TRANSFORMER_CONFIG, "num_layers": 3})
+    small.load_state_dict(transfer.adapt(big.state_dict(), small))
+    assert torch.equal(small.blocks[1].ffn.net[0].proj.weight, big.blocks[2].ffn.net[0].proj.weight)
+    assert torch.equal(small.proj_out.weight, big.proj_out.weight)
+    with pytest.raises(ValueError, match="cannot start 7 blocks from 6"):
+        transfer.adapt(big.state_dict(), components.transformer(config={**components.TRANSFORMER_CONFIG,
+                                                                        "num_layers": 7}))

@@ -5,6 +5,8 @@
     python -m supergen.train vae    --ckpt C/vae --decoder-only --minutes 5 --device cuda:0
     python -m supergen.train dit    --ckpt C/dit --vae C/vae --minutes 5 --device cuda:1
     python -m supergen.train export --vae C/vae --dit C/dit --out supergen/models/world
+    python -m supergen.train dit    --ckpt C/dit-i2v --vae C/vae --i2v --init C/dit --text-from C/dit  # I2V
+    python -m supergen.train dit    --ckpt C/dit-small --vae C/vae --layers 3 --init C/dit --text-from C/dit
     python -m supergen.train resume-from supergen/models/world --ckpt C   # checkpoints from a shipped folder
 
 Every command resumes what its folder holds and stops after --minutes; `infra/train_world.sh` runs the
@@ -48,7 +50,10 @@ def main(argv=None) -> None:
     d.add_argument("--steps", type=int, help="stop after this many steps in all (as well as --minutes)")
     d.add_argument("--layers", type=int, help="a transformer of this depth (SRDiffusion's render model)")
     d.add_argument("--text-from", metavar="DIT_CKPT",
-                   help="use, frozen, the text encoder of this transformer checkpoint (the render model's pair)")
+                   help="use, frozen, the text encoder of this transformer checkpoint (the render model's pair, "
+                        "the image-to-video variant)")
+    d.add_argument("--i2v", action="store_true", help="the image-to-video variant (conditioned on the first frame)")
+    d.add_argument("--init", metavar="DIT_CKPT", help="start from this trained transformer where --ckpt holds none")
     e = sub.add_parser("export")
     e.add_argument("--vae", required=True)
     e.add_argument("--dit", required=True)
@@ -71,7 +76,7 @@ def main(argv=None) -> None:
         from . import dit
 
         dit.train(a.ckpt, a.vae, a.minutes, a.device, lr=a.lr, batch=a.batch, clips=a.clips, seed=a.seed,
-                  max_steps=a.steps, layers=a.layers, text_from=a.text_from)
+                  max_steps=a.steps, layers=a.layers, text_from=a.text_from, i2v=a.i2v, init=a.init)
     elif a.cmd == "export":
         from .export import export
 

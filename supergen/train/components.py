@@ -36,6 +36,10 @@ VAE_CONFIG = dict(base_dim=16, decoder_base_dim=24, z_dim=16, dim_mult=[1, 2, 4,
 TRANSFORMER_CONFIG = dict(patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=48, in_channels=16,
                           out_channels=16, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=768, num_layers=6,
                           cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=256)
+# the image-to-video variant, in Wan 2.1 I2V's layout without its CLIP encoder (as Wan 2.2 A14B I2V): the
+# noisy latent, then a 4-channel first-frame mask and the latent of (image, black frames) concatenated
+MASK_CHANNELS = 4
+I2V_TRANSFORMER_CONFIG = {**TRANSFORMER_CONFIG, "in_channels": 2 * TRANSFORMER_CONFIG["in_channels"] + MASK_CHANNELS}
 
 
 def tokenizer():
@@ -86,12 +90,33 @@ def scheduler():
 
 
 def pipeline(vae_module=None, transformer_module=None):
-    """A WanPipeline of the world model's components (fresh ones where none are given)."""
+    """A WanPipeline of the world model's components (fresh ones where none are given); a
+    WanImageToVideoPipeline where the transformer takes the image condition's channels."""
     from diffusers import WanPipeline
 
     tok = tokenizer()
-    return WanPipeline(tokenizer=tok, text_encoder=text_encoder(len(tok)), vae=vae_module or vae(),
-                       transformer=transformer_module or transformer(), scheduler=scheduler())
+    tr = transformer_module or transformer()
+    parts = dict(tokenizer=tok, text_encoder=text_encoder(len(tok)), vae=vae_module or vae(), transformer=tr,
+                 scheduler=scheduler())
+    if tr.config.in_channels == I2V_TRANSFORMER_CONFIG["in_channels"]:
+        from diffusers import WanImageToVideoPipeline
+
+        return WanImageToVideoPipeline(**parts)
+    return WanPipeline(**parts)
+
+
+def image_condition(encoder, image: torch.Tensor, stats: dict, frames: int = FRAMES) -> torch.Tensor:
+    """(B, 4 + z, F', h, w): what `WanImageToVideoPipeline.prepare_latents` conditions a clip of `frames` on,
+    for B first frames `image` (B, 3, H, W) in [-1, 1]: a mask marking the first latent frame, and the
+    normalised latent (the posterior mode) of the image followed by black frames."""
+    b, _, h, w = image.shape
+    video = torch.cat([image[:, :, None], image.new_zeros(b, 3, frames - 1, h, w)], dim=2)
+    z = encoder.encode(video.to(next(encoder.parameters()).dtype)).latent_dist.mode().float()
+    mean = torch.tensor(stats["latents_mean"], device=z.device).view(1, -1, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(stats["latents_std"], device=z.device).view(1, -1, 1, 1, 1)
+    mask = torch.zeros(b, MASK_CHANNELS, *z.shape[2:], device=z.device)
+    mask[:, :, 0] = 1
+    return torch.cat([mask, (z - mean) * inv_std], dim=1)
 
 
 def sidecar() -> dict:

@@ -21,7 +21,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, components, data, vae as vae_training
+from . import checkpoint, components, data, transfer, vae as vae_training
 from .session import Session, autocast
 
 TEXT_KEEP = 32  # prompt positions kept per clip; the rest of the 512 are zeros
@@ -30,11 +30,12 @@ CROP_SHARE = 0.4
 
 
 @torch.no_grad()
-def dataset(encoder, stats: dict, tok, n: int, s: Session, chunk: int = 256):
-    """n clips as (normalised latents fp16, caption token ids, their masks, whether each is a zoomed crop)."""
+def dataset(encoder, stats: dict, tok, n: int, s: Session, chunk: int = 256, i2v: bool = False):
+    """n clips as (normalised latents fp16, caption token ids, their masks, whether each is a zoomed crop,
+    and with `i2v` the image condition of each clip's first frame, fp16; else None)."""
     mean = torch.tensor(stats["latents_mean"], device=s.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(stats["latents_std"], device=s.device).view(1, -1, 1, 1, 1)
-    lat, ids, masks, crops, chunk = [], [], [], [], min(chunk, n)
+    lat, ids, masks, crops, conds, chunk = [], [], [], [], [], min(chunk, n)
     for _ in range(0, n, chunk):
         crop = s.rng.random() < CROP_SHARE
         x, captions = data.clips(s.rng, chunk, components.NATIVE[0], components.FRAMES, s.device,
@@ -42,49 +43,60 @@ def dataset(encoder, stats: dict, tok, n: int, s: Session, chunk: int = 256):
         crops.append(torch.full((chunk,), crop, device=s.device))
         with autocast(s.device):
             z = encoder.encode(x).latent_dist.mode().float()
+            if i2v:
+                conds.append(components.image_condition(encoder, x[:, :, 0], stats).half())
         lat.append(((z - mean) / std).half())
         i, m = components.caption_tokens(tok, captions, TEXT_KEEP)
         ids.append(i.to(s.device))
         masks.append(m.to(s.device))
-    return torch.cat(lat), torch.cat(ids), torch.cat(masks), torch.cat(crops)
+    return torch.cat(lat), torch.cat(ids), torch.cat(masks), torch.cat(crops), torch.cat(conds) if i2v else None
 
 
-def _weights(folder: str, prefix: str, module: torch.nn.Module) -> None:
+def _weights(folder: str, prefix: str, module: torch.nn.Module, init: str | None = None) -> None:
+    """`module` from `folder`'s tensors; where it holds none, from `init`'s (another shape's: `transfer`)."""
     saved = checkpoint.load_tensors(folder, prefix)
+    if saved is None and init is not None:
+        saved = transfer.adapt(checkpoint.load_tensors(init, "ema"), module)
     if saved is not None:
         module.load_state_dict({k: v.float() for k, v in saved.items()})
 
 
 def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr: float = 5e-4, batch: int = 256,
           clips: int = 100_000, drop: float = 0.1, ema_decay: float = 0.999, seed: int = 0,
-          max_steps: int | None = None, layers: int | None = None, text_from: str | None = None) -> None:
+          max_steps: int | None = None, layers: int | None = None, text_from: str | None = None,
+          i2v: bool = False, init: str | None = None) -> None:
     """Train the world transformer (and its text encoder) in `folder`, resuming what it holds.
 
     `layers`: a transformer of that depth instead of the shipped one's (fixed at the folder's first run).
     `text_from`: another transformer's checkpoint folder whose text encoder this one uses as it is, frozen:
     SRDiffusion's render model must learn on the large model's encoder, which conditions both (the pair
-    shares one conditioning; `supergen.pair`)."""
-    config = {**components.TRANSFORMER_CONFIG, **({"num_layers": layers} if layers else {})}
+    shares one conditioning; `supergen.pair`), and the image-to-video variant keeps the text-to-video one's.
+    `i2v`: the image-to-video variant, conditioned on each clip's first frame (`components.image_condition`).
+    `init`: a trained transformer's checkpoint folder to start from (`transfer`) where `folder` holds none."""
+    base = components.I2V_TRANSFORMER_CONFIG if i2v else components.TRANSFORMER_CONFIG
+    config = {**base, **({"num_layers": layers} if layers else {})}
     s = Session(folder, minutes, device, dict(lr=lr, batch=batch, clips=clips, drop=drop, ema_decay=ema_decay,
-                                              transformer=config, text_from=text_from), seed, max_steps)
+                                              transformer=config, text_from=text_from, init=init), seed, max_steps)
     config, text_from = s.state["config"]["transformer"], s.state["config"].get("text_from")  # as first run
+    init = s.state["config"].get("init")
+    i2v = config["in_channels"] == components.I2V_TRANSFORMER_CONFIG["in_channels"]
     if text_from and checkpoint.load_tensors(text_from, "text_ema") is None:
         raise ValueError(f"{text_from} holds no trained text encoder (text_ema) to share")
     stats = checkpoint.read_state(vae_folder)["latent_stats"]
     encoder = vae_training.load(vae_folder, s.device).eval()
     tok = components.tokenizer()
     model, text = components.transformer(config=config), components.text_encoder(len(tok))
-    _weights(folder, "model", model)
+    _weights(folder, "model", model, init)
     _weights(text_from or folder, "text_ema" if text_from else "text", text)
     ema, text_ema = copy.deepcopy(model), copy.deepcopy(text)
-    _weights(folder, "ema", ema)
+    _weights(folder, "ema", ema, init)
     _weights(text_from or folder, "text_ema", text_ema)
     text.requires_grad_(not text_from)
     model.to(s.device).train()
     text.to(s.device).eval()  # trained, but without UMT5's dropout: inference never drops
     pairs = [(m, e.to(s.device).eval().requires_grad_(False))
              for m, e in ((model, ema), (text, text_ema))[:1 if text_from else 2]]
-    latents, ids, masks, cropped = dataset(encoder, stats, tok, clips, s)
+    latents, ids, masks, cropped, conds = dataset(encoder, stats, tok, clips, s, i2v=i2v)
     null_ids, null_mask = (t.to(s.device) for t in components.caption_tokens(tok, [""], TEXT_KEEP))
     s.run["dataset_seconds"] = round(s.elapsed, 1)
     print(f"dataset {tuple(latents.shape)} in {s.elapsed:.0f}s", flush=True)
@@ -114,7 +126,8 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
             g["lr"] = s.lr(lr, warmup=100 if first else 500)
         with autocast(s.device):
             e = torch.cat([components.embed_tokens(text, i, m).float(), pad], dim=1)
-            pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
+            inp = xt if conds is None else torch.cat([xt, conds[idx].float()], dim=1)
+            pred = model(hidden_states=inp, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
