@@ -188,3 +188,27 @@ def test_a_shallower_transformer_starts_from_evenly_spaced_blocks():
     with pytest.raises(ValueError, match="cannot start 7 blocks from 6"):
         transfer.adapt(big.state_dict(), components.transformer(config={**components.TRANSFORMER_CONFIG,
                                                                         "num_layers": 7}))
+
+
+def test_a_distilled_run_learns_the_teachers_guided_predictions(trained, tmp_path):
+    """With the teacher as its own starting point, the student's distillation loss starts at zero (the
+    flow target's would not: the data's noise is not what any model predicts, ~0.1 here)."""
+    d, folder = str(trained / "dit"), str(tmp_path / "guided")
+    dit.train(folder, str(trained / "vae"), minutes=5, device="cpu", batch=2, clips=4, max_steps=50, init=d,
+              text_from=d, teacher=d, teacher_guidance=5.0, lr=1e-6)
+    run = checkpoint.read_state(folder)["runs"][-1]
+    assert run["teacher"] == d and run["teacher_guidance"] == 5.0
+    assert run["losses"][0][1] < 1e-4
+
+
+def test_the_guided_distillation_loss_sees_branch_errors_that_guidance_amplifies():
+    import torch
+
+    teacher = torch.randn(4, 3)
+    err = torch.full((2, 3), 0.1)
+    alike = teacher + torch.cat([err, err])  # both branches off the same way: the guided output is off by 0.1
+    apart = teacher + torch.cat([err, -err])  # off apart: the guided output by (2g - 1) * 0.1
+    plain = torch.nn.functional.mse_loss
+    assert plain(alike, teacher) == pytest.approx(plain(apart, teacher))
+    assert dit.guided_distillation_loss(teacher, teacher, 5.0) == 0
+    assert dit.guided_distillation_loss(apart, teacher, 5.0) > 5 * dit.guided_distillation_loss(alike, teacher, 5.0)

@@ -6,7 +6,8 @@
     python -m supergen.train dit    --ckpt C/dit --vae C/vae --minutes 5 --device cuda:1
     python -m supergen.train export --vae C/vae --dit C/dit --out supergen/models/world
     python -m supergen.train dit    --ckpt C/dit-i2v --vae C/vae --i2v --init C/dit --text-from C/dit  # I2V
-    python -m supergen.train dit    --ckpt C/dit-small --vae C/vae --layers 3 --init C/dit --text-from C/dit
+    python -m supergen.train dit    --ckpt C/dit-small --vae C/vae --layers 3 --init C/dit --text-from C/dit \
+                                    --teacher C/dit   # SRDiffusion's render model, distilled
     python -m supergen.train resume-from supergen/models/world --ckpt C   # checkpoints from a shipped folder
 
 Every command resumes what its folder holds and stops after --minutes; `infra/train_world.sh` runs the
@@ -54,6 +55,10 @@ def main(argv=None) -> None:
                         "the image-to-video variant)")
     d.add_argument("--i2v", action="store_true", help="the image-to-video variant (conditioned on the first frame)")
     d.add_argument("--init", metavar="DIT_CKPT", help="start from this trained transformer where --ckpt holds none")
+    d.add_argument("--teacher", metavar="DIT_CKPT",
+                   help="learn this trained transformer's predictions instead of the flow target (distillation)")
+    d.add_argument("--teacher-guidance", type=float, metavar="G",
+                   help="with --teacher: distil the guided prediction at scale G too (captioned and empty prompts)")
     e = sub.add_parser("export")
     e.add_argument("--vae", required=True)
     e.add_argument("--dit", required=True)
@@ -76,7 +81,8 @@ def main(argv=None) -> None:
         from . import dit
 
         dit.train(a.ckpt, a.vae, a.minutes, a.device, lr=a.lr, batch=a.batch, clips=a.clips, seed=a.seed,
-                  max_steps=a.steps, layers=a.layers, text_from=a.text_from, i2v=a.i2v, init=a.init)
+                  max_steps=a.steps, layers=a.layers, text_from=a.text_from, i2v=a.i2v, init=a.init,
+                  teacher=a.teacher, teacher_guidance=a.teacher_guidance)
     elif a.cmd == "export":
         from .export import export
 

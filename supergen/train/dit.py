@@ -52,6 +52,18 @@ def dataset(encoder, stats: dict, tok, n: int, s: Session, chunk: int = 256, i2v
     return torch.cat(lat), torch.cat(ids), torch.cat(masks), torch.cat(crops), torch.cat(conds) if i2v else None
 
 
+def guided_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Distillation of (captioned, empty-prompt) prediction pairs stacked on the batch: each branch's
+    error, plus the guided prediction's, u + g (c - u), which the sampler steps by. A student whose branches
+    err alike is harmless under guidance; one whose branches err apart errs g times over, and that error is
+    what the plain loss cannot see (the guided term is weighted 1/g: its error carries g times the branches')."""
+    sc, su = student.chunk(2)
+    tc, tu = teacher.chunk(2)
+    branches = F.mse_loss(student, teacher)
+    guided = F.mse_loss(su + guidance * (sc - su), tu + guidance * (tc - tu))
+    return branches + guided / guidance
+
+
 def _weights(folder: str, prefix: str, module: torch.nn.Module, init: str | None = None) -> None:
     """`module` from `folder`'s tensors; where it holds none, from `init`'s (another shape's: `transfer`)."""
     saved = checkpoint.load_tensors(folder, prefix)
@@ -64,7 +76,8 @@ def _weights(folder: str, prefix: str, module: torch.nn.Module, init: str | None
 def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr: float = 5e-4, batch: int = 256,
           clips: int = 100_000, drop: float = 0.1, ema_decay: float = 0.999, seed: int = 0,
           max_steps: int | None = None, layers: int | None = None, text_from: str | None = None,
-          i2v: bool = False, init: str | None = None) -> None:
+          i2v: bool = False, init: str | None = None, teacher: str | None = None,
+          teacher_guidance: float | None = None) -> None:
     """Train the world transformer (and its text encoder) in `folder`, resuming what it holds.
 
     `layers`: a transformer of that depth instead of the shipped one's (fixed at the folder's first run).
@@ -72,7 +85,12 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
     SRDiffusion's render model must learn on the large model's encoder, which conditions both (the pair
     shares one conditioning; `supergen.pair`), and the image-to-video variant keeps the text-to-video one's.
     `i2v`: the image-to-video variant, conditioned on each clip's first frame (`components.image_condition`).
-    `init`: a trained transformer's checkpoint folder to start from (`transfer`) where `folder` holds none."""
+    `init`: a trained transformer's checkpoint folder to start from (`transfer`) where `folder` holds none.
+    `teacher`: a trained transformer's checkpoint folder whose predictions (its moving average's, on the same
+    inputs) this run learns instead of the flow target (output distillation): a render model that follows
+    the large model's trajectory, not just the data, for this run (a resumed run may learn either way).
+    `teacher_guidance`: distil each clip with its caption and with the empty prompt, and learn the guided
+    prediction at this scale too (`guided_distillation_loss`): what the sampler uses."""
     base = components.I2V_TRANSFORMER_CONFIG if i2v else components.TRANSFORMER_CONFIG
     config = {**base, **({"num_layers": layers} if layers else {})}
     s = Session(folder, minutes, device, dict(lr=lr, batch=batch, clips=clips, drop=drop, ema_decay=ema_decay,
@@ -99,6 +117,14 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
     latents, ids, masks, cropped, conds = dataset(encoder, stats, tok, clips, s, i2v=i2v)
     null_ids, null_mask = (t.to(s.device) for t in components.caption_tokens(tok, [""], TEXT_KEEP))
     s.run["dataset_seconds"] = round(s.elapsed, 1)
+    guide = None
+    if teacher:
+        guide = components.transformer(config=(checkpoint.read_state(teacher).get("config") or {}).get("transformer"))
+        _weights(teacher, "ema", guide)
+        guide.to(s.device).eval().requires_grad_(False)
+        s.run["teacher"] = teacher
+        if teacher_guidance:
+            s.run["teacher_guidance"] = teacher_guidance
     print(f"dataset {tuple(latents.shape)} in {s.elapsed:.0f}s", flush=True)
     del encoder
 
@@ -110,12 +136,17 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     first = s.step
     pad = torch.zeros(batch, 512 - TEXT_KEEP, components.TEXT_DIM, device=s.device)
+    paired = guide is not None and bool(teacher_guidance)  # each clip twice: captioned, then empty
     while s.running():
         idx = torch.randint(0, latents.shape[0], (batch,), device=s.device)
         x0 = latents[idx].float()
-        drop_row = torch.rand(batch, 1, device=s.device) < drop
-        i = torch.where(drop_row, null_ids.expand(batch, -1), ids[idx])
-        m = torch.where(drop_row, null_mask.expand(batch, -1), masks[idx])
+        if paired:
+            i = torch.cat([ids[idx], null_ids.expand(batch, -1)])
+            m = torch.cat([masks[idx], null_mask.expand(batch, -1)])
+        else:
+            drop_row = torch.rand(batch, 1, device=s.device) < drop
+            i = torch.where(drop_row, null_ids.expand(batch, -1), ids[idx])
+            m = torch.where(drop_row, null_mask.expand(batch, -1), masks[idx])
         u = torch.sigmoid(torch.randn(batch, device=s.device))
         sigma = 3 * u / (1 + 2 * u)
         sigma = torch.where(cropped[idx], sigma * CROP_SIGMA, sigma)
@@ -124,11 +155,21 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
         xt = (1 - sv) * x0 + sv * noise
         for g in opt.param_groups:
             g["lr"] = s.lr(lr, warmup=100 if first else 500)
+        reps = 2 if paired else 1
         with autocast(s.device):
-            e = torch.cat([components.embed_tokens(text, i, m).float(), pad], dim=1)
-            inp = xt if conds is None else torch.cat([xt, conds[idx].float()], dim=1)
-            pred = model(hidden_states=inp, timestep=sigma * 1000, encoder_hidden_states=e, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), noise - x0)
+            e = torch.cat([components.embed_tokens(text, i, m).float(), pad.repeat(reps, 1, 1)], dim=1)
+            inp = (xt if conds is None else torch.cat([xt, conds[idx].float()], dim=1)).repeat(reps, 1, 1, 1, 1)
+            t = (sigma * 1000).repeat(reps)
+            pred = model(hidden_states=inp, timestep=t, encoder_hidden_states=e, return_dict=False)[0]
+            if guide is not None:
+                with torch.no_grad():
+                    target = guide(hidden_states=inp, timestep=t, encoder_hidden_states=e, return_dict=False)[0]
+        if guide is None:
+            loss = F.mse_loss(pred.float(), noise - x0)
+        elif paired:
+            loss = guided_distillation_loss(pred.float(), target.float(), teacher_guidance)
+        else:
+            loss = F.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
