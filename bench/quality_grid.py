@@ -9,13 +9,17 @@ through an in-memory sink, so only the refinement differs):
   shift-clamp   as shift-wrap, windows clamped inside the canvas
   rope-ntk      as shift-wrap, the tiles' rotary positions from the canvas, NTK-scaled bases (--rope)
   rope-interp   as shift-wrap, the tiles' canvas positions scaled into the native extent
+  clamp-ntk     as shift-clamp, with rope-ntk's positions
   loop4, loop2  as shift-wrap with the shift quantum tile // 4 or tile // 2 (the paper's tile // 16 is one
                 cell of the world model's 8-cell tile, as tile // 8 and // 32 are: max(1, tile // loop))
   (`--rope canvas` renders what shift-wrap renders up to rounding: RoPE is relative, supergen/rope.py)
 Then the cache grid at 4x (tau x alpha for `region`, tau for `uniform`) against `none`: refinement speedup,
 transformer calls, PSNR/SSIM of the video vs `none`.
+`--i2v`: an image-to-video model (`python -m supergen.train dit --i2v ...`), each caption's render
+conditioned on its scene's first frame, drawn exactly at the canvas size.
 
     .venv/bin/python bench/quality_grid.py --out bench/results/quality_grid_cpu.json
+    .venv/bin/python bench/quality_grid.py --model DIR --i2v --sizes 4x 8x --skip cache --out ...
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import os
 import random
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, write_result  # noqa: E402
 
 SIZES = {"2x": (128, 128), "4x": (256, 256), "odd": (336, 208), "8x": (512, 512)}
-METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp", "rope-ntk", "rope-interp", "loop4", "loop2")
+METHODS = ("bicubic", "direct", "no-shift", "shift-wrap", "shift-clamp", "rope-ntk", "rope-interp", "clamp-ntk", "loop4",
+           "loop2")
 TAUS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 ALPHAS = (0.0, 0.5)
 
@@ -69,14 +75,32 @@ class Stages:
         return None
 
 
+def first_frame(scene, size, folder: str, name: str) -> str:
+    """A PNG of `scene`'s first frame at `size` (width, height): the image an I2V render is conditioned on."""
+    from PIL import Image
+
+    w, h = size
+    frame = world.render([scene], w, h, 1)[0, :, 0]
+    path = os.path.join(folder, f"first-{name}-{w}x{h}.png")
+    Image.fromarray(((frame.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()).save(path)
+    return path
+
+
+def base_spec(args, scene, seed: int, size, **fields) -> RenderSpec:
+    """The spec every variant of one caption starts from (with its first frame for an I2V model)."""
+    image = first_frame(scene, size, args.images, str(seed)) if args.i2v else None
+    return RenderSpec(prompt=scene.caption, seed=seed, checkpoint_every=0, model=args.model, image=image, **fields)
+
+
 def method_spec(base: RenderSpec, method: str, size) -> RenderSpec:
     w, h = size
     if method == "direct":
         return base.replace(width=w, height=h, tile=(h // 8, w // 8))
     extra = {"no-shift": dict(shift_every=0), "shift-clamp": dict(boundary="clamp"),
              "rope-ntk": dict(rope="canvas-ntk"), "rope-interp": dict(rope="canvas-interp"),
+             "clamp-ntk": dict(boundary="clamp", rope="canvas-ntk"),
              "loop4": dict(shift_loop=4), "loop2": dict(shift_loop=2)}.get(method, {})
-    return base.replace(width=w, height=h, **extra)
+    return base.replace(width=w, height=h, **{"boundary": "wrap", **extra})  # wrapped unless named: not the preset
 
 
 def summary(a: dict) -> dict:
@@ -118,15 +142,14 @@ def variant_sheet(videos: dict, width: int = 256, columns: int = 3):
     return sheet
 
 
-def methods(be, prompts, args, save=lambda rows: None) -> list[dict]:
+def methods(be, scenes, args, save=lambda rows: None) -> list[dict]:
     rows = []
     for label, size in SIZES.items():
         if args.sizes and label not in args.sizes:
             continue
-        for p, prompt in enumerate(prompts[: args.prompts_8x] if label == "8x" else prompts):
-            sink = Stages()
-            base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=args.steps,
-                              refine_steps=args.refine_steps)
+        for p, scene in enumerate(scenes[: args.prompts_8x] if label == "8x" else scenes):
+            sink, prompt = Stages(), scene.caption
+            base = base_spec(args, scene, p, size, steps=args.steps, refine_steps=args.refine_steps)
             first, videos = None, {}
             for m in ("shift-wrap",) + tuple(x for x in args.methods if x != "shift-wrap"):
                 if m == "bicubic":
@@ -148,18 +171,17 @@ def methods(be, prompts, args, save=lambda rows: None) -> list[dict]:
     return rows
 
 
-def depth(be, prompts, args) -> list[dict]:
+def depth(be, scenes, args) -> list[dict]:
     """Refinement depth k of N at 4x: where the re-noised start sits decides how much of the sketch
     survives (fidelity, duplication) and how much detail the tiles add. The sketch is shared; the start
     is not (it depends on k)."""
     rows = []
     for steps in args.depth_steps:
-        for p, prompt in enumerate(prompts):
-            sink = Stages(share=("sketch",))
+        for p, scene in enumerate(scenes):
+            sink, prompt = Stages(share=("sketch",)), scene.caption
             for frac in args.depth_fractions:
                 k = max(1, round(frac * steps))
-                spec = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=steps,
-                                  refine_steps=k)
+                spec = base_spec(args, scene, p, SIZES["4x"], steps=steps, refine_steps=k)
                 r = render(spec, backend=be, sink=sink)
                 a = quality.assess(r.video, r.sketch_video, r.spec.to_dict())
                 rows.append({"steps": steps, "refine_steps": k, "prompt": prompt,
@@ -168,12 +190,12 @@ def depth(be, prompts, args) -> list[dict]:
     return rows
 
 
-def cache_grid(be, prompts, args) -> list[dict]:
+def cache_grid(be, scenes, args) -> list[dict]:
     rows = []
-    for p, prompt in enumerate(prompts[: args.cache_prompts]):
-        sink = Stages()
-        base = RenderSpec(prompt=prompt, seed=p, checkpoint_every=0, model=args.model, steps=args.cache_steps,
-                          refine_steps=args.cache_refine_steps, cache_warmup=args.cache_warmup)
+    for p, scene in enumerate(scenes[: args.cache_prompts]):
+        sink, prompt = Stages(), scene.caption
+        base = base_spec(args, scene, p, SIZES["4x"], steps=args.cache_steps, refine_steps=args.cache_refine_steps,
+                         cache_warmup=args.cache_warmup)
         ref = render(base, backend=be, sink=sink)
         rows.append({"prompt": prompt, "policy": "none", "tau": None, "alpha": None, "skip_ratio": 0.0,
                      "refine_s": round(ref.timings["refine"], 3), "calls": ref.forwards["refine"]})
@@ -212,27 +234,29 @@ def main():
     ap.add_argument("--refine-steps", type=int, help="k of the methods' renders [default: the preset]")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
                     help="the methods rendered (shift-wrap always: the others share its stages)")
+    ap.add_argument("--i2v", action="store_true", help="the model is image-to-video: condition on first frames")
     args = ap.parse_args()
     be = load_backend(args.model)
     rng = random.Random(2026)
-    prompts = [world.sample_scene(rng, max_shapes=2).caption for _ in range(args.prompts)]
+    scenes = [world.sample_scene(rng, max_shapes=2) for _ in range(args.prompts)]
+    args.images = tempfile.mkdtemp(prefix="quality-grid-")
     result = environment(" ".join(["python"] + sys.argv))
     result["model"] = args.model
     if "methods" not in args.skip:
-        rows = methods(be, prompts, args, save=lambda rows: write_result(args.out, {**result, "methods": rows}))
+        rows = methods(be, scenes, args, save=lambda rows: write_result(args.out, {**result, "methods": rows}))
         result["methods"] = rows
         result["methods_mean"] = [{"size": s, "method": m, **mean_rows(
             [{k: v for k, v in r.items() if k not in ("size", "method", "prompt", "canvas", "sketch")}
              for r in rows if r["size"] == s and r["method"] == m])}
             for s in SIZES for m in METHODS if any(r["size"] == s and r["method"] == m for r in rows)]
     if "depth" not in args.skip:
-        rows = result["depth"] = depth(be, prompts, args)
+        rows = result["depth"] = depth(be, scenes, args)
         result["depth_mean"] = [{"steps": n, "refine_steps": k, **mean_rows(
             [{kk: v for kk, v in r.items() if kk not in ("steps", "refine_steps", "prompt")}
              for r in rows if (r["steps"], r["refine_steps"]) == (n, k)])}
             for n, k in dict.fromkeys((r["steps"], r["refine_steps"]) for r in rows)]
     if "cache" not in args.skip:
-        result["cache"] = cache_grid(be, prompts, args)
+        result["cache"] = cache_grid(be, scenes, args)
     write_result(args.out, result)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import experts, lora, memory, noise, pair, sketch
-from .backends import load_backend, model_configs, model_info
+from .backends import load_backend, model_configs, model_folder, model_info
 from .backends.base import Backend
 from .cache import CacheConfig, CacheReport, TileCache
 from .errors import SpecError
@@ -70,6 +70,9 @@ def model_notes(backend, spec: RenderSpec, models: dict | None = None) -> list[s
     start = spec.steps - spec.refine_steps
     notes = [experts.note(backend.timesteps(spec.steps), backend.info.expert_boundary, start),
              pair.note(models, spec.steps, start)]
+    folders = [model_folder(m) for m in (spec.model, spec.render_model or "")]
+    if spec.render_model is not None and all(folders):
+        notes.append(pair.weights_note(*folders))
     return [n for n in notes if n]
 
 

@@ -257,27 +257,6 @@ def _configs(model: str) -> dict:
     return read(model)
 
 
-def _model_folder(model: str) -> str | None:
-    """A local folder holding the model's files: the packaged one, the given folder, or the hub cache's
-    snapshot (never downloads)."""
-    from . import models
-    from .backends import tiny
-
-    if model in tiny.EMBEDDED:  # built in code: no files
-        return None
-    folder = models.folder(model) or (model if os.path.isdir(model) else None)
-    if folder is not None:
-        return folder
-    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download(model, local_files_only=True)
-        except Exception:  # not cached, or no huggingface_hub: the configs' closed forms instead
-            return None
-    return None
-
-
 def _safetensors_params(folder: str, component: str) -> int | None:
     """Parameter count of a component from its safetensors headers (the first 8 bytes give the JSON header's
     length; no tensor data is read). None when there are no readable safetensors files."""
@@ -367,8 +346,10 @@ def _params_from_config(component: str, cfg: dict | None, family: str) -> int | 
 
 def _weights(model: str, family: str, c: dict) -> dict[str, tuple[int, str]]:
     """{component: (parameters, source)} with source "safetensors", "config" or "unknown"."""
+    from .backends import model_folder
+
     index = c.get("index", {})
-    folder = _model_folder(model)
+    folder = model_folder(model)
     out = {}
     for comp in ("transformer", "transformer_2", "text_encoder", "text_encoder_2", "image_encoder", "vae"):
         entry = index.get(comp)

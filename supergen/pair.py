@@ -167,8 +167,8 @@ def check(large: dict, small: dict, large_info, small_info) -> None:
     if small_info.family != large_info.family:
         raise SpecError("render_model", f"the render model is {small_info.family}, the model {large_info.family}: "
                                         "SRDiffusion pairs two models of one family")
-    for part, what in (("vae", "VAE (the latent space)"), ("text_encoder", "text encoder"),
-                       ("text_encoder_2", "second text encoder"), ("image_encoder", "image encoder")):
+    for part, what in SHARED:
+        what = "VAE (the latent space)" if part == "vae" else what
         a, b = _public(large.get(part)), _public(small.get(part))
         if a != b:
             keys = sorted(k for k in set(a or {}) | set(b or {}) if (a or {}).get(k) != (b or {}).get(k))
@@ -178,6 +178,48 @@ def check(large: dict, small: dict, large_info, small_info) -> None:
         raise SpecError("render_model", "one model of the pair is guidance-distilled and the other is not")
 
 
+SHARED = (("vae", "VAE"), ("text_encoder", "text encoder"), ("text_encoder_2", "second text encoder"),
+          ("image_encoder", "image encoder"))
+
+
+def fingerprint(folder: str, samples: int = 16, chunk: int = 1 << 16) -> str | None:
+    """A cheap identity of a component folder's weights: each weight file's name and size and the SHA-256 of
+    `samples` evenly spaced `chunk`-byte pieces of it (a 11 GB text encoder hashes in milliseconds; two
+    trainings of one architecture differ in every piece). None where the folder holds no weights."""
+    import hashlib
+    import os
+
+    if not os.path.isdir(folder):
+        return None
+    h, found = hashlib.sha256(), False
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith((".safetensors", ".bin")):
+            continue
+        found, path = True, os.path.join(folder, name)
+        size = os.path.getsize(path)
+        h.update(f"{name}:{size}".encode())
+        with open(path, "rb") as f:
+            for i in range(samples):
+                f.seek(max(0, size - chunk) * i // max(1, samples - 1))
+                h.update(f.read(chunk))
+    return h.hexdigest() if found else None
+
+
+def unshared(large_folder: str, small_folder: str) -> list[str]:
+    """The components whose configs the pair shares (`check`) but whose weights differ between the two
+    folders. The pair runs the large model's (`ModelPair`), so a render model trained with other ones
+    renders in a latent space or conditioning it never learned: worth a note, not a refusal (one VAE saved
+    at two precisions, say, is still the same VAE)."""
+    import os
+
+    out = []
+    for part, what in SHARED:
+        a, b = (fingerprint(os.path.join(f, part)) for f in (large_folder, small_folder))
+        if a is not None and b is not None and a != b:
+            out.append(what)
+    return out
+
+
 def fresh_at(expert_switches: tuple[int, ...], models: dict | None, start: int,
              refine_steps: int) -> tuple[int, ...]:
     """The refinement steps (0-based from schedule index `start`) at which the region cache starts afresh:
@@ -185,6 +227,16 @@ def fresh_at(expert_switches: tuple[int, ...], models: dict | None, start: int,
     refinement."""
     s = models["switch_step"] - start if models else 0
     return tuple(sorted(set(expert_switches) | ({s} if 0 < s < refine_steps else set())))
+
+
+def weights_note(model_folder: str, render_folder: str) -> str | None:
+    """A sentence where the render model's shared components hold other weights than the model's."""
+    parts = unshared(model_folder, render_folder)
+    if not parts:
+        return None
+    return (f"the render model's {' and '.join(parts)} weights differ from the model's: the pair runs the model's, "
+            "so the render model predicts on conditioning it was not trained with, unless the two are the same "
+            "weights saved differently")
 
 
 def note(models: dict | None, steps: int, start: int) -> str | None:

@@ -99,6 +99,7 @@ def test_the_render_model_refines_from_the_switch(pair_dirs):
     after the refinement's start changes the video, one at the last step less than one at its start."""
     r = supergen.render(_spec(pair_dirs, switch_step=5))
     assert r.models["switch_step"] == 5 and "render model for steps 5-7" in " ".join(r.warnings)
+    assert "weights differ" not in " ".join(r.warnings)  # the render model's VAE and encoder are the model's
     assert r.report()["models"] == r.models
     alone = supergen.render(_spec(pair_dirs, render_model=None))
     assert alone.models is None and not torch.equal(r.latent, alone.latent)
@@ -123,6 +124,20 @@ def test_a_pair_that_cannot_share_a_trajectory_is_refused_from_configs(change, w
             f.write_bytes(b"not weights")  # refused from the configs: the weights are never read
     with pytest.raises(SpecError, match=words):
         prepare(_spec(pair_dirs, render_model=str(other)), here=False)
+
+
+def test_a_render_model_trained_with_other_shared_weights_is_noted(pair_dirs, tmp_path):
+    """Configs alike, weights not: the pair runs the model's VAE, so the render says the render model's VAE
+    is not the one it runs with (a note: one VAE saved at another precision is still the same VAE)."""
+    from diffusers import AutoencoderKLWan
+
+    big, small = pair_dirs
+    other = shutil.copytree(small, tmp_path / "other")
+    torch.manual_seed(7)
+    AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(str(other / "vae"))).save_pretrained(str(other / "vae"))
+    assert pair.unshared(big, small) == [] and pair.unshared(big, str(other)) == ["VAE"]
+    r = supergen.render(_spec(pair_dirs, render_model=str(other), steps=2, refine_steps=1))
+    assert "render model's VAE weights differ from the model's" in " ".join(r.warnings)
 
 
 @pytest.mark.parametrize("kw,field", [({"lora": ("adapter.safetensors",)}, "lora"),

@@ -64,6 +64,10 @@ def test_the_export_is_a_diffusers_folder_that_renders_like_a_users_model(traine
     from supergen import RenderSpec
 
     out = export.export(str(trained / "vae"), str(trained / "dit"), str(tmp_path / "world"))
+    from supergen.models import folder
+
+    with open(os.path.join(out, "supergen.json")) as f, open(os.path.join(folder("world"), "supergen.json")) as g:
+        assert json.load(f) == json.load(g)  # an export keeps the shipped model's measured presets
     with open(os.path.join(out, "vae", "config.json")) as f:
         stats = checkpoint.read_state(str(trained / "vae"))["latent_stats"]
         assert json.load(f)["latents_std"] == pytest.approx(stats["latents_std"])

@@ -12,7 +12,7 @@ from .base import Backend, Conditioning, ModelInfo
 from .loading import backend_class, load_pipeline, read_configs
 
 __all__ = ["Backend", "Conditioning", "ModelInfo", "model_configs", "model_info", "model_identity", "model_problem",
-           "schedule", "expert_plan", "load_backend", "backend_for_pipeline"]
+           "schedule", "expert_plan", "load_backend", "backend_for_pipeline", "model_folder"]
 
 
 def _configs(model: str) -> dict:
@@ -25,6 +25,26 @@ def _configs(model: str) -> dict:
 
 
 _EMBEDDED_CONFIGS: dict[str, dict] = {}
+
+
+def model_folder(model: str) -> str | None:
+    """A local folder holding the model's files: the packaged one, the given folder, or the hub cache's
+    snapshot (never downloads); None for a model built in code or not on this machine."""
+    import os
+
+    if model in tiny.EMBEDDED:  # built in code: no files
+        return None
+    folder = models.folder(model) or (model if os.path.isdir(model) else None)
+    if folder is not None:
+        return folder
+    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(model, local_files_only=True)
+        except Exception:  # not cached, or no huggingface_hub
+            return None
+    return None
 
 
 def model_configs(model: str) -> dict:

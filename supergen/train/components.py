@@ -26,8 +26,10 @@ TEXT_DIM = 64
 # refine_fraction 0.3 (6 of 20): re-noised to sigma 0.52, the tiles sharpen the sketch and keep its layout
 # (sketch fidelity 29.8 dB, no duplicated objects); at the paper's 0.9 (sigma 0.96 on this shift-3 schedule)
 # every tile repaints the prompt's object: duplicated in 4 of 4 prompts (quality_depth_cpu.json)
+# clamp_to_depth 0.5: windows clamped inside the canvas up to half the schedule refined, wrapped deeper
+# (`spec.boundary_preset`; quality_boundary_*_cpu.json: clamp flickers less with as much fidelity there)
 PRESETS = dict(scale=4, frames=FRAMES, steps=20, guidance=5.0, fps=FPS, cache_threshold=0.4, cache_alpha=0.5,
-               vae_tile=512, refine_fraction=0.3)
+               vae_tile=512, refine_fraction=0.3, clamp_to_depth=0.5)
 
 # decoder_base_dim 24: the decoder at base 16 blurred edges (27 dB) and was widened in place, keeping the
 # encoder's latent space (`widen.py`); 24 keeps the shipped folder under 20 MB
