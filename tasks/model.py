@@ -2,12 +2,14 @@
 
 Registered on a cluster as a Dask WorkerPlugin (`client.register_plugin(ModelHolder())`; registering it
 again is a no-op, so every stage may); tasks reach it through the worker (`holder()`), never through a
-module global or an argument.
+module global or an argument. The start scripts give every worker one thread, but a worker started with
+more must still load each model once: the holder's state changes under a lock.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import OrderedDict
 
 from distributed import WorkerPlugin, get_worker
@@ -28,6 +30,7 @@ class ModelHolder(WorkerPlugin):
         self.conds: OrderedDict = OrderedDict()  # (render id, frame size) -> conditioning (text, image condition)
         self.switches: dict = {}  # render id -> SRDiffusion's switch step
         self.loads = 0
+        self.lock = threading.RLock()
 
     def teardown(self, worker):
         import gc
@@ -43,9 +46,13 @@ class ModelHolder(WorkerPlugin):
 
     def backend(self, spec, store):
         """The render's models, loaded on first use; its LoRA adapters are the store's copies (`local_loras`)."""
+        key = (spec.model, spec.render_model, spec.device, spec.dtype, spec.compile, spec.vae_dtype, tuple(spec.lora))
+        with self.lock:
+            return self._backend(key, spec, store)
+
+    def _backend(self, key, spec, store):
         from supergen.executor import load_models
 
-        key = (spec.model, spec.render_model, spec.device, spec.dtype, spec.compile, spec.vae_dtype, tuple(spec.lora))
         if key not in self.backends:
             while len(self.backends) >= self.max_models:  # one model per GPU: evict the least recent
                 self.backends.popitem(last=False)
@@ -60,7 +67,10 @@ class ModelHolder(WorkerPlugin):
         """Text/image conditioning of a render for a frame of `size` (width, height; default the canvas),
         computed once per worker and kept for its steps. The image is the render store's copy: no worker
         needs the original path."""
-        size = tuple(size or spec.canvas_size)
+        with self.lock:
+            return self._conditioning(render_id, spec, store, tuple(size or spec.canvas_size), switch_required)
+
+    def _conditioning(self, render_id, spec, store, size, switch_required):
         key = (render_id, size)
         if key not in self.conds:
             from supergen.tilestep import cpu_conditioning

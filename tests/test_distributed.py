@@ -390,6 +390,20 @@ def test_the_model_stays_loaded_when_stages_register_the_holder_again(client, tm
     assert client.run(state) == before and all(loads >= 1 for _, loads in before.values())
 
 
+def test_a_worker_of_many_threads_loads_each_model_once(tmp_path):
+    """Tasks on several threads of one worker asking for the same model get one copy, loaded once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.model import ModelHolder
+
+    store = RenderStore.create(str(tmp_path / "s"), prepare(RenderSpec(**SPEC)))
+    holder = ModelHolder()
+    holder.setup(worker=None)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: holder.backend(store.spec(), store), range(4)))
+    assert holder.loads == 1 and all(b is got[0] for b in got)
+
+
 @pytest.fixture(scope="module")
 def pair_spec(tiny_dir, tmp_path_factory):
     """SRDiffusion: tiny Wan with a one-layer render model, the switch adaptive, the region cache on."""
