@@ -1,7 +1,8 @@
 """The sketch stage on a cluster: the sketch written out as per-branch calls (`supergen.sketch`) on one
-worker, or with each step's two CFG branches on two workers. Each step's latent (with the scheduler's
-carried state) goes from the first worker to the second and the negative branch's output back (the native
-latent: megabytes, against seconds of transformer work per branch); the video is the one worker's."""
+worker, or with each step's two CFG branches on two workers. Each step's latent (with SRDiffusion's switch,
+not the scheduler's or the switch rule's carried state: `sketch.for_branches`) goes from the first worker
+to the second and the negative branch's output back (the native latent: megabytes, against seconds of
+transformer work per branch); the video is the one worker's."""
 
 from __future__ import annotations
 
@@ -33,12 +34,14 @@ def sketch_on_cluster(client, store, workers: list, render_id: str, pins: dict) 
     def on(worker, fn, *args, name):
         return client.submit(fn, store, *args, key=f"sketch-{name}-{render_id}", pure=False, **pins[worker])
 
-    futures = [on(a, tasks.first, render_id, name="first")]
+    carry = on(a, tasks.first, render_id, name="first")
+    futures = [carry]
     for i in range(spec.steps):
-        outs = [on(w, tasks.branch, render_id, futures[-1], i, k, name=f"branch-{i}-{k}")
-                for k, w in enumerate((a, b))]
-        futures += outs + [on(a, tasks.advance, render_id, futures[-1], i, *outs, name=f"advance-{i}")]
-    futures.append(on(a, tasks.save, futures[-1], name="save"))
+        lean = client.submit(tasks.lean, carry, key=f"sketch-lean-{i}-{render_id}", pure=False, **pins[a])
+        outs = [on(w, tasks.branch, render_id, lean, i, k, name=f"branch-{i}-{k}") for k, w in enumerate((a, b))]
+        carry = on(a, tasks.advance, render_id, carry, i, *outs, name=f"advance-{i}")
+        futures += [lean, *outs, carry]
+    futures.append(on(a, tasks.save, carry, name="save"))
     try:  # checking between polls for a Ctrl-C some library swallowed, and for a worker gone for good
         Watch(client, [a, b]).wait(futures[-1:])
         futures[-1].result()

@@ -45,6 +45,14 @@ def branch(backend: Backend, spec, cond: Conditioning, index: int, carry: Carry,
     return backend.predict_branch(x, spec.steps, index, switched(spec, cond, state), b, image)
 
 
+def for_branches(carry: Carry) -> Carry:
+    """What a branch reads of the carry: the latent and SRDiffusion's decided switch, not the scheduler's
+    or the switch rule's carried tensors (the rule's previous output is a whole sketch latent, which a
+    branch on another worker would otherwise receive every step)."""
+    x, state = carry
+    return x, {k: v for k, v in state.items() if k == pair.SWITCH}
+
+
 def switched(spec, cond: Conditioning, state: dict) -> Conditioning:
     """`cond` with SRDiffusion's switch as far as the sketch has decided it (unchanged for one model)."""
     if spec.render_model is None:

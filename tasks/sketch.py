@@ -36,6 +36,10 @@ def branch(store, render_id: str, carry: sketch.Carry, index: int, b: int) -> to
     return sketch.branch(be, spec, cond, index, _on(be.device, carry), b).cpu()
 
 
+def lean(carry: sketch.Carry) -> sketch.Carry:
+    return sketch.for_branches(carry)
+
+
 @guarded("sketch")
 def advance(store, render_id: str, carry: sketch.Carry, index: int, *outputs: torch.Tensor) -> sketch.Carry:
     spec, be, cond = _model(store, render_id)

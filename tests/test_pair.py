@@ -85,7 +85,9 @@ def test_the_adaptive_sketch_decides_as_the_rule_on_its_outputs(pair_dirs):
     cond = sketch.conditioning(both, spec, None)
     carry, outputs = sketch.first(both, spec, cond), []
     for i in range(spec.steps):
-        outs = [sketch.branch(both, spec, cond, i, carry, b) for b in range(cond.branches)]
+        lean = sketch.for_branches(carry)  # what a branch on another worker receives: no rule state but the switch
+        assert set(lean[1]) <= {pair.SWITCH} and lean[0] is carry[0]
+        outs = [sketch.branch(both, spec, cond, i, lean, b) for b in range(cond.branches)]
         if pair.switch_of({k: v for k, v in carry[1].items() if k.startswith("pair_")}, pair.SwitchRule.from_spec(spec)) is None:
             outputs.append(cond.guide(outs))
         carry = sketch.advance(both, spec, cond, i, carry, outs)
