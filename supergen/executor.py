@@ -70,9 +70,9 @@ def model_notes(backend, spec: RenderSpec, models: dict | None = None) -> list[s
     start = spec.steps - spec.refine_steps
     notes = [experts.note(backend.timesteps(spec.steps), backend.info.expert_boundary, start),
              pair.note(models, spec.steps, start)]
-    folders = [model_folder(m) for m in (spec.model, spec.render_model or "")]
-    if spec.render_model is not None and all(folders):
-        notes.append(pair.weights_note(*folders))
+    if spec.render_model is not None:  # both folders on this machine: their shared weights compared
+        folders = (model_folder(spec.model), model_folder(spec.render_model))
+        notes.append(pair.weights_note(*folders) if all(folders) else None)
     return [n for n in notes if n]
 
 

@@ -184,7 +184,7 @@ SHARED = (("vae", "VAE"), ("text_encoder", "text encoder"), ("text_encoder_2", "
 
 def fingerprint(folder: str, samples: int = 16, chunk: int = 1 << 16) -> str | None:
     """A cheap identity of a component folder's weights: each weight file's name and size and the SHA-256 of
-    `samples` evenly spaced `chunk`-byte pieces of it (a 11 GB text encoder hashes in milliseconds; two
+    `samples` evenly spaced `chunk`-byte pieces of it (an 11 GB text encoder hashes in milliseconds; two
     trainings of one architecture differ in every piece). None where the folder holds no weights."""
     import hashlib
     import os

@@ -54,9 +54,9 @@ def dataset(encoder, stats: dict, tok, n: int, s: Session, chunk: int = 256, i2v
 
 def guided_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, guidance: float) -> torch.Tensor:
     """Distillation of (captioned, empty-prompt) prediction pairs stacked on the batch: each branch's
-    error, plus the guided prediction's, u + g (c - u), which the sampler steps by. A student whose branches
-    err alike is harmless under guidance; one whose branches err apart errs g times over, and that error is
-    what the plain loss cannot see (the guided term is weighted 1/g: its error carries g times the branches')."""
+    error, plus the guided prediction's, u + g (c - u), which the sampler steps by. Branch errors alike pass
+    through guidance unchanged; errors apart come out (2g - 1) times larger, and the plain loss scores both
+    the same (the guided term is weighted 1/g: its error carries up to g times the branches')."""
     sc, su = student.chunk(2)
     tc, tu = teacher.chunk(2)
     branches = F.mse_loss(student, teacher)
