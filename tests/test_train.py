@@ -198,11 +198,11 @@ def test_a_distilled_run_learns_the_teachers_guided_predictions(trained, tmp_pat
     """With the teacher as its own starting point, the student's distillation loss starts at zero (the
     flow target's would not: the data's noise is not what any model predicts, ~0.1 here)."""
     d, folder = str(trained / "dit"), str(tmp_path / "guided")
-    dit.train(folder, str(trained / "vae"), minutes=5, device="cpu", batch=2, clips=4, max_steps=50, init=d,
-              text_from=d, teacher=d, teacher_guidance=5.0, lr=1e-6)
+    dit.train(folder, str(trained / "vae"), minutes=5, device="cpu", batch=2, clips=4, max_steps=1, init=d,
+              text_from=d, teacher=d, teacher_guidance=5.0)
     run = checkpoint.read_state(folder)["runs"][-1]
     assert run["teacher"] == d and run["teacher_guidance"] == 5.0
-    assert run["losses"][0][1] < 1e-4
+    assert run["first_loss"] < 1e-6
 
 
 def test_the_guided_distillation_loss_sees_branch_errors_that_guidance_amplifies():

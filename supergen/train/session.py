@@ -46,6 +46,7 @@ class Session:
 
     def record(self, loss: float, every: int = 50) -> None:
         self.step += 1
+        self.run.setdefault("first_loss", round(loss, 6))  # where a resumed run (or a new objective) starts
         self._acc, self._n = self._acc + loss, self._n + 1
         if self.step % every == 0:
             mean = self._acc / self._n
