@@ -80,8 +80,10 @@ def first_frame(scene, size, folder: str, name: str) -> str:
     from PIL import Image
 
     w, h = size
-    frame = world.render([scene], w, h, 1)[0, :, 0]
     path = os.path.join(folder, f"first-{name}-{w}x{h}.png")
+    if os.path.isfile(path):  # every variant of a caption at a size conditions on the one image
+        return path
+    frame = world.render([scene], w, h, 1)[0, :, 0]
     Image.fromarray(((frame.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()).save(path)
     return path
 

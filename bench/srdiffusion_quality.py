@@ -28,23 +28,20 @@ from supergen.metrics import compare_videos  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, write_result  # noqa: E402
 from quality_grid import mean_rows, summary  # noqa: E402
+from world_adherence import scored  # noqa: E402
 
 
 def native_row(alone, pair, caption: str) -> dict:
     """Adherence of both at native size (as `world_adherence.py` scores a sample) and the pair against alone."""
     out = {"caption": caption, "switch_step": pair.models["switch_step"]}
     for name, r in (("alone", alone), ("pair", pair)):
-        a = quality.world_adherence(r.video, caption)
-        c = a["checks"]
-        objects = [v for k, v in c.items() if k.endswith("_present")]
-        dirs = [o["motion_ok"] for o in a["objects"] if o["motion"] != "bouncing" and o["motion_ok"] is not None]
-        out[name] = {"colours": c["background"] and all(objects), "directions": dirs, "score": a["score"]}
+        out[name] = scored(r.video, caption)
     cmp = compare_videos(alone.video, pair.video)
     return {**out, "psnr_db": cmp["psnr_db"]["mean"], "ssim": cmp["ssim"]["mean"]}
 
 
 def rates(rows: list[dict], who: str) -> dict:
-    dirs = [d for r in rows for d in r[who]["directions"]]
+    dirs = [d for r in rows for d in r[who]["directions"] if d is not None]
     return {"colours": round(sum(r[who]["colours"] for r in rows) / len(rows), 3),
             "direction": round(sum(dirs) / len(dirs), 3) if dirs else None,
             "score": round(sum(r[who]["score"] for r in rows) / len(rows), 3)}

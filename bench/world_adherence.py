@@ -28,6 +28,17 @@ def sample(be, caption: str, seed: int, steps: int, guidance: float, frames: int
     return to_uint8(be.decode(z))
 
 
+def scored(video, caption: str) -> dict:
+    """One sample's adherence as this benchmark counts it: the background, the gradient, the background and
+    every object's colour together, and each non-bouncing object's direction (None where it was not found)."""
+    a = quality.world_adherence(video, caption)
+    c = a["checks"]
+    objects = [v for k, v in c.items() if k.endswith("_present")]
+    return {"background": c["background"], "gradient": c["gradient"], "colours": c["background"] and all(objects),
+            "objects_present": objects, "directions": [o["motion_ok"] for o in a["objects"] if o["motion"] != "bouncing"],
+            "score": a["score"]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/world_adherence_cpu.json")
@@ -44,13 +55,7 @@ def main():
     rows = []
     for i in range(args.n):
         caption = world.sample_scene(rng, max_shapes=args.max_shapes).caption
-        a = quality.world_adherence(sample(be, caption, i, args.steps, args.guidance, 17), caption)
-        c = a["checks"]
-        objects = [v for k, v in c.items() if k.endswith("_present")]
-        motions = [(o["motion"], o["motion_ok"]) for o in a["objects"] if o["motion"] != "bouncing"]
-        rows.append({"caption": caption, "background": c["background"], "gradient": c["gradient"],
-                     "colours": c["background"] and all(objects), "objects_present": objects,
-                     "directions": [ok for _, ok in motions], "score": a["score"]})
+        rows.append({"caption": caption, **scored(sample(be, caption, i, args.steps, args.guidance, 17), caption)})
         print(i, caption, {k: rows[-1][k] for k in ("background", "colours", "directions")}, flush=True)
     dirs = [d for r in rows for d in r["directions"] if d is not None]
     summary = {"samples": len(rows),

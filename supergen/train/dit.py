@@ -135,8 +135,9 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
     params = list(model.parameters()) + ([] if text_from else list(text.parameters()))
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     first = s.step
-    pad = torch.zeros(batch, 512 - TEXT_KEEP, components.TEXT_DIM, device=s.device)
     paired = guide is not None and bool(teacher_guidance)  # each clip twice: captioned, then empty
+    reps = 2 if paired else 1
+    pad = torch.zeros(reps * batch, 512 - TEXT_KEEP, components.TEXT_DIM, device=s.device)
     while s.running():
         idx = torch.randint(0, latents.shape[0], (batch,), device=s.device)
         x0 = latents[idx].float()
@@ -155,9 +156,8 @@ def train(folder: str, vae_folder: str, minutes: float, device: str = "cuda", lr
         xt = (1 - sv) * x0 + sv * noise
         for g in opt.param_groups:
             g["lr"] = s.lr(lr, warmup=100 if first else 500)
-        reps = 2 if paired else 1
         with autocast(s.device):
-            e = torch.cat([components.embed_tokens(text, i, m).float(), pad.repeat(reps, 1, 1)], dim=1)
+            e = torch.cat([components.embed_tokens(text, i, m).float(), pad], dim=1)
             inp = (xt if conds is None else torch.cat([xt, conds[idx].float()], dim=1)).repeat(reps, 1, 1, 1, 1)
             t = (sigma * 1000).repeat(reps)
             pred = model(hidden_states=inp, timestep=t, encoder_hidden_states=e, return_dict=False)[0]
