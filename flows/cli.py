@@ -495,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         # which a call that retries can swallow: a full-suite CI run saw a render finish through its Ctrl-C
         signal.signal(signal.SIGINT, _interrupt)
     try:
-        return COMMANDS[args.command](args)
+        with interrupt.finalizers_quiet():
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:  # Ctrl-C: what the command started has been stopped on the way out
         print(f"supergen {args.command}: interrupted", file=sys.stderr)
         return 130
