@@ -40,16 +40,32 @@ def write_result(path: str, result: dict) -> None:
         json.dump(result, f, indent=1)
 
 
-def busy_fractions(stream: list, info: dict, t0: float, t1: float) -> dict:
-    """Per worker name: the seconds its tasks computed within [t0, t1] (a Dask task stream's records,
-    `info` the scheduler's workers), over t1 - t0."""
-    busy: dict = {}
+CPU_TASKS = ("files_stage",)  # encoding on the CPU, outside the worker's slot: not accelerator time
+
+
+def busy_fractions(stream: list, info: dict, t0: float, t1: float, skip: tuple = CPU_TASKS) -> dict:
+    """Per worker name: the time within [t0, t1] during which at least one of its tasks computed (a Dask
+    task stream's records, `info` the scheduler's workers), over t1 - t0. Tasks whose key starts with one
+    of `skip` are left out: by default the CPU-only files stage, which runs beside a GPU worker's task."""
+    spans: dict = {}
     for t in stream:
+        if str(t["key"]).startswith(skip):
+            continue
         name = str(info.get(t["worker"], {}).get("name", t["worker"]))
         for ss in t.get("startstops", ()):
-            if ss["action"] == "compute":
-                busy[name] = busy.get(name, 0.0) + max(0.0, min(ss["stop"], t1) - max(ss["start"], t0))
-    return {w: round(b / max(t1 - t0, 1e-9), 3) for w, b in sorted(busy.items())}
+            if ss["action"] == "compute" and min(ss["stop"], t1) > max(ss["start"], t0):
+                spans.setdefault(name, []).append((max(ss["start"], t0), min(ss["stop"], t1)))
+    return {w: round(_covered(v) / max(t1 - t0, 1e-9), 3) for w, v in sorted(spans.items())}
+
+
+def _covered(spans: list) -> float:
+    """Seconds covered by the union of (start, stop) spans."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def timeline(stream: list, info: dict, t0: float) -> dict:

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.stages import StageResult, export_stage, start_done, upscale_stage, warm_worker
+from tasks.stages import StageResult, export_stage, files_stage, start_done, upscale_stage, warm_worker
 
 from . import interrupt, tilemap
 from .cluster import connect
@@ -170,8 +170,8 @@ def update_markdown_artifact(artifact_id, text: str) -> None:
 @task(name="decode and export", cache_policy=NO_CACHE, **STORAGE_RETRIES)
 def export(client, store, timings: dict, refined: dict, sketch_forwards: int,
            workers: list | None = None) -> StageResult:
-    """The final decode with its tiles over the workers where the VAE is tiled (`flows/vae.py`), then the
-    files on one worker."""
+    """The final decode with its tiles over the workers where the VAE is tiled (`flows/vae.py`), the
+    frames on one worker, then the files encoded from them off its accelerator (`files_stage`)."""
     import time
 
     forwards = {"sketch": sketch_forwards, "refine": refined["forwards"]}
@@ -179,9 +179,10 @@ def export(client, store, timings: dict, refined: dict, sketch_forwards: int,
     t0 = time.perf_counter()
     workers = present(client, workers or worker_names(client))
     decoded = vae_on_cluster(client, store, workers, pin_kwargs(client), "decode")
-    timings = {**timings, "decode": time.perf_counter() - t0} if decoded else timings
-    return _on_worker(client, export_stage, store, timings, refined["tiles_per_step"], forwards, cache, decoded,
-                      workers=workers)
+    exported = _on_worker(client, export_stage, store, decoded, workers=workers)
+    timings = {**timings, "decode": time.perf_counter() - t0}
+    return _on_worker(client, files_stage, store, timings, refined["tiles_per_step"], forwards, cache,
+                      exported.facts, workers=workers)
 
 
 class Stages(NamedTuple):

@@ -30,8 +30,8 @@ class RenderResult:
     spec: RenderSpec  # resolved: every preset filled in
     video: torch.Tensor  # (F, height, width, 3) uint8: the requested size, the centre of the canvas
     sketch_video: torch.Tensor  # (F, sketch_height, sketch_width, 3) uint8: the whole canvas's picture, uncropped
-    latent: torch.Tensor  # final normalized latent (1, C, F', canvas_height/8, canvas_width/8), float32
-    sketch_latent: torch.Tensor
+    latent: torch.Tensor | None  # final normalized latent (1, C, F', canvas_height/8, canvas_width/8), float32
+    sketch_latent: torch.Tensor | None  # the latents are None where only the files are written from frames
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     tiles_per_step: list[int] = field(default_factory=list)
     cache: CacheReport | None = None

@@ -130,15 +130,24 @@ def frame_tile(spec, latent_width: int) -> tuple[int, int]:
 
 
 def write_outputs(store, result, frames_written: bool = False) -> None:
-    """Write a finished render into its render store: the final latent (unless there), the frames of the
-    output (chunked by second and tile; unless the workers wrote them region by region) and of the
-    sketch, then the encoded files. The owner then calls `store.finish()`."""
-    spec = result.spec
+    """Write a finished render into its render store: its frames, then its files. `frames_written`: the
+    workers wrote the output's frames region by region. The owner then calls `store.finish()`."""
+    write_frames(store, result.spec, result.latent, None if frames_written else result.video, result.sketch_video)
+    write_files(store, result)
+
+
+def write_frames(store, spec, latent: torch.Tensor, video: torch.Tensor | None, sketch_video: torch.Tensor) -> None:
+    """The final latent (unless there), the output's frames (chunked by second and tile; None: written
+    already) and the sketch's frames."""
     if not store.has_array("final/latent"):
-        store.save_stage("final", result.latent)
-    if not frames_written:
-        store.save_frames("video", result.video.numpy(), spec.fps, frame_tile(spec, result.latent.shape[-1]))
+        store.save_stage("final", latent)
+    if video is not None:
+        store.save_frames("video", video.numpy(), spec.fps, frame_tile(spec, latent.shape[-1]))
     # lossless, so quality checks compare the output with the sketch itself, not with sketch.mp4's codec
-    store.save_frames("sketch", result.sketch_video.numpy(), spec.fps)
+    store.save_frames("sketch", sketch_video.numpy(), spec.fps)
+
+
+def write_files(store, result) -> None:
+    """The encoded files (`encode`) of `result`'s frames: CPU work only."""
     for name, data in encode(result).items():
         store.write_file(name, data)

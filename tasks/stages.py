@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from supergen import lora
 from supergen.executor import RenderResult, model_notes, sketch_latent, start_latent
 from supergen.memory import guarded
-from supergen.outputs import write_outputs
+from supergen.outputs import write_files, write_frames
 from supergen.refine import RefinePlan
 from supergen.upscale import to_uint8
 
@@ -43,6 +43,15 @@ class StageResult:
     seconds: float
     forwards: int = 0
     skipped: bool = False
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What the export's accelerator part tells its files part: its time, and what render.json says of the
+    model (`RenderResult`'s family, notes, models and lora_files), known only where the model is loaded."""
+
+    seconds: float
+    facts: dict
 
 
 def warm_worker(store, render_id: str) -> float:
@@ -97,34 +106,56 @@ def upscale_stage(store) -> StageResult:
 
 
 @guarded("export")  # an allocator failure becomes InsufficientMemory naming the stage
-def export_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache=None,
-                 decoded: bool = False) -> StageResult:
-    """Decode the refined latent and write every output (the driver then writes the completion marker).
-    The video is the requested centre of the decoded canvas, cropped by the same function as in process.
-    `decoded`: the workers already decoded it into the store's frames (`flows/vae.py`); the files are
-    encoded from those."""
-    import torch
-
-    from supergen.cache import CacheReport
+def export_stage(store, decoded: bool = False) -> Exported:
+    """The export's part on the accelerator: the refined latent decoded into the store's frames (the
+    requested centre of the canvas, cropped by the same function as in process) and the sketch's frames
+    beside them. `decoded`: the workers already decoded the video region by region (`flows/vae.py`).
+    The files are encoded from the store's frames afterwards, off the accelerator (`files_stage`)."""
     from supergen.spec import crop_to_request
 
     spec = store.spec()
     be = holder().backend(spec, store)
     t0 = time.perf_counter()
-    z_lo, x, models = store.load_stage("sketch"), store.load_stage("final"), store.stage_record("sketch")
-    if decoded:
-        video = torch.from_numpy(store.video_frames())
-    else:
+    x, models = store.load_stage("final"), store.stage_record("sketch")
+    video = None
+    if not decoded:
         video = crop_to_request(to_uint8(be.decode(x.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)), spec)
-    video_lo = sketch_video(store, spec, be)
+    write_frames(store, spec, x, video, to_uint8(sketch_video(store, spec, be)).cpu())
+    return Exported(time.perf_counter() - t0, {
+        "family": be.info.family, "notes": model_notes(be, spec, models), "models": models,
+        "lora_files": tuple(lora.parse(e).file for e in local_loras(spec, store).lora)})
+
+
+def files_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache: dict | None,
+                facts: dict) -> StageResult:
+    """The render's files (mp4s, contact sheet, cache heat map, render.json), encoded from the store's
+    frames: CPU work only, so on a Dask worker the task first leaves the worker's thread pool and the
+    accelerator beside it takes its next task (another render's, in a queue) while ffmpeg and zlib run.
+    `facts`: what the model made of the spec (`Exported.facts`)."""
+    import torch
+
+    from supergen.cache import CacheReport
+
+    off_the_accelerator()
+    t0 = time.perf_counter()
     report = None
     if cache:
         report = CacheReport(cache["policy"], cache["threshold"], cache["alpha"], cache["skip_map"],
                              cache["thresholds"], cache["reasons"])
-    timings = {**timings, "decode": timings.get("decode", 0.0) + time.perf_counter() - t0}
-    result = RenderResult(spec=spec, video=video, sketch_video=to_uint8(video_lo),
-                          latent=x, sketch_latent=z_lo, timings=timings, tiles_per_step=tiles_per_step,
-                          forwards=forwards, family=be.info.family, cache=report, notes=model_notes(be, spec, models),
-                          models=models, lora_files=tuple(lora.parse(e).file for e in local_loras(spec, store).lora))
-    write_outputs(store, result, frames_written=decoded)
-    return StageResult(timings["decode"])
+    write_files(store, RenderResult(spec=store.spec(), video=torch.from_numpy(store.video_frames()),
+                                    sketch_video=torch.from_numpy(store.sketch_frames()), latent=None,
+                                    sketch_latent=None, timings=timings, tiles_per_step=tiles_per_step,
+                                    forwards=forwards, cache=report, **facts))
+    return StageResult(time.perf_counter() - t0)
+
+
+def off_the_accelerator() -> None:
+    """Leave the Dask worker's thread pool (`distributed.secede`): the rest of the task uses the CPU only,
+    and a GPU worker's one slot goes to its next task. Outside a worker, nothing."""
+    from distributed import get_worker, secede
+
+    try:
+        get_worker()
+    except ValueError:
+        return
+    secede()

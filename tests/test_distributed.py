@@ -62,7 +62,7 @@ def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
     from flows.refine import pin_kwargs
     from flows.sketch import sketch_on_cluster
     from tasks.model import ModelHolder
-    from tasks.stages import export_stage, upscale_stage
+    from tasks.stages import export_stage, files_stage, upscale_stage
 
     spec = prepare(RenderSpec(**SPEC))
     store = RenderStore.create(str(tmp_path / "s"), spec)
@@ -78,8 +78,9 @@ def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
     assert branch_workers == ({str(w) for w in use[:2]} if n_workers > 1 else set())
     client.submit(upscale_stage, store, workers=use[:1], pure=False).result()
     stats = refine_on_cluster(client, store, spec, workers=use)
-    client.submit(export_stage, store, {}, stats.tiles_per_step, {"sketch": 0, "refine": stats.forwards},
-                  stats.cache, workers=use[:1], pure=False).result()
+    exported = client.submit(export_stage, store, workers=use[:1], pure=False).result()
+    client.submit(files_stage, store, {}, stats.tiles_per_step, {"sketch": 0, "refine": stats.forwards},
+                  stats.cache, exported.facts, workers=use[-1:], pure=False).result()
     store.finish()  # the driver, the store's owner, completes it; workers never do
     st = RenderStore.open(str(tmp_path / "s"))
     assert st.complete
@@ -289,6 +290,30 @@ def test_renders_started_together_begin_on_different_workers(client):
     names = worker_names(client)
     assert by_load(client, names) == names  # an idle cluster: name order
     assert by_load(client, names, rotate=1) == names[1:] + names[:1]
+
+
+def test_encoding_the_files_leaves_the_workers_slot_to_the_next_task(client):
+    """A one-thread worker runs its next task (another render's, in a queue) while a render's files encode:
+    the files stage leaves the worker's thread pool (`off_the_accelerator`). Without it this waits 20 s
+    and fails."""
+    def files_then_wait() -> bool:  # a files stage's CPU work, waiting for the next task (which needs the slot)
+        from distributed import Event
+
+        from tasks.stages import off_the_accelerator
+
+        off_the_accelerator()
+        return Event("next-task-ran").wait(timeout=20)
+
+    def next_task() -> None:
+        from distributed import Event
+
+        Event("next-task-ran").set()
+
+    w = worker_names(client)[0]
+    files = client.submit(files_then_wait, workers=[w], pure=False)
+    nxt = client.submit(next_task, workers=[w], pure=False)
+    assert files.result() is True
+    nxt.result()
 
 
 def test_two_concurrent_renders_share_the_cluster(client, tmp_path):

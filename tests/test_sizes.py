@@ -85,7 +85,7 @@ def test_cluster_export_crops_like_the_executor(renders, tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster, set_as_default=False) as client:
         client.register_plugin(ModelHolder())
-        client.submit(export_stage, store, {}, off.tiles_per_step, off.forwards, pure=False).result()
+        client.submit(export_stage, store, pure=False).result()
     st = RenderStore.open(str(tmp_path / "s"))
     assert torch.equal(torch.from_numpy(st.video_frames()), off.video)
     assert torch.equal(torch.from_numpy(st.sketch_frames()), off.sketch_video)
