@@ -26,7 +26,7 @@ from .refine import (check_store_reach, check_workers, checkpoint_words, pin_kwa
                      workers_info)
 from .sketch import sketch_on_cluster
 from .vae import vae_on_cluster
-from .watch import WorkerLost, finished, scheduler_lost
+from .watch import finished, scheduler_lost
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -52,20 +52,16 @@ STORAGE_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_f
 
 
 def _on_worker(client, fn, *args, workers: list | None = None):
-    """Run a stage on the least busy worker now (of `workers`, in their order for ties; else of the
-    cluster) and wait for it; on another should that worker leave the cluster for good (`flows.watch`)."""
+    """Run a stage on one of `workers` (default: the cluster's) and wait for it. The scheduler picks the
+    worker, the least occupied when the stage arrives: it decides one task at a time, so one-worker stages
+    of renders that finish together land on different workers (the client's view of the load lags: two
+    exports chosen from it once queued on one worker while the other idled). Dask moves the stage to
+    another of `workers` should its worker die; `WorkerLost` once all are gone (`flows.watch`)."""
     from tasks.model import ModelHolder
 
     client.register_plugin(ModelHolder())
     names = present(client, workers or worker_names(client))
-    while True:
-        first = by_load(client, names)[0]
-        try:
-            return finished(client, [first], client.submit(fn, *args, workers=[first], pure=False))
-        except WorkerLost:
-            names = [w for w in present(client, names) if w != first]
-            if not names:
-                raise
+    return finished(client, names, client.submit(fn, *args, workers=names, pure=False), any_of=True)
 
 
 def present(client, names: list) -> list:

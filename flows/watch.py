@@ -30,12 +30,14 @@ class WorkerLost(RuntimeError):
 
 class Watch:
     """The workers (by name) a stage placed work on; `wait` returns when futures finish, and raises
-    `WorkerLost` when one of those workers has been missing from the scheduler for `grace_s`."""
+    `WorkerLost` when one of those workers has been missing from the scheduler for `grace_s` (with
+    `any_of`, when all of them have: the work may run on any, and Dask moves it off a dead one)."""
 
-    def __init__(self, client: Client, workers, grace_s: float | None = None, poll_s: float = 1.0):
+    def __init__(self, client: Client, workers, grace_s: float | None = None, poll_s: float = 1.0,
+                 any_of: bool = False):
         self.client, self.workers = client, [str(w) for w in workers]
         self.grace_s = GRACE_S if grace_s is None else grace_s
-        self.poll_s = poll_s
+        self.poll_s, self.any_of = poll_s, any_of
         self.missing: dict[str, float] = {}  # name -> when it was first seen missing
 
     def check(self) -> None:
@@ -52,7 +54,7 @@ class Watch:
             else:
                 self.missing.setdefault(w, now)
         lost = [w for w, since in self.missing.items() if now - since >= self.grace_s]
-        if lost:
+        if lost and (not self.any_of or len(lost) == len(self.workers)):
             raise WorkerLost(lost, self.grace_s)
 
     def wait(self, futures: list) -> None:
@@ -75,11 +77,11 @@ class Watch:
             self.check()
 
 
-def finished(client: Client, workers: list, future):
-    """The result of `future`, pinned to `workers`, once it is done; `WorkerLost` (the task cancelled) should
-    those workers leave for good."""
+def finished(client: Client, workers: list, future, any_of: bool = False):
+    """The result of `future`, pinned to `workers` (with `any_of`, to one of them), once it is done;
+    `WorkerLost` (the task cancelled) should those workers (with `any_of`, all of them) leave for good."""
     try:
-        Watch(client, workers).wait([future])
+        Watch(client, workers, any_of=any_of).wait([future])
     except WorkerLost:
         client.cancel(future)
         raise

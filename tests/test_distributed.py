@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import urllib.request
+import uuid
 
 import pytest
 import torch
@@ -55,7 +56,6 @@ def reference():
 
 @pytest.mark.parametrize("n_workers", [1, 2, 3])
 def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
-    import uuid
 
     from distributed import get_task_stream
 
@@ -102,7 +102,6 @@ def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
 def test_split_sketch_of_a_batched_cfg_model(kind, client, tiny_dir, tmp_path):
     """CogVideoX's sketch with its branches on two workers is the in-process sketch, bit for bit, the DPM
     solver's per-step noise (cogvideox-t2v) and multistep state travelling with the latent."""
-    import uuid
 
     from flows.refine import pin_kwargs
     from flows.sketch import sketch_on_cluster
@@ -290,6 +289,29 @@ def test_renders_started_together_begin_on_different_workers(client):
     names = worker_names(client)
     assert by_load(client, names) == names  # an idle cluster: name order
     assert by_load(client, names, rotate=1) == names[1:] + names[:1]
+
+
+def test_one_worker_stages_of_renders_finishing_together_run_side_by_side(client):
+    """Two renders' one-worker stages (an upscale, an export) submitted at once land on different workers:
+    each waits until the other has started, which one worker of one thread never allows (20 s, then False).
+    Chosen from the client's view of the load, both could go to the same worker."""
+    from flows.render import _on_worker
+
+    def stage(me: str, other: str) -> bool:
+        from distributed import Event
+
+        Event(me).set()
+        return Event(other).wait(timeout=20)
+
+    names, tag, out = worker_names(client)[:2], uuid.uuid4().hex[:8], {}
+    pairs = [(f"a-{tag}", f"b-{tag}"), (f"b-{tag}", f"a-{tag}")]
+    threads = [threading.Thread(target=lambda a, b: out.__setitem__(a, _on_worker(client, stage, a, b, workers=names)),
+                                args=p) for p in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert out == {pairs[0][0]: True, pairs[1][0]: True}
 
 
 def test_encoding_the_files_leaves_the_workers_slot_to_the_next_task(client):
