@@ -13,8 +13,8 @@ from supergen.train import checkpoint, dit, export, vae
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     a, b, v, d = (str(root / n) for n in ("vae-a", "vae-b", "vae", "dit"))
-    vae.train(a, minutes=5, device="cpu", batch=2, eval_clips=2, max_steps=2)
-    vae.train(b, minutes=5, device="cpu", batch=2, eval_clips=2, max_steps=1, seed=1)
+    vae.train(a, minutes=5, device="cpu", batch=2, eval_clips=2, eval_frames=5, max_steps=2)
+    vae.train(b, minutes=5, device="cpu", batch=2, eval_clips=2, eval_frames=5, max_steps=1, seed=1)
     vae.freeze([a, b], v, device="cpu", clips=4)
     dit.train(d, v, minutes=5, device="cpu", batch=2, clips=4, max_steps=2)
     return root

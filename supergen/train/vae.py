@@ -44,7 +44,7 @@ def load(folder: str, device="cpu", init: str | None = None):
 
 def train(folder: str, minutes: float, device: str = "cuda", lr: float = 1e-3, batch: int = 64, frames: int = 17,
           noise: float = 0.05, kl: float = 1e-4, decoder_only: bool = False, seed: int = 0,
-          eval_clips: int = 32, max_steps: int | None = None, init: str | None = None) -> dict:
+          eval_clips: int = 32, max_steps: int | None = None, init: str | None = None, eval_frames: int = 17) -> dict:
     s = Session(folder, minutes, device, dict(lr=lr, batch=batch, frames=frames, noise=noise, kl=kl,
                                               decoder_only=decoder_only, vae=components.VAE_CONFIG), seed, max_steps)
     model = load(folder, s.device, init).train()
@@ -78,7 +78,7 @@ def train(folder: str, minutes: float, device: str = "cuda", lr: float = 1e-3, b
         if s.due():
             s.save({"model": model.state_dict()})
     model.eval()
-    result = evaluate(model, s.device, eval_clips)
+    result = evaluate(model, s.device, eval_clips, eval_frames)
     s.run["evals"].append({"step": s.step, **result})
     print("eval", result, flush=True)
     s.save({"model": model.state_dict()})
