@@ -35,9 +35,14 @@ def environment(command: str) -> dict:
 
 
 def write_result(path: str, result: dict) -> None:
+    """JSON, indented, with each innermost list on one line (a timeline's [start, stop, key] rows)."""
+    import re
+
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    text = re.sub(r"\[([^\[\]{}]*)\]", lambda m: "[" + re.sub(r"\n\s*", " ", m.group(1)).strip() + "]",
+                  json.dumps(result, indent=1))  # JSON strings hold no raw newline: only layout is joined
     with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+        f.write(text + "\n")
 
 
 CPU_TASKS = ("files_stage",)  # encoding on the CPU, outside the worker's slot: not accelerator time
