@@ -175,10 +175,10 @@ def export(client, store, timings: dict, refined: dict, sketch_forwards: int,
     t0 = time.perf_counter()
     workers = present(client, workers or worker_names(client))
     decoded = vae_on_cluster(client, store, workers, pin_kwargs(client), "decode")
-    exported = _on_worker(client, export_stage, store, decoded, workers=workers)
+    facts = _on_worker(client, export_stage, store, decoded, workers=workers)
     timings = {**timings, "decode": time.perf_counter() - t0}
-    return _on_worker(client, files_stage, store, timings, refined["tiles_per_step"], forwards, cache,
-                      exported.facts, workers=workers)
+    return _on_worker(client, files_stage, store, timings, refined["tiles_per_step"], forwards, cache, facts,
+                      workers=workers)
 
 
 class Stages(NamedTuple):
@@ -230,8 +230,8 @@ def held(slots: str | None):
 
 def by_load(client, names: list, rotate: int = 0) -> list:
     """`names` with the least busy workers first (fewest tasks assigned to them now), ties broken in name
-    order rotated by `rotate`, so renders started together begin on different workers: one render's
-    one-worker stages go where the others leave room. Where work lands never changes the video."""
+    order rotated by `rotate`, so renders started together begin (their sketches) on different workers.
+    Where work lands never changes the video."""
     info = workers_info(client)
     load = {info[a]["name"]: len(keys) for a, keys in client.processing().items() if a in info}
     names = list(names)

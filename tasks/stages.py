@@ -45,15 +45,6 @@ class StageResult:
     skipped: bool = False
 
 
-@dataclass(frozen=True)
-class Exported:
-    """What the export's accelerator part tells its files part: its time, and what render.json says of the
-    model (`RenderResult`'s family, notes, models and lora_files), known only where the model is loaded."""
-
-    seconds: float
-    facts: dict
-
-
 def warm_worker(store, render_id: str) -> float:
     """Load the model and this render's conditioning into the worker (seconds taken), so tile tasks
     never pay for it; the flow runs this on every worker while the sketch runs."""
@@ -106,24 +97,23 @@ def upscale_stage(store) -> StageResult:
 
 
 @guarded("export")  # an allocator failure becomes InsufficientMemory naming the stage
-def export_stage(store, decoded: bool = False) -> Exported:
+def export_stage(store, decoded: bool = False) -> dict:
     """The export's part on the accelerator: the refined latent decoded into the store's frames (the
     requested centre of the canvas, cropped by the same function as in process) and the sketch's frames
     beside them. `decoded`: the workers already decoded the video region by region (`flows/vae.py`).
-    The files are encoded from the store's frames afterwards, off the accelerator (`files_stage`)."""
+    Returns what render.json says of the model (`RenderResult`'s family, notes, models and lora_files),
+    known only where the model is loaded, for `files_stage`, which encodes the files off the accelerator."""
     from supergen.spec import crop_to_request
 
     spec = store.spec()
     be = holder().backend(spec, store)
-    t0 = time.perf_counter()
     x, models = store.load_stage("final"), store.stage_record("sketch")
     video = None
     if not decoded:
         video = crop_to_request(to_uint8(be.decode(x.to(be.device), frames=spec.frames, vae_tile=spec.vae_tile)), spec)
     write_frames(store, spec, x, video, to_uint8(sketch_video(store, spec, be)).cpu())
-    return Exported(time.perf_counter() - t0, {
-        "family": be.info.family, "notes": model_notes(be, spec, models), "models": models,
-        "lora_files": tuple(lora.parse(e).file for e in local_loras(spec, store).lora)})
+    return {"family": be.info.family, "notes": model_notes(be, spec, models), "models": models,
+            "lora_files": tuple(lora.parse(e).file for e in local_loras(spec, store).lora)}
 
 
 def files_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cache: dict | None,
@@ -131,7 +121,7 @@ def files_stage(store, timings: dict, tiles_per_step: list, forwards: dict, cach
     """The render's files (mp4s, contact sheet, cache heat map, render.json), encoded from the store's
     frames: CPU work only, so on a Dask worker the task first leaves the worker's thread pool and the
     accelerator beside it takes its next task (another render's, in a queue) while ffmpeg and zlib run.
-    `facts`: what the model made of the spec (`Exported.facts`)."""
+    `facts`: what `export_stage` returned."""
     import torch
 
     from supergen.cache import CacheReport

@@ -78,9 +78,9 @@ def test_same_video_as_in_process(n_workers, client, reference, tmp_path):
     assert branch_workers == ({str(w) for w in use[:2]} if n_workers > 1 else set())
     client.submit(upscale_stage, store, workers=use[:1], pure=False).result()
     stats = refine_on_cluster(client, store, spec, workers=use)
-    exported = client.submit(export_stage, store, workers=use[:1], pure=False).result()
+    facts = client.submit(export_stage, store, workers=use[:1], pure=False).result()
     client.submit(files_stage, store, {}, stats.tiles_per_step, {"sketch": 0, "refine": stats.forwards},
-                  stats.cache, exported.facts, workers=use[-1:], pure=False).result()
+                  stats.cache, facts, workers=use[-1:], pure=False).result()
     store.finish()  # the driver, the store's owner, completes it; workers never do
     st = RenderStore.open(str(tmp_path / "s"))
     assert st.complete
