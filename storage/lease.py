@@ -67,6 +67,11 @@ def describe(lease: dict, now: float) -> str:
             f"last heartbeat {now - float(lease.get('heartbeat', 0)):.0f} s ago)")
 
 
+def busy(url: str, lease: dict) -> StoreBusy:
+    return StoreBusy(f"{url} is being written by {describe(lease, time.time())}; wait for it to finish or stop "
+                     "it (a dead owner's store is taken over by render or resume)")
+
+
 class Lease:
     """This process's hold on one store (`fs`, `root`: the store's filesystem and path)."""
 
@@ -121,6 +126,12 @@ class Lease:
         return {"owner": owner_id(), "host": _HOST, "pid": os.getpid(), "acquired": now, "heartbeat": now,
                 **extra}
 
+    def refuse_if_live(self, url: str) -> None:
+        """Raise StoreBusy naming another live owner, without taking the lease."""
+        _, cur = self.current()
+        if judge(cur, time.time(), owner_id(), self.ttl) == "live":
+            raise busy(url, cur)
+
     # -- acquire / heartbeat / release --------------------------------------------------------------
     def acquire(self, url: str) -> None:
         """Own the store, or raise StoreBusy naming the live owner."""
@@ -131,8 +142,7 @@ class Lease:
             n, cur = self.current()
             state = judge(cur, time.time(), owner_id(), self.ttl)
             if state == "live":
-                raise StoreBusy(f"{url} is being written by {describe(cur, time.time())}; wait for it to "
-                                "finish or stop it (a dead owner's store is taken over by render or resume)")
+                raise busy(url, cur)
             if state == "mine":
                 self.n = n
                 break

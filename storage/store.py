@@ -288,6 +288,8 @@ class RenderStore:
         store.check_writable()
         problem = store.problem_with(spec)  # refusals and finished renders need no ownership: no write
         if problem is not None and not overwrite:
+            # a live owner is the cause to name: its store may be mid-initialisation, or its render another
+            leases.Lease(*store._connect()).refuse_if_live(store.url)
             raise StoreError(f"{store.url} {problem}; pass --overwrite to replace it")
         if problem is None and store.complete:
             return store

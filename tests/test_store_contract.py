@@ -239,6 +239,8 @@ class RenderStoreTests:
             RenderStore.open(url, opts, read_only=False)
         with pytest.raises(StoreBusy):
             RenderStore.create(url, spec.replace(seed=9), opts, overwrite=True)  # no overwrite under it
+        with pytest.raises(StoreBusy, match="elsewhere:4242:abcd"):  # the owner is the cause, not the spec
+            RenderStore.create(url, spec.replace(seed=9), opts)
         assert RenderStore.open(url, opts).spec() == spec
         stale = {**foreign, "heartbeat": time.time() - 2 * leases.TTL_S}
         store.fs.pipe_file(lease._path(n + 1), json.dumps(stale).encode())
