@@ -37,6 +37,7 @@ from supergen import RenderSpec, quality, world  # noqa: E402
 from supergen.backends import load_backend  # noqa: E402
 from supergen.executor import render  # noqa: E402
 from supergen.metrics import compare_videos  # noqa: E402
+from supergen.upscale import to_uint8  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, write_result  # noqa: E402
@@ -83,8 +84,7 @@ def first_frame(scene, size, folder: str, name: str) -> str:
     path = os.path.join(folder, f"first-{name}-{w}x{h}.png")
     if os.path.isfile(path):  # every variant of a caption at a size conditions on the one image
         return path
-    frame = world.render([scene], w, h, 1)[0, :, 0]
-    Image.fromarray(((frame.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()).save(path)
+    Image.fromarray(to_uint8(world.render([scene], w, h, 1))[0].numpy()).save(path)
     return path
 
 
